@@ -1,0 +1,47 @@
+# deepsweep: `make run` runs the default pipeline end to end; `make test` runs the test suite.
+# Both create .venv on first use (Python 3.11, torch pinned to the CPU build, see README for GPUs).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: venv run test bench sweep ui params clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+run: venv
+	test -d .dvc || dvc init --quiet
+	dvc repro
+	@echo
+	@echo "Test metrics (DVC): artifacts/evaluate/metrics.json"
+	@dvc metrics show
+	@echo "Plots: dvc plots show   (confusion matrix and ROC curve -> dvc_plots/index.html)"
+	@echo "MLflow runs are in $(CURDIR)/mlflow.db. Open the UI with:"
+	@echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
+
+test: venv
+	$(BIN)/python -m pytest -q -n 2 tests
+
+bench: venv
+	$(BIN)/python -m deepsweep.bench
+
+# Example sweep: init x regularizer, jobs in parallel, one MLflow parent run.
+sweep: venv
+	$(BIN)/deepsweep run -m init=xavier_uniform,he_normal regularizer=dropout,l2
+
+ui: venv
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+params: venv
+	$(BIN)/deepsweep params
+
+clean:
+	rm -rf artifacts outputs multirun mlruns mlartifacts mlflow.db dvc_plots

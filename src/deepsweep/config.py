@@ -1,0 +1,210 @@
+"""Composing, validating and flattening deepsweep configs.
+
+One config shape serves every entry point: Hydra composes it from ``conf/`` for ``deepsweep run``;
+``params.yaml`` holds the same shape, resolved, for DVC stages. Both pass through :func:`validate`,
+whose schema is the composed default of each chosen group option: an unknown option, an unknown key,
+a missing key or a value of the wrong type stops the run before any heavy work, with a message that
+names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from deepsweep import paths
+
+# Config groups every run composes, in the order they appear in conf/config.yaml.
+GROUPS = (
+    "data",
+    "model",
+    "activation",
+    "init",
+    "regularizer",
+    "optimizer",
+    "scheduler",
+    "pretrain",
+    "finetune",
+    "trainer",
+    "logger",
+)
+TOP_LEVEL = ("seed",)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and what is allowed."""
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group: the YAML files in conf/<group>/."""
+    folder = paths.conf_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+@contextlib.contextmanager
+def _hydra_context() -> Iterator[None]:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        # Inside a @hydra.main app: it already searches conf/.
+        yield
+        return
+    with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
+        yield
+
+
+def compose(overrides: Iterable[str] = ()) -> DictConfig:
+    """Compose conf/config.yaml with Hydra command-line style overrides (``model=lenet``, ``seed=1``)."""
+    from hydra import compose as hydra_compose
+
+    with _hydra_context():
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra", None)
+    return cfg
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (list, ListConfig)):
+        return "list"
+    if isinstance(value, (dict, DictConfig)):
+        return "mapping"
+    return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), type(value).__name__)
+
+
+def _compatible(expected: Any, value: Any) -> bool:
+    if expected is None or value is None:
+        # A null default means "unset": any value may set it, and any field may be unset with null.
+        return True
+    if isinstance(expected, bool):
+        return isinstance(value, bool)
+    if isinstance(expected, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(expected, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(expected))
+
+
+def _check(reference: Any, value: Any, key: str, source: str, errors: list[str]) -> None:
+    if isinstance(reference, Mapping):
+        if not isinstance(value, Mapping):
+            errors.append(f"{key}: expected a mapping, got {_type_name(value)} {value!r}")
+            return
+        for k in value:
+            if k not in reference:
+                allowed = ", ".join(sorted(str(r) for r in reference))
+                errors.append(f"{key}.{k}: unknown key (not in {source}); allowed keys: {allowed}")
+        for k, ref in reference.items():
+            if k not in value:
+                errors.append(f"{key}.{k}: missing (default in {source}: {ref!r})")
+            else:
+                _check(ref, value[k], f"{key}.{k}", source, errors)
+        return
+    if isinstance(reference, list):
+        if not isinstance(value, list):
+            errors.append(f"{key}: expected a list like {reference!r}, got {_type_name(value)} {value!r}")
+            return
+        if reference:
+            for i, item in enumerate(value):
+                _check(reference[0], item, f"{key}[{i}]", source, errors)
+        return
+    if not _compatible(reference, value):
+        errors.append(
+            f"{key}: expected {_type_name(reference)} (default in {source}: {reference!r}), "
+            f"got {_type_name(value)} {value!r}"
+        )
+
+
+def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
+    """Check a full config against the defaults of the group options it names. Returns it as a DictConfig.
+
+    Raises ConfigError listing every problem found, each with its full key.
+    """
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    errors: list[str] = []
+    choices: list[str] = []
+    for group in GROUPS:
+        node = cfg.get(group)
+        allowed = options(group)
+        if not isinstance(node, DictConfig):
+            errors.append(f"{group}: missing config group (choose one of: {', '.join(allowed)})")
+            continue
+        name = node.get("name")
+        if name not in allowed:
+            errors.append(f"{group}.name: unknown {group} option {name!r}; allowed: {', '.join(allowed)}")
+            continue
+        choices.append(f"{group}={name}")
+    for key in cfg:
+        if key not in GROUPS and key not in TOP_LEVEL:
+            errors.append(f"{key}: unknown top-level key; allowed: {', '.join(GROUPS + TOP_LEVEL)}")
+    if errors:
+        raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
+
+    reference = OmegaConf.to_container(compose(choices), resolve=True)
+    value = OmegaConf.to_container(cfg, resolve=True)
+    for group in GROUPS:
+        _check(reference[group], value[group], group, f"conf/{group}/{value[group]['name']}.yaml", errors)
+    for key in TOP_LEVEL:
+        if key in value:
+            _check(reference[key], value[key], key, "conf/config.yaml", errors)
+    if errors:
+        raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def load_params(path: str | Path) -> DictConfig:
+    """Load and validate a params file (the DVC side of the config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path.resolve()} (write one with `deepsweep params`)")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # a YAML syntax error
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config groups, got {type(cfg).__name__}")
+    try:
+        return validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flat ``group.key`` params for MLflow, so runs compare and filter on ``init.name``, ``model.hidden_dims``.
+
+    Hydra's ``_target_``/``_partial_`` keys are implementation details and are left out.
+    """
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        if str(key).startswith("_"):
+            continue
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{full}."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """Instantiate a config node through its ``_target_``; ``name`` labels the option and is not an argument.
+
+    Runtime objects (a model, a layer factory) are passed to the target directly, never through Hydra,
+    which would try to turn them into configs."""
+    from hydra.utils import instantiate
+
+    if node.get("_target_") is None:
+        return None
+    spec = OmegaConf.to_container(node, resolve=True)
+    spec.pop("name", None)
+    if not kwargs:
+        return instantiate(spec)
+    spec.pop("_partial_", None)
+    return instantiate(spec, _partial_=True)(**kwargs)

@@ -1,0 +1,100 @@
+"""Prepared splits on disk, and a batch loader for tensors that already sit in memory.
+
+A torch DataLoader over a TensorDataset indexes one sample at a time and collates them back into a
+batch: for the small, in-memory datasets deepsweep runs, that costs more than the model. The loader
+here slices whole batches from the tensors instead (one gather per batch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from deepsweep.utils.io import read_json
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TensorSplit:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: torch.Tensor) -> "TensorSplit":
+        return TensorSplit(self.x[index], self.y[index])
+
+
+@dataclass
+class PreparedData:
+    """What the prepare stage writes: ``{train,val,test}.pt`` plus ``meta.json``."""
+
+    train: TensorSplit
+    val: TensorSplit
+    test: TensorSplit
+    meta: dict
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["input_shape"])
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PreparedData":
+        folder = Path(folder)
+        missing = [f"{s}.pt" for s in SPLITS if not (folder / f"{s}.pt").is_file()]
+        if missing or not (folder / "meta.json").is_file():
+            raise FileNotFoundError(
+                f"{folder}: prepared data incomplete (missing {', '.join(missing) or 'meta.json'}); "
+                "run the prepare stage first (dvc repro prepare)"
+            )
+        splits = {s: TensorSplit(**torch.load(folder / f"{s}.pt", weights_only=True)) for s in SPLITS}
+        return cls(**splits, meta=read_json(folder / "meta.json"))
+
+
+def label_subset(split: TensorSplit, fraction: float, seed: int) -> TensorSplit:
+    """A stratified ``fraction`` of a split (at least one example per class)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"finetune.label_fraction: must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return split
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for label in split.y.unique():
+        idx = (split.y == label).nonzero().flatten()
+        n = max(1, round(fraction * len(idx)))
+        keep.append(idx[torch.randperm(len(idx), generator=generator)[:n]])
+    return split.subset(torch.cat(keep).sort().values)
+
+
+class InMemoryLoader:
+    """Iterate (x, y) batches over in-memory tensors; reshuffled each epoch when ``shuffle``."""
+
+    def __init__(self, split: TensorSplit, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size: must be >= 1, got {batch_size}")
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.split.x, self.split.y
+        if self.shuffle:
+            order = torch.randperm(len(y), generator=self.generator)
+            for start in range(0, len(y), self.batch_size):
+                index = order[start : start + self.batch_size]
+                yield x[index], y[index]
+        else:
+            for start in range(0, len(y), self.batch_size):
+                yield x[start : start + self.batch_size], y[start : start + self.batch_size]

@@ -1,0 +1,127 @@
+"""Data sources: each reads a real dataset from disk (nothing is downloaded) into a train/val/test split.
+
+Pixels are scaled to [0, 1]; images keep their (channels, height, width) shape so that MLP and CNN
+families read the same prepared data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deepsweep import paths
+
+
+@dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def _stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Hold out ``fraction`` of the rows, stratified by label."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"split fraction must be in (0, 1), got {fraction}")
+    x_keep, x_out, y_keep, y_out = train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+    return Split(x_keep, y_keep), Split(x_out, y_out)
+
+
+@dataclass
+class Digits:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    batch_size: int = 64
+
+    def load(self) -> Splits:
+        seed = self.split_seed
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+        y = bunch.target.astype(np.int64)
+        rest, test = _stratified_split(x, y, self.test_fraction, seed)
+        train, val = _stratified_split(rest.x, rest.y, self.val_fraction / (1 - self.test_fraction), seed)
+        return Splits(train, val, test, [str(c) for c in bunch.target_names])
+
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a (gzip-compressed) IDX file: MNIST's own format, as published by LeCun et al."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {array.size} values (truncated file?)")
+    return array.reshape(shape)
+
+
+@dataclass
+class IdxImages:
+    """MNIST-layout datasets (MNIST, Fashion-MNIST) read from the four IDX files in ``root``.
+
+    The official test set is the test split; ``val_fraction`` of the training set is held out for
+    validation; ``train_subset`` caps the training images (stratified) for quick runs."""
+
+    root: str = "../shared/data/mnist/raw"
+    val_fraction: float = 0.1
+    train_subset: int | None = None
+    split_seed: int = 0
+    batch_size: int = 128
+
+    def files(self) -> dict[str, Path]:
+        root = paths.resolve(self.root)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"data.root: folder {root} does not exist; it must hold {', '.join(IDX_FILES.values())}"
+            )
+        found = {key: root / name for key, name in IDX_FILES.items()}
+        missing = [str(p) for p in found.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"data.root: missing IDX file(s): {', '.join(missing)}")
+        return found
+
+    def load(self) -> Splits:
+        seed = self.split_seed
+        files = self.files()
+        x_train = read_idx(files["train_images"]).astype(np.float32)[:, None] / 255.0
+        y_train = read_idx(files["train_labels"]).astype(np.int64)
+        x_test = read_idx(files["test_images"]).astype(np.float32)[:, None] / 255.0
+        y_test = read_idx(files["test_labels"]).astype(np.int64)
+        if self.train_subset is not None and self.train_subset < len(y_train):
+            _, kept = _stratified_split(x_train, y_train, self.train_subset / len(y_train), seed)
+            x_train, y_train = kept.x, kept.y
+        train, val = _stratified_split(x_train, y_train, self.val_fraction, seed)
+        return Splits(train, val, Split(x_test, y_test), [str(c) for c in range(int(y_train.max()) + 1)])

@@ -1,0 +1,97 @@
+"""Build the objects a config describes. Every object-building group carries a ``_target_`` that Hydra
+instantiates; this module adds the runtime arguments a YAML file cannot know (input shape, classes,
+the layer factory), so stages stay a few readable lines."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from deepsweep.config import ConfigError, build
+
+
+def create_layers(cfg: DictConfig):
+    from deepsweep.nn.layers import Layers
+
+    return Layers(activation=build(cfg.activation), regularization=build(cfg.regularizer))
+
+
+def create_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int):
+    """The family named by ``cfg.model``, with ``cfg.init`` applied to its weights."""
+    try:
+        model = build(cfg.model, input_shape=list(input_shape), num_classes=num_classes, layers=create_layers(cfg))
+    except ValueError as exc:  # a family's own shape checks name the offending model.* key
+        raise ConfigError(str(exc)) from exc
+    build(cfg.init)(model)
+    return model
+
+
+def create_optimizer(cfg: DictConfig):
+    return build(cfg.optimizer)
+
+
+def create_scheduler(cfg: DictConfig, max_epochs: int):
+    node = cfg.scheduler
+    if node.get("T_max", "absent") is None:
+        node = OmegaConf.merge(node, {"T_max": max(1, max_epochs)})
+    return build(node)
+
+
+def set_threads(cfg: DictConfig, parallel_jobs: int = 1) -> int:
+    """torch threads for this process: trainer.num_threads, else the cores shared among parallel jobs."""
+    import torch
+
+    threads = cfg.trainer.num_threads
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+    torch.set_num_threads(int(threads))
+    return int(threads)
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """Fail before any work when the trainer asks for a device this machine does not have."""
+    import torch
+
+    accelerator = cfg.trainer.accelerator
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: no CUDA device is visible on this machine; "
+            "use trainer=cpu (or trainer.accelerator=auto)"
+        )
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up banners (GPU/TPU availability, tips) out of every stage's output."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def create_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: list, root_dir: str):
+    import lightning as L
+
+    quiet_lightning()
+    t = cfg.trainer
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        # Best weights are kept in memory (tasks.common.BestWeights) and saved once by the stage.
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,  # tasks log per epoch only; this just silences the 'few batches' warning
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        default_root_dir=root_dir,
+    )

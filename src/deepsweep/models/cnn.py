@@ -1,0 +1,101 @@
+"""Convolutional families: a LeNet-style plain CNN and a small ResNet-style one."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from deepsweep.models.base import Family
+from deepsweep.nn.layers import Layers
+
+
+def _image_shape(input_shape: Sequence[int], family: str) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"model={family} needs image inputs (channels, height, width); the data gives shape {tuple(input_shape)}"
+        )
+    return tuple(input_shape)  # type: ignore[return-value]
+
+
+class LeNet(Family):
+    """conv blocks, each followed by 2x2 max pooling, then dense layers (LeCun et al. 1998, modernised:
+    'same' padding so small inputs survive, any activation, batch norm and dropout by config)."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (6, 16),
+        kernel_size: int = 5,
+        fc_dims: Sequence[int] = (120, 84),
+        layers: Layers | None = None,
+    ) -> None:
+        super().__init__(tuple(input_shape), num_classes)
+        layers = layers or Layers()
+        c, h, w = _image_shape(input_shape, "lenet")
+        convs: list[nn.Module] = []
+        for out in channels:
+            if min(h, w) < 2:
+                raise ValueError(
+                    f"model.channels: {len(channels)} conv+pool blocks shrink a {input_shape[1]}x{input_shape[2]} "
+                    "input below 1 pixel; use fewer channels entries"
+                )
+            convs += [layers.conv(c, out, kernel_size), nn.MaxPool2d(2)]
+            c, h, w = out, h // 2, w // 2
+        dense: list[nn.Module] = [nn.Flatten()]
+        width = c * h * w
+        for hidden in fc_dims:
+            dense.append(layers.dense(width, hidden))
+            width = hidden
+        self.encoder = nn.Sequential(*convs, *dense)
+        self.feature_dim = width
+        self.head = nn.Linear(width, num_classes)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a skip connection (He et al. 2016); a 1x1 conv projects the skip when the
+    shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, layers: Layers) -> None:
+        super().__init__()
+        self.conv1 = layers.conv(in_channels, out_channels, 3, stride=stride)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm2 = layers.norm2d(out_channels)
+        self.act = layers.activation()
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.skip = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride), layers.norm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm2(self.conv2(self.conv1(x))) + self.skip(x))
+
+
+class ResNet(Family):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (16, 32, 64),
+        blocks_per_stage: Sequence[int] = (1, 1, 1),
+        layers: Layers | None = None,
+    ) -> None:
+        super().__init__(tuple(input_shape), num_classes)
+        layers = layers or Layers()
+        if len(channels) != len(blocks_per_stage):
+            raise ValueError(
+                f"model.blocks_per_stage: needs one entry per model.channels entry ({len(channels)}), "
+                f"got {len(blocks_per_stage)}"
+            )
+        c, _, _ = _image_shape(input_shape, "resnet")
+        stages: list[nn.Module] = [layers.conv(c, channels[0], 3)]
+        c = channels[0]
+        for i, (out, n_blocks) in enumerate(zip(channels, blocks_per_stage)):
+            for b in range(n_blocks):
+                stride = 2 if (i > 0 and b == 0) else 1
+                stages.append(BasicBlock(c, out, stride, layers))
+                c = out
+        self.encoder = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), layers.dropout())
+        self.feature_dim = c
+        self.head = nn.Linear(c, num_classes)

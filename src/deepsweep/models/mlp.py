@@ -1,0 +1,33 @@
+"""MLP / DNN family."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from torch import nn
+
+from deepsweep.models.base import Family
+from deepsweep.nn.layers import Layers
+
+
+class MLP(Family):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        hidden_dims: Sequence[int] = (128, 64),
+        layers: Layers | None = None,
+    ) -> None:
+        super().__init__(tuple(input_shape), num_classes)
+        if not hidden_dims:
+            raise ValueError("model.hidden_dims: needs at least one hidden width, e.g. [128]")
+        layers = layers or Layers()
+        width = math.prod(input_shape)
+        blocks: list[nn.Module] = [nn.Flatten()]
+        for hidden in hidden_dims:
+            blocks.append(layers.dense(width, hidden))
+            width = hidden
+        self.encoder = nn.Sequential(*blocks)
+        self.feature_dim = width
+        self.head = nn.Linear(width, num_classes)

@@ -1,0 +1,1 @@
+"""Building blocks shared by every family: weight initialization, regularizing layers, layer factories."""

@@ -1,0 +1,88 @@
+"""The stage graph, and the two ways to run it.
+
+* ``execute(name, ...)`` runs one stage over outputs on disk: what each DVC stage calls.
+* ``run_all(cfg, workdir)`` runs every stage in one process: a ``deepsweep run`` job (and a sweep job),
+  recorded as one MLflow run with a nested run per stage.
+
+Every stage output folder holds ``run.json`` (its MLflow run id and pipeline id); a downstream stage
+inherits the pipeline id, so the MLflow runs of one pipeline share the tag ``deepsweep.pipeline_id``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from deepsweep.utils.io import atomic_dir, read_json, write_json
+
+# stage -> the stages whose outputs it reads, in run order.
+STAGES: dict[str, tuple[str, ...]] = {
+    "prepare": (),
+    "pretrain": ("prepare",),
+    "finetune": ("prepare", "pretrain"),
+    "evaluate": ("prepare", "finetune"),
+}
+RUN_FILE = "run.json"
+
+
+def _lineage(inputs: dict[str, Path]) -> tuple[str | None, dict[str, str]]:
+    pipeline_id, upstream = None, {}
+    for dep, folder in inputs.items():
+        record = folder / RUN_FILE
+        if not record.is_file():
+            raise FileNotFoundError(
+                f"{folder}: output of stage '{dep}' is missing; run it first (dvc repro {dep}, or the whole pipeline)"
+            )
+        info = read_json(record)
+        pipeline_id = pipeline_id or info.get("pipeline_id")
+        upstream[f"deepsweep.upstream.{dep}"] = info.get("run_id", "")
+    return pipeline_id, upstream
+
+
+def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None = None) -> dict[str, float]:
+    """Run stage ``name``: read upstream outputs under ``artifacts/``, write ``artifacts/<name>/`` atomically,
+    record one MLflow run (FAILED, with the error, if the stage raises)."""
+    from deepsweep.factory import check_accelerator
+    from deepsweep.tracking.runs import PARENT_RUN_ENV, start_run
+
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; allowed: {', '.join(STAGES)}")
+    check_accelerator(cfg)
+    artifacts = Path(artifacts)
+    inputs = {dep: artifacts / dep for dep in STAGES[name]}
+    inherited, upstream = _lineage(inputs)
+    pipeline_id = pipeline_id or inherited or uuid.uuid4().hex
+    tags = {"deepsweep.stage": name, "deepsweep.pipeline_id": pipeline_id, **upstream}
+    stage = importlib.import_module(f"deepsweep.stages.{name}")
+    with start_run(cfg, run_name=name, tags=tags, parent_run_id=os.environ.get(PARENT_RUN_ENV)) as run:
+        with atomic_dir(artifacts / name) as out:
+            metrics = stage.run(cfg, out, inputs, run)
+            write_json(out / RUN_FILE, {"stage": name, "run_id": run.info.run_id, "pipeline_id": pipeline_id})
+    return metrics
+
+
+def run_all(cfg: DictConfig, workdir: Path, run_name: str = "pipeline", tags: dict[str, str] | None = None,
+            parent_run_id: str | None = None) -> dict[str, float]:
+    """Every stage in order, in this process; one MLflow run for the whole pipeline with the stages nested.
+
+    The pipeline run carries the flat params and each stage's summary metrics (``finetune.best_val_acc``,
+    ``test.accuracy``, ...) so sweep jobs compare on one row each."""
+    import mlflow
+
+    from deepsweep.tracking.runs import start_run
+
+    summary: dict[str, Any] = {}
+    with start_run(cfg, run_name=run_name, tags={"deepsweep.stage": "pipeline", **(tags or {})},
+                   parent_run_id=parent_run_id) as run:
+        mlflow.set_tag("deepsweep.pipeline_id", run.info.run_id)
+        for name in STAGES:
+            metrics = execute(name, cfg, workdir, pipeline_id=run.info.run_id)
+            stage_summary = {f"{name}.{k.replace('/', '_')}": v for k, v in metrics.items()}
+            mlflow.log_metrics(stage_summary)
+            summary.update(stage_summary)
+    return summary

@@ -1,0 +1,68 @@
+"""pretrain: unsupervised training of the model's encoder (no labels are read); writes encoder.pt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig
+
+from deepsweep import factory
+from deepsweep.config import build
+from deepsweep.data.loaders import InMemoryLoader, PreparedData
+from deepsweep.tasks.common import BestWeights
+from deepsweep.tracking.lightning import MlflowRunLogger
+from deepsweep.tracking.runs import log_artifact
+
+ENCODER_FILE = "encoder.pt"
+
+
+def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dict[str, float]:
+    if cfg.pretrain.name == "none":
+        return {}
+    import lightning as L
+
+    data = PreparedData.load(inputs["prepare"])
+    L.seed_everything(cfg.seed, workers=False, verbose=False)
+    model = factory.create_model(cfg, data.input_shape, data.num_classes)
+    epochs = int(cfg.pretrain.epochs)
+    task = build(
+        cfg.pretrain.task,
+        model=model,
+        optimizer=factory.create_optimizer(cfg),
+        scheduler=factory.create_scheduler(cfg, epochs),
+        regularization=build(cfg.regularizer),
+        activation=build(cfg.activation),
+    )
+    best = BestWeights()
+    trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), [best], str(out))
+    batch = int(cfg.data.batch_size)
+    trainer.fit(
+        task,
+        InMemoryLoader(data.train, batch, shuffle=True, seed=cfg.seed),
+        InMemoryLoader(data.val, batch),
+    )
+    torch.save({"model": cfg.model.name, "encoder": model.encoder.state_dict()}, out / ENCODER_FILE)
+    if cfg.logger.log_checkpoints:
+        log_artifact(out / ENCODER_FILE, "checkpoints")
+    return {"best_val_loss": float(best.best_score), "best_epoch": float(best.best_epoch)}
+
+
+def load_encoder(model: torch.nn.Module, path: Path) -> None:
+    """Copy pretrained encoder weights into ``model.encoder``; a mismatch names the differing keys."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no pretrained encoder; run the pretrain stage (or set pretrain=none)")
+    saved = torch.load(path, weights_only=True)
+    missing, unexpected = [], []
+    own = model.encoder.state_dict()
+    missing = sorted(set(own) - set(saved["encoder"]))
+    unexpected = sorted(set(saved["encoder"]) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(saved["encoder"]) if own[k].shape != saved["encoder"][k].shape)
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"{path}: the pretrained encoder (model={saved['model']}) does not fit this model: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]}; "
+            "pretrain and finetune must use the same model, activation and regularizer"
+        )
+    model.encoder.load_state_dict(saved["encoder"])

@@ -1,0 +1,64 @@
+"""Supervised classification: cross-entropy on a family's logits, plus the regularizer's penalty."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from deepsweep.models.base import Family
+from deepsweep.nn.regularizers import Regularization
+from deepsweep.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers
+
+
+class ClassifyTask(L.LightningModule):
+    def __init__(
+        self,
+        model: Family,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        regularization: Regularization | None = None,
+        freeze_encoder_epochs: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.regularization = regularization or Regularization()
+        self.freeze_encoder_epochs = freeze_encoder_epochs
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(model.num_classes, average="micro"),
+                "f1": MulticlassF1Score(model.num_classes, average="macro"),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        # Linear probing first, then full fine-tuning: the head learns on frozen pretrained features
+        # before their gradients are allowed to disturb them.
+        self.model.encoder.requires_grad_(self.current_epoch >= self.freeze_encoder_epochs)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y) + self.regularization.penalty(self.model)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.log("val/loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True, batch_size=len(y))
+        self.val_metrics.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def configure_optimizers(self):
+        return configure_optimizers(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)

@@ -1,0 +1,1 @@
+"""MLflow tracking: where runs go, what they record, and how sweeps group their jobs."""

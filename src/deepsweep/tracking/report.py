@@ -1,0 +1,61 @@
+"""The sweep report: one row per job with the params that vary and the summary metrics, the best job
+marked; written next to the sweep and logged to the parent run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RANK_METRIC = "finetune.best_val_acc"
+SHOWN_METRICS = ("finetune.best_val_acc", "test.accuracy", "test.f1_macro", "test.roc_auc")
+
+
+def sweep_rows(parent_run_id: str) -> list[dict]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
+    )
+    return [
+        {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+         "params": dict(r.data.params), "metrics": dict(r.data.metrics)}
+        for r in children
+    ]
+
+
+def render(rows: list[dict]) -> tuple[str, str]:
+    """(markdown, csv) tables of the jobs, best by RANK_METRIC first."""
+    keys = sorted({k for r in rows for k in r["params"]})
+    varying = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1]
+    rows = sorted(rows, key=lambda r: -r["metrics"].get(RANK_METRIC, float("-inf")))
+    header = ["", "run", "status", *varying, *SHOWN_METRICS]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    csv_lines = [",".join(header[1:])]
+    for i, r in enumerate(rows):
+        cells = [r["run_name"], r["status"], *(r["params"].get(k, "") for k in varying)]
+        cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in SHOWN_METRICS]
+        mark = "best" if i == 0 and r["status"] == "FINISHED" else ""
+        md.append("| " + " | ".join([mark, *cells]) + " |")
+        csv_lines.append(",".join(f'"{c}"' for c in cells))
+    return "\n".join(md) + "\n", "\n".join(csv_lines) + "\n"
+
+
+def finish_sweep(parent_run_id: str, sweep_dir: Path) -> list[dict]:
+    import mlflow
+
+    rows = sweep_rows(parent_run_id)
+    md, csv_text = render(rows)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    failed = [r for r in rows if r["status"] != "FINISHED"]
+    text = f"# Sweep report\n\n{len(rows)} jobs, {len(failed)} failed, ranked by {RANK_METRIC}.\n\n{md}"
+    (sweep_dir / "sweep_report.md").write_text(text)
+    (sweep_dir / "sweep_report.csv").write_text(csv_text)
+    client = mlflow.MlflowClient()
+    client.log_artifact(parent_run_id, str(sweep_dir / "sweep_report.md"))
+    client.log_artifact(parent_run_id, str(sweep_dir / "sweep_report.csv"))
+    client.log_metric(parent_run_id, "jobs", len(rows))
+    client.log_metric(parent_run_id, "jobs_failed", len(failed))
+    client.set_terminated(parent_run_id, "FAILED" if rows and len(failed) == len(rows) else "FINISHED")
+    print(text)
+    return rows
