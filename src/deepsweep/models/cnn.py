@@ -51,7 +51,7 @@ class LeNet(Family):
             width = hidden
         self.encoder = nn.Sequential(*convs, *dense)
         self.feature_dim = width
-        self.head = nn.Linear(width, num_classes)
+        self.head = layers.linear(width, num_classes)
 
 
 class BasicBlock(nn.Module):
@@ -98,4 +98,4 @@ class ResNet(Family):
                 c = out
         self.encoder = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), layers.dropout())
         self.feature_dim = c
-        self.head = nn.Linear(c, num_classes)
+        self.head = layers.linear(c, num_classes)

@@ -30,4 +30,4 @@ class MLP(Family):
             width = hidden
         self.encoder = nn.Sequential(*blocks)
         self.feature_dim = width
-        self.head = nn.Linear(width, num_classes)
+        self.head = layers.linear(width, num_classes)

@@ -1,0 +1,59 @@
+"""Shared fixtures: every test logs to its own SQLite MLflow store and writes under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["trainer.max_epochs=2", "pretrain.epochs=1"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_tracking(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DEEPSWEEP_ROOT", str(ROOT))
+    monkeypatch.delenv("DEEPSWEEP_PARENT_RUN_ID", raising=False)
+    yield tmp_path / "mlflow.db"
+
+
+@pytest.fixture
+def compose():
+    from deepsweep.config import compose as _compose
+
+    def make(*overrides: str):
+        return _compose(list(overrides))
+
+    return make
+
+
+def deepsweep_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `deepsweep` command in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "deepsweep", *args],
+        cwd=cwd or ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """A throwaway copy of the project (code, conf, DVC pipeline) inside its own git repo."""
+    dest = tmp_path / "project"
+    ignore = shutil.ignore_patterns(".venv", ".git", "artifacts", "outputs", "mlflow.db", "mlartifacts",
+                                    "__pycache__", "*.egg-info", ".dvc", "dvc.lock", "tests", "dvc_plots")
+    shutil.copytree(ROOT, dest, ignore=ignore)
+    shutil.copytree(ROOT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, check=True, env=env, capture_output=True)
+    return dest

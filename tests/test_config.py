@@ -1,0 +1,103 @@
+"""Config groups compose, params.yaml matches conf/, and bad input stops early with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, deepsweep_cli
+from deepsweep.config import GROUPS, ConfigError, compose, flatten, load_params, options, validate
+
+
+def test_params_yaml_is_the_composed_default():
+    # DVC's Hydra composition (`dvc exp run -S`) rewrites params.yaml from conf/: they must agree.
+    assert OmegaConf.to_container(load_params(ROOT / "params.yaml")) == OmegaConf.to_container(compose([]))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes_and_validates(group):
+    for option in options(group):
+        cfg = validate(compose([f"{group}={option}"]))
+        assert cfg[group].name == option
+
+
+def test_flat_params_for_mlflow():
+    flat = flatten(compose(["init=xavier_uniform"]))
+    assert flat["init.name"] == "xavier_uniform"
+    assert flat["model.hidden_dims"] == [128, 64]
+    assert not any(k.endswith("_target_") for k in flat)
+
+
+def test_unknown_option_lists_allowed():
+    with pytest.raises(Exception, match="(?s)model/nope.*lenet.*mlp.*resnet"):
+        compose(["model=nope"])
+    cfg = compose([])
+    cfg.model.name = "nope"
+    with pytest.raises(ConfigError, match="model.name: unknown model option 'nope'; allowed: lenet, mlp, resnet"):
+        validate(cfg)
+
+
+def test_misspelled_key_is_an_error():
+    with pytest.raises(Exception, match="hiden_dims"):
+        compose(["model.hiden_dims=[3]"])
+    cfg = OmegaConf.to_container(compose([]))
+    cfg["model"]["hiden_dims"] = [3]
+    with pytest.raises(ConfigError, match=r"model\.hiden_dims: unknown key.*allowed keys: _target_, hidden_dims, name"):
+        validate(cfg)
+
+
+def test_wrong_type_names_key_and_expected_type():
+    with pytest.raises(ConfigError, match=r"model\.hidden_dims\[0\]: expected int .* got str 'abc'"):
+        validate(compose(["model.hidden_dims=[abc]"]))
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs: expected int"):
+        validate(compose(["trainer.max_epochs=2.5"]))
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: expected float"):
+        validate(compose(["optimizer.lr=fast"]))
+
+
+def test_missing_key_in_params_file(tmp_path):
+    cfg = OmegaConf.to_container(compose([]))
+    del cfg["optimizer"]["lr"]
+    path = tmp_path / "params.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(ConfigError, match=r"(?s)params.yaml.*optimizer\.lr: missing"):
+        load_params(path)
+
+
+def test_cli_rejects_bad_params_before_work(tmp_path):
+    cfg = OmegaConf.to_container(compose([]))
+    cfg["regularizer"]["dropout"] = "lots"
+    (tmp_path / "params.yaml").write_text(OmegaConf.to_yaml(cfg))
+    result = deepsweep_cli("stage", "prepare", "--params", str(tmp_path / "params.yaml"),
+                           "--artifacts", str(tmp_path / "artifacts"))
+    assert result.returncode == 2
+    assert "regularizer.dropout: expected float" in result.stderr
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_missing_data_folder_names_the_path(tmp_path):
+    result = deepsweep_cli("params", "data=mnist", f"data.root={tmp_path}/nowhere", "-o", str(tmp_path / "p.yaml"))
+    assert result.returncode == 0, result.stderr
+    result = deepsweep_cli("stage", "prepare", "--params", str(tmp_path / "p.yaml"), "--artifacts", str(tmp_path / "a"))
+    assert result.returncode == 2
+    assert f"data.root: folder {tmp_path}/nowhere does not exist" in result.stderr
+
+
+def test_hydra_run_rejects_typo_before_training(tmp_path):
+    result = deepsweep_cli("run", "optimizer.lrr=0.1", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode != 0
+    assert "lrr" in result.stderr
+    result = deepsweep_cli("run", "trainer.max_epochs=many", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode != 0
+    assert "trainer.max_epochs: expected int" in result.stderr
+
+
+def test_gpu_trainer_without_gpu_fails_early(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from deepsweep.stages.pipeline import execute
+
+    with pytest.raises(ConfigError, match="trainer.accelerator=gpu: no CUDA device"):
+        execute("prepare", compose(["trainer=gpu"]), tmp_path / "artifacts")

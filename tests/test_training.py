@@ -1,0 +1,122 @@
+"""Families, optimizers, schedules and early stopping, trained for real on a small slice of digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepsweep import factory
+from deepsweep.config import build, options
+from deepsweep.data.loaders import InMemoryLoader, TensorSplit, label_subset
+from deepsweep.data.sources import Digits
+from deepsweep.tasks.classify import ClassifyTask
+from deepsweep.tasks.common import BestWeights
+
+
+@pytest.fixture(scope="module")
+def digits():
+    splits = Digits().load()
+    as_tensors = lambda s: TensorSplit(torch.from_numpy(s.x), torch.from_numpy(s.y))  # noqa: E731
+    return as_tensors(splits.train), as_tensors(splits.val)
+
+
+def fit(cfg, train, val, epochs):
+    import lightning as L
+
+    L.seed_everything(0, verbose=False)
+    model = factory.create_model(cfg, (1, 8, 8), 10)
+    task = ClassifyTask(model, factory.create_optimizer(cfg), factory.create_scheduler(cfg, epochs),
+                        build(cfg.regularizer))
+    callbacks = [BestWeights()]
+    if cfg.regularizer.early_stopping_patience:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping("val/loss", patience=cfg.regularizer.early_stopping_patience))
+    trainer = factory.create_trainer(cfg, epochs, None, callbacks, "/tmp")
+    trainer.fit(task, InMemoryLoader(train, 64, shuffle=True), InMemoryLoader(val, 256))
+    return trainer, task
+
+
+def val_loss(task, val):
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(task.model.eval()(val.x), val.y).item()
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+def test_every_optimizer_learns(compose, digits, optimizer):
+    train, val = digits
+    cfg = compose(f"optimizer={optimizer}")
+    torch.manual_seed(0)
+    before = val_loss(type("T", (), {"model": factory.create_model(cfg, (1, 8, 8), 10)})(), val)
+    trainer, task = fit(cfg, train, val, epochs=2)
+    assert isinstance(trainer.optimizers[0], build(cfg.optimizer).func)
+    assert val_loss(task, val) < 0.8 * before
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet", "resnet"])
+def test_families_give_logits_on_digits_and_mnist_shapes(compose, model):
+    cfg = compose(f"model={model}")
+    for shape in [(1, 8, 8), (1, 28, 28)]:
+        net = factory.create_model(cfg, shape, 10)
+        assert net(torch.rand(3, *shape)).shape == (3, 10)
+        assert net.encoder(torch.rand(3, *shape)).shape == (3, net.feature_dim)
+
+
+def test_cnn_on_flat_input_names_the_problem(compose):
+    from deepsweep.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model=lenet needs image inputs .* shape \(64,\)"):
+        factory.create_model(compose("model=lenet"), (64,), 10)
+
+
+@pytest.mark.parametrize("scheduler", ["step", "exponential", "cosine", "plateau"])
+def test_schedules_change_the_learning_rate(compose, digits, scheduler):
+    train, val = digits
+    cfg = compose(f"scheduler={scheduler}", "scheduler.step_size=1" if scheduler == "step" else "seed=0",
+                  *(["scheduler.patience=0"] if scheduler == "plateau" else []))
+    trainer, _ = fit(cfg, train, val, epochs=3)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    if scheduler == "plateau":
+        assert lr <= cfg.optimizer.lr
+    else:
+        assert lr < cfg.optimizer.lr
+
+
+def test_early_stopping_stops_and_keeps_best_weights(compose, digits):
+    train, val = digits
+    cfg = compose("regularizer=early_stopping", "regularizer.early_stopping_patience=1", "optimizer=sgd",
+                  "optimizer.lr=3.0")  # a learning rate this high makes val_loss bounce early
+    trainer, task = fit(cfg, train, val, epochs=30)
+    assert trainer.current_epoch < 30
+    best = next(c for c in trainer.callbacks if isinstance(c, BestWeights))
+    assert val_loss(task, val) == pytest.approx(best.best_score, rel=1e-4)
+
+
+def test_freeze_encoder_epochs_trains_only_the_head_first(compose, digits):
+    import lightning as L
+
+    train, val = digits
+    cfg = compose()
+    model = factory.create_model(cfg, (1, 8, 8), 10)
+    encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head_before = model.head.weight.detach().clone()
+    task = ClassifyTask(model, factory.create_optimizer(cfg), freeze_encoder_epochs=1)
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(task, InMemoryLoader(train, 64))
+    assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder_before.items())
+    assert not torch.equal(head_before, model.head.weight)
+
+
+def test_label_fraction_is_stratified(digits):
+    train, _ = digits
+    few = label_subset(train, 0.1, seed=0)
+    assert abs(len(few) - 0.1 * len(train)) <= 10
+    assert set(few.y.tolist()) == set(range(10))
+
+
+def test_in_memory_loader_covers_every_sample_once(digits):
+    train, _ = digits
+    loader = InMemoryLoader(train, 100, shuffle=True, seed=1)
+    seen = torch.cat([y for _, y in loader])
+    assert len(loader) == -(-len(train) // 100)
+    assert sorted(seen.tolist()) == sorted(train.y.tolist())
