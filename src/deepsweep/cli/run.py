@@ -42,7 +42,17 @@ def main(cfg: DictConfig) -> float:
     if multirun:
         parent = parent_run_id(hydra_cfg.sweep.dir)
         tags["deepsweep.job"] = str(hydra_cfg.job.num)
-    summary = run_all(cfg, Path(hydra_cfg.runtime.output_dir), run_name=overrides, tags=tags, parent_run_id=parent)
+    try:
+        summary = run_all(cfg, Path(hydra_cfg.runtime.output_dir), run_name=overrides, tags=tags, parent_run_id=parent)
+    except Exception as exc:
+        if not multirun:
+            raise
+        # One failing sweep job must not stop the others: its MLflow run is already marked FAILED
+        # with the error, and the sweep report lists it.
+        import logging
+
+        logging.getLogger("deepsweep").error("sweep job %s failed: %s: %s", hydra_cfg.job.num, type(exc).__name__, exc)
+        return float("nan")
     for key, value in summary.items():
         print(f"{key} = {value:.4f}")
     # The value an Optuna sweeper maximizes.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RANK_METRIC = "finetune.best_val_acc"
-SHOWN_METRICS = ("finetune.best_val_acc", "test.accuracy", "test.f1_macro", "test.roc_auc")
+SHOWN_METRICS = ("finetune.best_val_acc", "evaluate.accuracy", "evaluate.f1_macro", "evaluate.roc_auc")
 
 
 def sweep_rows(parent_run_id: str) -> list[dict]:
@@ -19,7 +19,8 @@ def sweep_rows(parent_run_id: str) -> list[dict]:
     )
     return [
         {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-         "params": dict(r.data.params), "metrics": dict(r.data.metrics)}
+         "params": dict(r.data.params), "metrics": dict(r.data.metrics),
+         "error": r.data.tags.get("deepsweep.error", "")}
         for r in children
     ]
 
@@ -29,12 +30,13 @@ def render(rows: list[dict]) -> tuple[str, str]:
     keys = sorted({k for r in rows for k in r["params"]})
     varying = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1]
     rows = sorted(rows, key=lambda r: -r["metrics"].get(RANK_METRIC, float("-inf")))
-    header = ["", "run", "status", *varying, *SHOWN_METRICS]
+    header = ["", "run", "status", *varying, *SHOWN_METRICS, "error"]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv_lines = [",".join(header[1:])]
     for i, r in enumerate(rows):
         cells = [r["run_name"], r["status"], *(r["params"].get(k, "") for k in varying)]
         cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in SHOWN_METRICS]
+        cells.append(r["error"].splitlines()[0][:120].replace("|", "/") if r["error"] else "")
         mark = "best" if i == 0 and r["status"] == "FINISHED" else ""
         md.append("| " + " | ".join([mark, *cells]) + " |")
         csv_lines.append(",".join(f'"{c}"' for c in cells))

@@ -8,6 +8,7 @@ At the end, the children are summarized into ``sweep_report.md``/``.csv`` logged
 
 from __future__ import annotations
 
+import atexit
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,15 @@ def parent_run_id(sweep_dir: str | os.PathLike | None) -> str | None:
     return None
 
 
+def _fail_if_running(run_id: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "deepsweep.error", "the sweep process ended before the sweep finished")
+        client.set_terminated(run_id, "FAILED")
+
+
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
@@ -46,6 +56,8 @@ class MlflowSweepCallback(Callback):
         )
         os.environ[PARENT_RUN_ENV] = run.info.run_id
         (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
+        # If the sweep process dies (Ctrl-C, a launcher error), the parent run must not stay RUNNING.
+        atexit.register(_fail_if_running, run.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from deepsweep.tracking.report import finish_sweep

@@ -1,0 +1,61 @@
+"""The real DVC pipeline: `dvc repro` runs the stages, skips what is unchanged, re-runs what a param
+touches, and `dvc exp run -S` composes conf/ through DVC's Hydra integration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import deepsweep_cli
+
+pytestmark = pytest.mark.slow
+
+
+def dvc(project: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DEEPSWEEP_ROOT": ""}
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_repro_runs_then_skips_then_reruns_downstream(project_copy):
+    written = deepsweep_cli("params", "trainer.max_epochs=2", "pretrain.epochs=1", cwd=project_copy,
+                            env={"DEEPSWEEP_ROOT": str(project_copy)})
+    assert written.returncode == 0, written.stderr
+
+    assert ran(dvc(project_copy, "repro")) == ["prepare", "pretrain", "finetune", "evaluate"]
+    metrics = json.loads((project_copy / "artifacts/evaluate/metrics.json").read_text())
+    assert metrics["accuracy"] > 0.5
+    shown = dvc(project_copy, "metrics", "show", "--json")
+    assert '"roc_auc"' in shown
+
+    assert ran(dvc(project_copy, "repro")) == []
+
+    params = project_copy / "params.yaml"
+    params.write_text(params.read_text().replace("label_fraction: 1.0", "label_fraction: 0.5"))
+    assert ran(dvc(project_copy, "repro")) == ["finetune", "evaluate"]
+
+    params.write_text(params.read_text().replace("  epochs: 1", "  epochs: 2"))
+    assert ran(dvc(project_copy, "repro")) == ["pretrain", "finetune", "evaluate"]
+
+
+def test_exp_run_with_set_param(project_copy):
+    for cmd in (["git", "add", "-A"],):
+        subprocess.run(cmd, cwd=project_copy, check=True)
+    out = dvc(project_copy, "exp", "run", "-S", "trainer.max_epochs=1", "-S", "pretrain.epochs=1",
+              "-S", "model.hidden_dims=[32]")
+    assert "Ran experiment" in out, out
+    params = (project_copy / "params.yaml").read_text()
+    assert "hidden_dims:\n  - 32\n" in params or "hidden_dims:\n- 32\n" in params
+    shown = json.loads(dvc(project_copy, "exp", "show", "--json"))
+    assert shown, "dvc exp show lists no experiment"

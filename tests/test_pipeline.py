@@ -1,0 +1,118 @@
+"""The four stages end to end on digits, with what they record in MLflow and hand to each other."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from conftest import FAST
+from deepsweep.stages.pipeline import execute, run_all
+
+
+@pytest.fixture
+def fast_cfg(compose):
+    return compose(*FAST)
+
+
+def _runs(stage=None):
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    return [r for r in runs if stage is None or r.data.tags.get("deepsweep.stage") == stage]
+
+
+def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    for stage in ("prepare", "pretrain", "finetune", "evaluate"):
+        execute(stage, fast_cfg, artifacts)
+
+    metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
+    assert set(metrics) == {"accuracy", "f1_macro", "roc_auc", "loss"}
+    assert metrics["accuracy"] > 0.5 and metrics["roc_auc"] > 0.8
+    for name in ("confusion.csv", "roc.csv", "confusion_matrix.png", "roc_curve.png"):
+        assert (artifacts / "evaluate" / name).stat().st_size > 0
+    assert (artifacts / "evaluate" / "confusion.csv").read_text().startswith("actual,predicted\n")
+
+    runs = {r.data.tags["deepsweep.stage"]: r for r in _runs()}
+    assert set(runs) == {"prepare", "pretrain", "finetune", "evaluate"}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    assert len({r.data.tags["deepsweep.pipeline_id"] for r in runs.values()}) == 1
+    assert runs["finetune"].data.tags["deepsweep.upstream.pretrain"] == runs["pretrain"].info.run_id
+    finetune = runs["finetune"]
+    assert finetune.data.params["init.name"] == "he_normal"
+    assert finetune.data.params["model.hidden_dims"] == "[128, 64]"
+    history = mlflow.MlflowClient().get_metric_history(finetune.info.run_id, "val/loss")
+    assert [m.step for m in history] == [0, 1]  # one point per epoch
+    assert runs["evaluate"].data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
+    artifacts_logged = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["evaluate"].info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in artifacts_logged and "evaluation/roc_curve.png" in artifacts_logged
+    ckpt = {a.path for a in mlflow.MlflowClient().list_artifacts(finetune.info.run_id, "checkpoints")}
+    assert ckpt == {"checkpoints/model.pt"}
+
+
+def test_finetune_starts_from_the_pretrained_encoder(fast_cfg, tmp_path, monkeypatch):
+    from deepsweep.stages import finetune
+
+    artifacts = tmp_path / "artifacts"
+    execute("prepare", fast_cfg, artifacts)
+    execute("pretrain", fast_cfg, artifacts)
+    pretrained = torch.load(artifacts / "pretrain" / "encoder.pt", weights_only=True)["encoder"]
+
+    seen = {}
+    original = finetune.ClassifyTask.__init__
+
+    def spy(self, model, *args, **kwargs):
+        seen.update({k: v.clone() for k, v in model.encoder.state_dict().items()})
+        original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.ClassifyTask, "__init__", spy)
+    execute("finetune", fast_cfg, artifacts)
+    assert seen.keys() == pretrained.keys()
+    assert all(torch.equal(seen[k], pretrained[k]) for k in pretrained)
+
+
+def test_pretrain_none_skips_loading(compose, tmp_path):
+    cfg = compose(*FAST, "pretrain=none")
+    artifacts = tmp_path / "artifacts"
+    for stage in ("prepare", "pretrain", "finetune"):
+        execute(stage, cfg, artifacts)
+    assert not (artifacts / "pretrain" / "encoder.pt").exists()
+    assert _runs("finetune")[0].data.tags["deepsweep.pretrained_encoder"] == "false"
+
+
+def test_a_stage_that_dies_is_marked_failed_and_keeps_old_outputs(fast_cfg, tmp_path, monkeypatch):
+    from deepsweep.stages import finetune
+
+    artifacts = tmp_path / "artifacts"
+    for stage in ("prepare", "pretrain", "finetune"):
+        execute(stage, fast_cfg, artifacts)
+    before = (artifacts / "finetune" / "model.pt").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("loss is NaN")
+
+    monkeypatch.setattr(finetune.ClassifyTask, "training_step", boom)
+    with pytest.raises(RuntimeError, match="loss is NaN"):
+        execute("finetune", fast_cfg, artifacts)
+    failed = [r for r in _runs("finetune") if r.info.status == "FAILED"]
+    assert len(failed) == 1
+    assert failed[0].data.tags["deepsweep.error"] == "RuntimeError: loss is NaN"
+    assert (artifacts / "finetune" / "model.pt").read_bytes() == before
+    assert not [p for p in artifacts.iterdir() if p.name.startswith(".")]
+
+
+def test_missing_upstream_output_is_named(fast_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="output of stage 'prepare' is missing"):
+        execute("pretrain", fast_cfg, tmp_path / "artifacts")
+
+
+@pytest.mark.parametrize("overrides", [["model=lenet", "regularizer=batchnorm"], ["model=resnet", "pretrain=denoising_autoencoder"]])
+def test_run_all_nests_stage_runs_under_one_pipeline_run(compose, tmp_path, overrides):
+    cfg = compose(*FAST, *overrides)
+    summary = run_all(cfg, tmp_path / "job")
+    assert {"finetune.best_val_acc", "evaluate.accuracy", "evaluate.roc_auc"} <= set(summary)
+    pipeline = _runs("pipeline")[0]
+    children = [r for r in _runs() if r.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id]
+    assert sorted(r.data.tags["deepsweep.stage"] for r in children) == ["evaluate", "finetune", "prepare", "pretrain"]
+    assert pipeline.data.metrics["evaluate.accuracy"] == pytest.approx(summary["evaluate.accuracy"])
