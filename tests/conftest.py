@@ -16,7 +16,12 @@ FAST = ["trainer.max_epochs=2", "pretrain.epochs=1"]
 
 @pytest.fixture(autouse=True)
 def isolated_tracking(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # Stages call mlflow.set_tracking_uri, which outlives the env var: reset it for each test.
+    mlflow.set_tracking_uri(uri)
     monkeypatch.setenv("DEEPSWEEP_ROOT", str(ROOT))
     monkeypatch.delenv("DEEPSWEEP_PARENT_RUN_ID", raising=False)
     yield tmp_path / "mlflow.db"

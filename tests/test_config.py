@@ -101,3 +101,19 @@ def test_gpu_trainer_without_gpu_fails_early(tmp_path):
 
     with pytest.raises(ConfigError, match="trainer.accelerator=gpu: no CUDA device"):
         execute("prepare", compose(["trainer=gpu"]), tmp_path / "artifacts")
+
+
+def test_ready_made_pipelines_match_the_root_stages_and_validate():
+    import yaml
+
+    root = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    pipelines = sorted((ROOT / "pipelines").glob("*/dvc.yaml"))
+    assert pipelines
+    for path in pipelines:
+        stages = yaml.safe_load(path.read_text())["stages"]
+        for name, stage in root["stages"].items():
+            expected = [d.replace("src/", "../../src/", 1) if d.startswith("src/") else d for d in stage["deps"]]
+            assert stages[name]["deps"] == expected, f"{path}: stage {name} deps drifted from dvc.yaml"
+            assert stages[name]["params"] == stage["params"], f"{path}: stage {name} params drifted"
+            assert stages[name]["cmd"] == stage["cmd"]
+        load_params(path.parent / "params.yaml")
