@@ -52,7 +52,6 @@ def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
 
 
 def test_finetune_starts_from_the_pretrained_encoder(fast_cfg, tmp_path, monkeypatch):
-    from deepsweep.stages import finetune
 
     artifacts = tmp_path / "artifacts"
     execute("prepare", fast_cfg, artifacts)
@@ -60,13 +59,15 @@ def test_finetune_starts_from_the_pretrained_encoder(fast_cfg, tmp_path, monkeyp
     pretrained = torch.load(artifacts / "pretrain" / "encoder.pt", weights_only=True)["encoder"]
 
     seen = {}
-    original = finetune.ClassifyTask.__init__
+    from deepsweep.tasks.classify import ClassifyTask
+
+    original = ClassifyTask.__init__
 
     def spy(self, model, *args, **kwargs):
         seen.update({k: v.clone() for k, v in model.encoder.state_dict().items()})
         original(self, model, *args, **kwargs)
 
-    monkeypatch.setattr(finetune.ClassifyTask, "__init__", spy)
+    monkeypatch.setattr(ClassifyTask, "__init__", spy)
     execute("finetune", fast_cfg, artifacts)
     assert seen.keys() == pretrained.keys()
     assert all(torch.equal(seen[k], pretrained[k]) for k in pretrained)
@@ -82,7 +83,6 @@ def test_pretrain_none_skips_loading(compose, tmp_path):
 
 
 def test_a_stage_that_dies_is_marked_failed_and_keeps_old_outputs(fast_cfg, tmp_path, monkeypatch):
-    from deepsweep.stages import finetune
 
     artifacts = tmp_path / "artifacts"
     for stage in ("prepare", "pretrain", "finetune"):
@@ -92,7 +92,9 @@ def test_a_stage_that_dies_is_marked_failed_and_keeps_old_outputs(fast_cfg, tmp_
     def boom(*args, **kwargs):
         raise RuntimeError("loss is NaN")
 
-    monkeypatch.setattr(finetune.ClassifyTask, "training_step", boom)
+    from deepsweep.tasks.classify import ClassifyTask
+
+    monkeypatch.setattr(ClassifyTask, "training_step", boom)
     with pytest.raises(RuntimeError, match="loss is NaN"):
         execute("finetune", fast_cfg, artifacts)
     failed = [r for r in _runs("finetune") if r.info.status == "FAILED"]

@@ -12,6 +12,40 @@ from omegaconf import DictConfig, OmegaConf
 from deepsweep.config import ConfigError, build
 
 
+def _target_kind(node: DictConfig) -> str:
+    from hydra.utils import get_class
+
+    target = node.get("_target_")
+    return getattr(get_class(target), "kind", "tensor") if target else "any"
+
+
+def check_compatible(cfg: DictConfig) -> None:
+    """Data, model family and pretraining task must agree on the kind of data (tensor or graph)."""
+    from deepsweep.config import compose, options
+
+    data_kind = _target_kind(cfg.data)
+
+    def matching(group: str, path: str = "") -> str:
+        names = []
+        for option in options(group):
+            node = compose([f"{group}={option}"])[group]
+            node = node.get(path) if path else node
+            if _target_kind(node) in (data_kind, "any"):
+                names.append(option)
+        return ", ".join(names)
+
+    if _target_kind(cfg.model) != data_kind:
+        raise ConfigError(
+            f"model={cfg.model.name} does not read {data_kind} data (data={cfg.data.name}); "
+            f"models for it: {matching('model')}"
+        )
+    if cfg.pretrain.name != "none" and _target_kind(cfg.pretrain.task) != data_kind:
+        raise ConfigError(
+            f"pretrain={cfg.pretrain.name} does not apply to {data_kind} data (data={cfg.data.name}); "
+            f"pretraining for it: {matching('pretrain', 'task')}"
+        )
+
+
 def create_layers(cfg: DictConfig):
     from deepsweep.nn.layers import Layers
 

@@ -52,3 +52,32 @@ def roc_png(curves, class_names: Sequence[str], micro: dict | None, path: Path, 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def embedding_png(embedding: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], path: Path,
+                  title: str) -> None:
+    """A 2-D map of embeddings: as is when 2-D, else t-SNE (PCA first above 50 dimensions)."""
+    import numpy as np
+
+    points = embedding.detach().cpu().numpy()
+    if points.shape[1] > 2:
+        from sklearn.decomposition import PCA
+        from sklearn.manifold import TSNE
+
+        if points.shape[1] > 50:
+            points = PCA(n_components=50, random_state=0).fit_transform(points)
+        perplexity = float(min(30, max(2, (len(points) - 1) // 3)))
+        points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(points)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
+    labels = labels.cpu().numpy()
+    for c in np.unique(labels):
+        sel = labels == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=6 if len(points) > 200 else 40, label=class_names[c])
+    ax.set_title(title)
+    ax.legend(fontsize=7, markerscale=2)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

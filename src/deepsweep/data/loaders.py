@@ -15,6 +15,7 @@ import torch
 from deepsweep.utils.io import read_json
 
 SPLITS = ("train", "val", "test")
+GRAPH_FILE = "graph.pt"
 
 
 @dataclass
@@ -31,12 +32,16 @@ class TensorSplit:
 
 @dataclass
 class PreparedData:
-    """What the prepare stage writes: ``{train,val,test}.pt`` plus ``meta.json``."""
+    """What the prepare stage wrote for a tensor dataset: ``{train,val,test}.pt`` plus ``meta.json``.
+
+    Stages only use ``num_classes``, ``input_shape`` and ``loader(split, ...)``, which graph data
+    (:class:`GraphData`) offers too, so no stage branches on the kind of data."""
 
     train: TensorSplit
     val: TensorSplit
     test: TensorSplit
     meta: dict
+    kind = "tensor"
 
     @property
     def num_classes(self) -> int:
@@ -46,17 +51,77 @@ class PreparedData:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.meta["input_shape"])
 
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
+               label_fraction: float = 1.0) -> "InMemoryLoader":
+        data = getattr(self, split)
+        if label_fraction != 1.0:
+            data = label_subset(data, label_fraction, seed)
+        return InMemoryLoader(data, batch_size or len(data), shuffle=shuffle, seed=seed)
+
     @classmethod
-    def load(cls, folder: str | Path) -> "PreparedData":
+    def load(cls, folder: str | Path) -> "PreparedData | GraphData":
         folder = Path(folder)
+        if not (folder / "meta.json").is_file():
+            raise FileNotFoundError(f"{folder}: prepared data missing meta.json; run the prepare stage first")
+        meta = read_json(folder / "meta.json")
+        if meta.get("kind") == "graph":
+            return GraphData(torch.load(folder / GRAPH_FILE, weights_only=True), meta)
         missing = [f"{s}.pt" for s in SPLITS if not (folder / f"{s}.pt").is_file()]
-        if missing or not (folder / "meta.json").is_file():
+        if missing:
             raise FileNotFoundError(
-                f"{folder}: prepared data incomplete (missing {', '.join(missing) or 'meta.json'}); "
+                f"{folder}: prepared data incomplete (missing {', '.join(missing)}); "
                 "run the prepare stage first (dvc repro prepare)"
             )
         splits = {s: TensorSplit(**torch.load(folder / f"{s}.pt", weights_only=True)) for s in SPLITS}
-        return cls(**splits, meta=read_json(folder / "meta.json"))
+        return cls(**splits, meta=meta)
+
+
+@dataclass
+class GraphData:
+    """One graph with train/val/test node masks; every batch is the whole graph plus a split's mask."""
+
+    graph: dict
+    meta: dict
+    kind = "graph"
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["input_shape"])
+
+    def mask(self, split: str, label_fraction: float = 1.0, seed: int = 0) -> torch.Tensor:
+        mask = self.graph[f"{split}_mask"]
+        if label_fraction == 1.0:
+            return mask
+        nodes = mask.nonzero().flatten()
+        kept = label_subset(TensorSplit(nodes, self.graph["y"][nodes]), label_fraction, seed).x
+        subset = torch.zeros_like(mask)
+        subset[kept] = True
+        return subset
+
+    def loader(self, split: str, batch_size: int = 0, shuffle: bool = False, seed: int = 0,
+               label_fraction: float = 1.0) -> "FullGraphLoader":
+        return FullGraphLoader(self.graph, self.mask(split, label_fraction, seed))
+
+
+class FullGraphLoader:
+    """Full-batch training: one (x, edge_index, y, mask) batch per epoch."""
+
+    def __init__(self, graph: dict, mask: torch.Tensor) -> None:
+        self.batch = (graph["x"], graph["edge_index"], graph["y"], mask)
+
+    def __len__(self) -> int:
+        return 1
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.batch[3].sum())
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        yield self.batch
 
 
 def label_subset(split: TensorSplit, fraction: float, seed: int) -> TensorSplit:
@@ -87,6 +152,10 @@ class InMemoryLoader:
 
     def __len__(self) -> int:
         return -(-len(self.split) // self.batch_size)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.split)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.split.x, self.split.y

@@ -48,6 +48,8 @@ def _stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) 
 class Digits:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)."""
 
+    kind = "tensor"
+
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     split_seed: int = 0
@@ -94,6 +96,8 @@ class IdxImages:
 
     The official test set is the test split; ``val_fraction`` of the training set is held out for
     validation; ``train_subset`` caps the training images (stratified) for quick runs."""
+
+    kind = "tensor"
 
     root: str = "../shared/data/mnist/raw"
     val_fraction: float = 0.1

@@ -10,6 +10,7 @@ class Family(nn.Module):
     """``encoder`` maps an input batch to flat features of size ``feature_dim``; ``head`` maps
     features to ``num_classes`` logits. Pretraining learns the encoder; fine-tuning loads it."""
 
+    kind = "tensor"  # the kind of prepared data it reads; graph families say "graph"
     encoder: nn.Module
     head: nn.Module
     feature_dim: int

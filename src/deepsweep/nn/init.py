@@ -26,8 +26,6 @@ SCHEMES = (
     "orthogonal",
 )
 
-_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Bilinear)
-_RECURRENT = (nn.RNNBase,)
 
 
 @dataclass
@@ -49,24 +47,26 @@ class WeightInit:
             raise ValueError("init.bound: the uniform scheme needs bound (e.g. init.bound=0.05)")
 
     def __call__(self, model: nn.Module) -> nn.Module:
+        """Every weight matrix or kernel (a parameter named ``weight*`` with 2+ dims) of every module:
+        torch's Linear/Conv/RNN layers and torch-geometric's convs alike. Norm layers (1-D weights) keep
+        their identity start."""
         if self.scheme == "default":
             return model
         with torch.no_grad():
             for module in model.modules():
-                if isinstance(module, _WEIGHTED):
-                    self.init_weight(module.weight)
-                    if module.bias is not None:
-                        module.bias.fill_(self.bias)
-                elif isinstance(module, _RECURRENT):
-                    for name, param in module.named_parameters():
-                        if name.startswith("weight"):
-                            # Each gate's block gets its own init: fan-in/out are those of one gate.
-                            for block in param.chunk(param.shape[0] // module.hidden_size, dim=0):
-                                self.init_weight(block)
-                        elif name.startswith("bias"):
+                own = dict(module.named_parameters(recurse=False))
+                weights = {n: p for n, p in own.items() if n.startswith("weight") and p.ndim >= 2}
+                for name, param in weights.items():
+                    if isinstance(module, nn.RNNBase):
+                        # Each gate's block gets its own init: fan-in/out are those of one gate.
+                        for block in param.chunk(param.shape[0] // module.hidden_size, dim=0):
+                            self.init_weight(block)
+                    else:
+                        self.init_weight(param)
+                if weights:
+                    for name, param in own.items():
+                        if name.startswith("bias"):
                             param.fill_(self.bias)
-                elif hasattr(module, "reset_weights") and callable(module.reset_weights):
-                    module.reset_weights(self.init_weight)
         return model
 
     def init_weight(self, weight: torch.Tensor) -> None:

@@ -11,18 +11,20 @@ import torch
 from omegaconf import DictConfig
 
 from deepsweep import factory, plots
-from deepsweep.data.loaders import InMemoryLoader, PreparedData
+from deepsweep.data.loaders import PreparedData
 from deepsweep.metrics import classification_metrics, confusion_matrix, per_class_roc, roc_points
 from deepsweep.stages.finetune import MODEL_FILE
+from deepsweep.tasks.classify import task_for
 from deepsweep.utils.io import write_json
 
 
-def predict(model: torch.nn.Module, loader: InMemoryLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
+def predict(task, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    task.eval()
     logits, targets = [], []
     with torch.inference_mode():
-        for x, y in loader:
-            logits.append(model(x))
+        for batch in loader:
+            out, y = task.logits_and_targets(batch)
+            logits.append(out)
             targets.append(y)
     return torch.cat(logits), torch.cat(targets)
 
@@ -36,7 +38,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         raise FileNotFoundError(f"{checkpoint}: no fine-tuned model; run the finetune stage first")
     model = factory.create_model(cfg, data.input_shape, data.num_classes)
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
-    logits, target = predict(model, InMemoryLoader(data.test, 1024))
+    task = task_for(data.kind)(model, optimizer=None)
+    logits, target = predict(task, data.loader("test", 1024))
     k, names = data.num_classes, data.meta["class_names"]
 
     metrics = classification_metrics(logits, target, k)
@@ -57,7 +60,16 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     plots.confusion_png(confusion_matrix(logits, target, k), names, out / "confusion_matrix.png", title)
     plots.roc_png(list(per_class_roc(logits, target, k)), names, roc if k > 2 else None, out / "roc_curve.png", title)
 
+    figures = ["confusion_matrix.png", "roc_curve.png"]
+    if data.kind == "graph":
+        # Where the encoder puts every node, coloured by class: the picture of what the GNN learned.
+        x, edge_index, y, _ = next(iter(data.loader("test")))
+        with torch.inference_mode():
+            embedding = model.encoder.eval()(x, edge_index)
+        plots.embedding_png(embedding, y, names, out / "node_embedding.png", f"{cfg.model.name} node embeddings")
+        figures.append("node_embedding.png")
+
     mlflow.log_metrics({f"test/{name}": value for name, value in metrics.items()})
-    for name in ("metrics.json", "confusion.csv", "roc.csv", "confusion_matrix.png", "roc_curve.png"):
+    for name in ("metrics.json", "confusion.csv", "roc.csv", *figures):
         mlflow.log_artifact(str(out / name), "evaluation")
     return metrics

@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 
 from deepsweep import factory
 from deepsweep.config import build
-from deepsweep.data.loaders import InMemoryLoader, PreparedData, label_subset
+from deepsweep.data.loaders import PreparedData
 from deepsweep.stages.pretrain import ENCODER_FILE, load_encoder
-from deepsweep.tasks.classify import ClassifyTask
+from deepsweep.tasks.classify import task_for
 from deepsweep.tasks.common import BestWeights
 from deepsweep.tracking.lightning import MlflowRunLogger
 from deepsweep.tracking.runs import log_artifact
@@ -35,7 +35,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
 
     epochs = int(cfg.trainer.max_epochs)
     regularization = build(cfg.regularizer)
-    task = ClassifyTask(
+    task = task_for(data.kind)(
         model,
         optimizer=factory.create_optimizer(cfg),
         scheduler=factory.create_scheduler(cfg, epochs),
@@ -50,10 +50,11 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     logger = MlflowRunLogger(run.info.run_id)
     trainer = factory.create_trainer(cfg, epochs, logger, callbacks, str(out))
-    train = label_subset(data.train, float(cfg.finetune.label_fraction), cfg.seed)
     batch = int(cfg.data.batch_size)
-    val_loader = InMemoryLoader(data.val, batch)
-    trainer.fit(task, InMemoryLoader(train, batch, shuffle=True, seed=cfg.seed), val_loader)
+    train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
+                               label_fraction=float(cfg.finetune.label_fraction))
+    val_loader = data.loader("val", batch)
+    trainer.fit(task, train_loader, val_loader)
 
     torch.save({"model": cfg.model.name, "state_dict": model.state_dict()}, out / MODEL_FILE)
     if cfg.logger.log_checkpoints:
@@ -62,6 +63,6 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     trainer.logger = None
     best_val = trainer.validate(task, val_loader, verbose=False)[0]
     summary = {f"best_{k.replace('/', '_')}": float(v) for k, v in best_val.items()}
-    summary.update(best_epoch=float(best.best_epoch), epochs_trained=float(trainer.current_epoch), n_train_labels=float(len(train)))
+    summary.update(best_epoch=float(best.best_epoch), epochs_trained=float(trainer.current_epoch), n_train_labels=float(train_loader.num_labels))
     mlflow.log_metrics(summary)
     return summary

@@ -47,12 +47,13 @@ def _lineage(inputs: dict[str, Path]) -> tuple[str | None, dict[str, str]]:
 def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None = None) -> dict[str, float]:
     """Run stage ``name``: read upstream outputs under ``artifacts/``, write ``artifacts/<name>/`` atomically,
     record one MLflow run (FAILED, with the error, if the stage raises)."""
-    from deepsweep.factory import check_accelerator
+    from deepsweep.factory import check_accelerator, check_compatible
     from deepsweep.tracking.runs import PARENT_RUN_ENV, start_run
 
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; allowed: {', '.join(STAGES)}")
     check_accelerator(cfg)
+    check_compatible(cfg)
     artifacts = Path(artifacts)
     inputs = {dep: artifacts / dep for dep in STAGES[name]}
     inherited, upstream = _lineage(inputs)

@@ -1,4 +1,6 @@
-"""prepare: read the dataset from disk, split it (stratified, seeded), write tensors + meta.json."""
+"""prepare: read the dataset from disk, split it (stratified, seeded), write tensors + meta.json.
+
+Tensor datasets are written as ``{train,val,test}.pt``; a graph as ``graph.pt`` with its split masks."""
 
 from __future__ import annotations
 
@@ -9,27 +11,32 @@ import torch
 from omegaconf import DictConfig
 
 from deepsweep.config import build
+from deepsweep.data.loaders import GRAPH_FILE
 from deepsweep.utils.io import write_json
 
 
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dict[str, float]:
     import mlflow
 
-    splits = build(cfg.data).load()
-    sizes = {}
-    for name in ("train", "val", "test"):
-        split = getattr(splits, name)
-        torch.save({"x": torch.from_numpy(split.x), "y": torch.from_numpy(split.y)}, out / f"{name}.pt")
-        sizes[name] = int(len(split.y))
-    meta = {
-        "dataset": cfg.data.name,
-        "num_classes": len(splits.class_names),
-        "class_names": splits.class_names,
-        "input_shape": list(splits.input_shape),
-        "sizes": sizes,
-    }
+    source = build(cfg.data)
+    if source.kind == "graph":
+        graph, meta = source.load()
+        torch.save(graph, out / GRAPH_FILE)
+    else:
+        splits = source.load()
+        for name in ("train", "val", "test"):
+            split = getattr(splits, name)
+            torch.save({"x": torch.from_numpy(split.x), "y": torch.from_numpy(split.y)}, out / f"{name}.pt")
+        meta = {
+            "kind": "tensor",
+            "num_classes": len(splits.class_names),
+            "class_names": splits.class_names,
+            "input_shape": list(splits.input_shape),
+            "sizes": {name: int(len(getattr(splits, name).y)) for name in ("train", "val", "test")},
+        }
+    meta["dataset"] = cfg.data.name
     write_json(out / "meta.json", meta)
     mlflow.log_dict(meta, "meta.json")
-    metrics = {f"n_{k}": float(v) for k, v in sizes.items()}
+    metrics = {f"n_{k}": float(v) for k, v in meta["sizes"].items()}
     mlflow.log_metrics(metrics)
     return metrics

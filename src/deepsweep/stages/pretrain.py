@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from deepsweep import factory
 from deepsweep.config import build
-from deepsweep.data.loaders import InMemoryLoader, PreparedData
+from deepsweep.data.loaders import PreparedData
 from deepsweep.tasks.common import BestWeights
 from deepsweep.tracking.lightning import MlflowRunLogger
 from deepsweep.tracking.runs import log_artifact
@@ -40,8 +40,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     batch = int(cfg.data.batch_size)
     trainer.fit(
         task,
-        InMemoryLoader(data.train, batch, shuffle=True, seed=cfg.seed),
-        InMemoryLoader(data.val, batch),
+        data.loader("train", batch, shuffle=True, seed=cfg.seed),
+        data.loader("val", batch),
     )
     torch.save({"model": cfg.model.name, "encoder": model.encoder.state_dict()}, out / ENCODER_FILE)
     if cfg.logger.log_checkpoints:

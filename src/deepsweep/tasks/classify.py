@@ -44,15 +44,18 @@ class ClassifyTask(L.LightningModule):
         # before their gradients are allowed to disturb them.
         self.model.encoder.requires_grad_(self.current_epoch >= self.freeze_encoder_epochs)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def logits_and_targets(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
-        loss = F.cross_entropy(self.model(x), y) + self.regularization.penalty(self.model)
+        return self.model(x), y
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        logits, y = self.logits_and_targets(batch)
+        loss = F.cross_entropy(logits, y) + self.regularization.penalty(self.model)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self.model(x)
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        logits, y = self.logits_and_targets(batch)
         self.log("val/loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True, batch_size=len(y))
         self.val_metrics.update(logits, y)
 
@@ -62,3 +65,16 @@ class ClassifyTask(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)
+
+
+class NodeClassifyTask(ClassifyTask):
+    """Node classification: the model sees the whole graph, the loss and metrics only the split's nodes."""
+
+    def logits_and_targets(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, edge_index, y, mask = batch
+        return self.model(x, edge_index)[mask], y[mask]
+
+
+def task_for(kind: str) -> type[ClassifyTask]:
+    """The supervised task for a kind of prepared data."""
+    return NodeClassifyTask if kind == "graph" else ClassifyTask

@@ -32,6 +32,8 @@ class ReconstructTask(L.LightningModule):
     """encoder (from the family) -> decoder (an MLP: feature_dim -> decoder_dims -> input size) ->
     mean squared error against the clean input."""
 
+    kind = "tensor"
+
     def __init__(
         self,
         model: Family,

@@ -1,0 +1,96 @@
+"""Graph data sources (torch-geometric): Cora with the Planetoid public split, and Zachary's karate club.
+
+Nothing is downloaded: Planetoid reads the raw files from ``root`` (copied to a scratch folder first, so
+the read-only shared data is never written to), and KarateClub ships inside torch-geometric.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from deepsweep import paths
+
+PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+
+
+def graph_record(data, class_names: list[str]) -> tuple[dict[str, torch.Tensor], dict]:
+    graph = {
+        "x": data.x.float(),
+        "edge_index": data.edge_index,
+        "y": data.y,
+        "train_mask": data.train_mask,
+        "val_mask": data.val_mask,
+        "test_mask": data.test_mask,
+    }
+    meta = {
+        "kind": "graph",
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "input_shape": [int(data.x.shape[1])],
+        "sizes": {s: int(graph[f"{s}_mask"].sum()) for s in ("train", "val", "test")},
+        "num_nodes": int(data.num_nodes),
+        "num_edges": int(data.edge_index.shape[1]),
+    }
+    return graph, meta
+
+
+@dataclass
+class Planetoid:
+    """Cora / CiteSeer / PubMed in the Planetoid format, with the public split (Yang et al. 2016)."""
+
+    kind = "graph"
+    root: str = "../shared/data/planetoid"
+    name_in_source: str = "Cora"
+    split: str = "public"
+    normalize_features: bool = True
+    batch_size: int = 0  # full batch: every epoch is one step over the whole graph
+
+    def raw_dir(self) -> Path:
+        raw = paths.resolve(self.root) / self.name_in_source / "raw"
+        names = [f"ind.{self.name_in_source.lower()}.{f}" for f in PLANETOID_FILES]
+        missing = [n for n in names if not (raw / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"data.root: {raw} lacks the Planetoid file(s) {', '.join(missing)}")
+        return raw
+
+    def load(self):
+        from torch_geometric.datasets import Planetoid as PygPlanetoid
+
+        raw = self.raw_dir()
+        with tempfile.TemporaryDirectory() as scratch:
+            shutil.copytree(raw, Path(scratch) / self.name_in_source / "raw")
+            dataset = PygPlanetoid(scratch, self.name_in_source, split=self.split)
+            data = dataset[0]
+        if self.normalize_features:
+            # Row-normalize the bag-of-words features, as Kipf & Welling and PyG's examples do.
+            data.x = data.x / data.x.sum(dim=1, keepdim=True).clamp(min=1)
+        return graph_record(data, [str(c) for c in range(dataset.num_classes)])
+
+
+@dataclass
+class Karate:
+    """Zachary's karate club (34 members, 4 communities): one labelled node per community for training;
+    the other nodes are split in half, stratified, for validation and test."""
+
+    kind = "graph"
+    split_seed: int = 0
+    batch_size: int = 0
+
+    def load(self):
+        from torch_geometric.datasets import KarateClub
+
+        data = KarateClub()[0]
+        rest = (~data.train_mask).nonzero().flatten()
+        generator = torch.Generator().manual_seed(self.split_seed)
+        rest = rest[torch.randperm(len(rest), generator=generator)]
+        order = rest[data.y[rest].argsort(stable=True)]  # class by class, shuffled within: alternate = stratified
+        data.val_mask = torch.zeros_like(data.train_mask)
+        data.test_mask = torch.zeros_like(data.train_mask)
+        data.val_mask[order[0::2]] = True
+        data.test_mask[order[1::2]] = True
+        return graph_record(data, [str(c) for c in range(int(data.y.max()) + 1)])
