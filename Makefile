@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params clean
+.PHONY: venv run test bench sweep ui params clean cora-seeds
 
 venv: $(VENV)/.installed
 
@@ -48,3 +48,9 @@ params: venv
 
 clean:
 	rm -rf artifacts outputs multirun mlruns mlartifacts mlflow.db dvc_plots
+
+# Cora against the published numbers: 10 seeds each of GCN, GAT and DGI-pretrained GraphSAGE, as
+# deepsweep sweeps (reports in outputs/sweeps/<experiment>/sweep_report.md; README quotes them).
+cora-seeds: venv
+	for e in cora_gcn cora_gat cora_sage_pretrained; do \
+	  $(BIN)/deepsweep run -m experiment=$$e 'seed=range(0,10)' hydra.sweep.dir=outputs/sweeps/$$e; done

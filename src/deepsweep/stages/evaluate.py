@@ -61,12 +61,13 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     plots.roc_png(list(per_class_roc(logits, target, k)), names, roc if k > 2 else None, out / "roc_curve.png", title)
 
     figures = ["confusion_matrix.png", "roc_curve.png"]
-    if data.kind == "graph":
+    if data.kind == "graph" and cfg.logger.embedding_plot != "none":
         # Where the encoder puts every node, coloured by class: the picture of what the GNN learned.
         x, edge_index, y, _ = next(iter(data.loader("test")))
         with torch.inference_mode():
             embedding = model.encoder.eval()(x, edge_index)
-        plots.embedding_png(embedding, y, names, out / "node_embedding.png", f"{cfg.model.name} node embeddings")
+        plots.embedding_png(embedding, y, names, out / "node_embedding.png",
+                            f"{cfg.model.name} node embeddings", method=cfg.logger.embedding_plot)
         figures.append("node_embedding.png")
 
     mlflow.log_metrics({f"test/{name}": value for name, value in metrics.items()})

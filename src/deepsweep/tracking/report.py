@@ -43,6 +43,38 @@ def render(rows: list[dict]) -> tuple[str, str]:
     return "\n".join(md) + "\n", "\n".join(csv_lines) + "\n"
 
 
+def aggregate_over_seeds(rows: list[dict]) -> str:
+    """Markdown table: finished jobs grouped by every varying param but ``seed``; mean +/- std (sample
+    std, n-1) of each metric per group, best mean of RANK_METRIC first. Empty when seed did not vary."""
+    import statistics
+
+    finished = [r for r in rows if r["status"] == "FINISHED"]
+    if len({r["params"].get("seed") for r in finished}) < 2:
+        return ""
+    keys = sorted({k for r in finished for k in r["params"]} - {"seed"})
+    varying = [k for k in keys if len({r["params"].get(k) for r in finished}) > 1]
+    groups: dict[tuple, list[dict]] = {}
+    for r in finished:
+        groups.setdefault(tuple(r["params"].get(k, "") for k in varying), []).append(r)
+
+    def stats(members: list[dict], metric: str) -> tuple[float, float] | None:
+        values = [m["metrics"][metric] for m in members if metric in m["metrics"]]
+        if not values:
+            return None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    ranked = sorted(groups.items(), key=lambda kv: -((stats(kv[1], RANK_METRIC) or (float("-inf"), 0))[0]))
+    header = ["", *varying, "seeds", *SHOWN_METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, (config, members) in enumerate(ranked):
+        cells = ["best" if i == 0 else "", *config, str(len(members))]
+        for metric in SHOWN_METRICS:
+            s = stats(members, metric)
+            cells.append(f"{s[0]:.4f} +/- {s[1]:.4f}" if s else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def finish_sweep(parent_run_id: str, sweep_dir: Path) -> list[dict]:
     import mlflow
 
@@ -50,7 +82,11 @@ def finish_sweep(parent_run_id: str, sweep_dir: Path) -> list[dict]:
     md, csv_text = render(rows)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     failed = [r for r in rows if r["status"] != "FINISHED"]
-    text = f"# Sweep report\n\n{len(rows)} jobs, {len(failed)} failed, ranked by {RANK_METRIC}.\n\n{md}"
+    text = f"# Sweep report\n\n{len(rows)} jobs, {len(failed)} failed, ranked by {RANK_METRIC}.\n\n"
+    seeds = aggregate_over_seeds(rows)
+    if seeds:
+        text += f"## Mean +/- std over seeds\n\n{seeds}\n## Jobs\n\n"
+    text += md
     (sweep_dir / "sweep_report.md").write_text(text)
     (sweep_dir / "sweep_report.csv").write_text(csv_text)
     client = mlflow.MlflowClient()
