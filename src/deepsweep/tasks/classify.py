@@ -10,10 +10,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from deepsweep.models.base import Family
 from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers
+from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
 
 
-class ClassifyTask(L.LightningModule):
+class ClassifyTask(EpochLoggingMixin, L.LightningModule):
     def __init__(
         self,
         model: Family,
@@ -51,15 +51,16 @@ class ClassifyTask(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         logits, y = self.logits_and_targets(batch)
         loss = F.cross_entropy(logits, y) + self.regularization.penalty(self.model)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.track("train/loss", loss, len(y))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         logits, y = self.logits_and_targets(batch)
-        self.log("val/loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True, batch_size=len(y))
+        self.track("val/loss", F.cross_entropy(logits, y), len(y))
         self.val_metrics.update(logits, y)
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         self.log_dict(self.val_metrics.compute())
         self.val_metrics.reset()
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from deepsweep.models.base import Family
 from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers
+from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
 
 METHODS = ("gae", "dgi")
 
@@ -26,7 +26,7 @@ def _mean_summary(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return torch.sigmoid(z.mean(dim=0))
 
 
-class GraphSelfSupervisedTask(L.LightningModule):
+class GraphSelfSupervisedTask(EpochLoggingMixin, L.LightningModule):
     """``method: gae`` - graph autoencoder (Kipf & Welling 2016): inner-product decoder, reconstruct the
     edges against as many sampled non-edges. ``method: dgi`` - Deep Graph Infomax (Velickovic et al. 2019):
     tell node embeddings of the graph from those of a feature-shuffled copy, against a graph summary."""
@@ -68,11 +68,11 @@ class GraphSelfSupervisedTask(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch) + self.regularization.penalty(self.encoder)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=1)
+        self.track("train/loss", loss, 1)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), on_step=False, on_epoch=True, batch_size=1)
+        self.track("val/loss", self._loss(batch), 1)
 
     def configure_optimizers(self):
         return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)

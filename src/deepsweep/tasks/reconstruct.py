@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from deepsweep.models.base import Family
 from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers
+from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
 
 NOISES = ("none", "masking", "gaussian")
 
@@ -28,7 +28,7 @@ def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
     raise ValueError(f"pretrain.task.noise: unknown noise {noise!r}; allowed: {', '.join(NOISES)}")
 
 
-class ReconstructTask(L.LightningModule):
+class ReconstructTask(EpochLoggingMixin, L.LightningModule):
     """encoder (from the family) -> decoder (an MLP: feature_dim -> decoder_dims -> input size) ->
     mean squared error against the clean input."""
 
@@ -70,12 +70,12 @@ class ReconstructTask(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
         loss = self._loss(x, corrupt(x, self.noise, self.noise_level)) + self.regularization.penalty(self.encoder)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
+        self.track("train/loss", loss, len(x))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, _ = batch
-        self.log("val/loss", self._loss(x, x), on_step=False, on_epoch=True, batch_size=len(x))
+        self.track("val/loss", self._loss(x, x), len(x))
 
     def configure_optimizers(self):
         return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
