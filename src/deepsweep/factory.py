@@ -52,10 +52,13 @@ def create_layers(cfg: DictConfig):
     return Layers(activation=build(cfg.activation), regularization=build(cfg.regularizer))
 
 
-def create_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int):
-    """The family named by ``cfg.model``, with ``cfg.init`` applied to its weights."""
+def create_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None):
+    """The family named by ``cfg.model``, with ``cfg.init`` applied to its weights. ``vocab_size`` is
+    given for token data (text) and read by the sequence families."""
+    extra = {} if vocab_size is None else {"vocab_size": vocab_size}
     try:
-        model = build(cfg.model, input_shape=list(input_shape), num_classes=num_classes, layers=create_layers(cfg))
+        model = build(cfg.model, input_shape=list(input_shape), num_classes=num_classes, layers=create_layers(cfg),
+                      **extra)
     except ValueError as exc:  # a family's own shape checks name the offending model.* key
         raise ConfigError(str(exc)) from exc
     build(cfg.init)(model)

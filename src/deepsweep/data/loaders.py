@@ -41,7 +41,10 @@ class PreparedData:
     val: TensorSplit
     test: TensorSplit
     meta: dict
-    kind = "tensor"
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "tensor")  # "tensor" (images, vectors) or "sequence"
 
     @property
     def num_classes(self) -> int:

@@ -36,7 +36,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     checkpoint = inputs["finetune"] / MODEL_FILE
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no fine-tuned model; run the finetune stage first")
-    model = factory.create_model(cfg, data.input_shape, data.num_classes)
+    model = factory.create_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
     task = task_for(data.kind)(model, optimizer=None)
     logits, target = predict(task, data.loader("test", 1024))

@@ -27,7 +27,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
 
     data = PreparedData.load(inputs["prepare"])
     L.seed_everything(cfg.seed, workers=False, verbose=False)
-    model = factory.create_model(cfg, data.input_shape, data.num_classes)
+    model = factory.create_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
     pretrained = cfg.pretrain.name != "none" and cfg.finetune.load_pretrained
     if pretrained:
         load_encoder(model, inputs["pretrain"] / ENCODER_FILE)

@@ -23,12 +23,18 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         graph, meta = source.load()
         torch.save(graph, out / GRAPH_FILE)
     else:
-        splits = source.load()
+        loaded = source.load()
+        # Sequence sources also return what later stages need beyond tensors (vocabulary, ids).
+        splits, extra = loaded if isinstance(loaded, tuple) else (loaded, {})
         for name in ("train", "val", "test"):
             split = getattr(splits, name)
             torch.save({"x": torch.from_numpy(split.x), "y": torch.from_numpy(split.y)}, out / f"{name}.pt")
+        vocab = extra.pop("vocab", None)
+        if vocab is not None:
+            write_json(out / "vocab.json", vocab)
         meta = {
-            "kind": "tensor",
+            **extra,
+            "kind": source.kind,
             "num_classes": len(splits.class_names),
             "class_names": splits.class_names,
             "input_shape": list(splits.input_shape),

@@ -1,0 +1,127 @@
+"""Sequence data sources: SMS Spam (text -> token ids), ECG200 (a univariate time series per heartbeat),
+and synthetic long-memory tasks generated from a seed.
+
+Text is tokenized and its vocabulary built in prepare, from the training split only, so validation and
+test words the model never saw in training map to <unk>; the vocabulary is written beside the tensors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepsweep import paths
+from deepsweep.data.sources import Split, Splits, _stratified_split
+
+PAD, MASK, UNK = "<pad>", "<mask>", "<unk>"
+SPECIALS = (PAD, MASK, UNK)  # ids 0, 1, 2: padding, the masked-token pretraining mask, unknown words
+_TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and digit runs; each other non-space character is a token of its own."""
+    return _TOKEN.findall(text.lower())
+
+
+def build_vocab(texts: list[str], min_freq: int, max_size: int) -> list[str]:
+    counts = Counter(tok for text in texts for tok in tokenize(text))
+    words = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_freq]
+    return [*SPECIALS, *words[: max_size - len(SPECIALS)]]
+
+
+def encode(texts: list[str], vocab: list[str], max_len: int) -> np.ndarray:
+    index = {w: i for i, w in enumerate(vocab)}
+    unk = index[UNK]
+    out = np.zeros((len(texts), max_len), dtype=np.int64)
+    for row, text in enumerate(texts):
+        ids = [index.get(tok, unk) for tok in tokenize(text)][:max_len]
+        out[row, : len(ids)] = ids
+    return out
+
+
+@dataclass
+class SmsSpam:
+    """SMS Spam Collection v.1 (5,574 messages, ham/spam), stratified train/val/test."""
+
+    kind = "sequence"
+    root: str = "../shared/data/sms_spam/raw"
+    max_len: int = 64
+    min_freq: int = 2
+    max_vocab: int = 8000
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    batch_size: int = 64
+
+    def load(self) -> tuple[Splits, dict]:
+        path = paths.resolve(self.root) / "SMSSpamCollection"
+        if not path.is_file():
+            raise FileNotFoundError(f"data.root: {path} not found (the SMS Spam Collection file)")
+        labels, texts = [], []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            label, sep, text = line.partition("\t")
+            if not sep or label not in ("ham", "spam"):
+                raise ValueError(f"{path}:{n}: expected '<ham|spam>\\t<text>', got {line[:60]!r}")
+            labels.append(int(label == "spam"))
+            texts.append(text)
+        y = np.array(labels, dtype=np.int64)
+        idx = np.arange(len(texts))
+        rest, test = _stratified_split(idx, y, self.test_fraction, self.split_seed)
+        train, val = _stratified_split(rest.x, rest.y, self.val_fraction / (1 - self.test_fraction), self.split_seed)
+        vocab = build_vocab([texts[i] for i in train.x], self.min_freq, self.max_vocab)
+        as_split = lambda s: Split(encode([texts[i] for i in s.x], vocab, self.max_len), s.y)  # noqa: E731
+        splits = Splits(as_split(train), as_split(val), as_split(test), ["ham", "spam"])
+        return splits, {"vocab_size": len(vocab), "vocab": vocab, "pad_id": 0, "mask_id": 1}
+
+
+@dataclass
+class Ecg200:
+    """ECG200 (UCR archive): 100 train + 100 test heartbeats of 96 samples, normal vs myocardial
+    infarction. The official test set is the test split; validation is held out of the training set."""
+
+    kind = "sequence"
+    root: str = "../shared/data/ecg200/raw"
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    batch_size: int = 16
+
+    def _read(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        path = paths.resolve(self.root) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"data.root: {path} not found (ECG200 in the UCR text format)")
+        table = np.loadtxt(path, dtype=np.float32)
+        return table[:, 1:, None], (table[:, 0] > 0).astype(np.int64)  # label 1 = normal, -1 = infarction
+
+    def load(self) -> tuple[Splits, dict]:
+        x, y = self._read("ECG200_TRAIN.txt")
+        x_test, y_test = self._read("ECG200_TEST.txt")
+        train, val = _stratified_split(x, y, self.val_fraction, self.split_seed)
+        return Splits(train, val, Split(x_test, y_test), ["infarction", "normal"]), {}
+
+
+@dataclass
+class SyntheticSequences:
+    """Random binary sequences of ``length`` steps; the label needs the whole past:
+    ``first_bit`` - the value at step 0 (a memory task that vanishing gradients make hard for plain RNNs
+    as length grows); ``parity`` - the XOR of all bits."""
+
+    kind = "sequence"
+    task: str = "first_bit"
+    length: int = 50
+    num_samples: int = 4000
+    split_seed: int = 0
+    batch_size: int = 64
+
+    def load(self) -> tuple[Splits, dict]:
+        if self.task not in ("first_bit", "parity"):
+            raise ValueError(f"data.task: unknown task {self.task!r}; allowed: first_bit, parity")
+        rng = np.random.default_rng(self.split_seed)
+        bits = rng.integers(0, 2, size=(self.num_samples, self.length))
+        y = (bits[:, 0] if self.task == "first_bit" else bits.sum(1) % 2).astype(np.int64)
+        x = bits.astype(np.float32)[:, :, None]
+        rest, test = _stratified_split(x, y, 0.2, self.split_seed)
+        train, val = _stratified_split(rest.x, rest.y, 0.2, self.split_seed)
+        return Splits(train, val, test, ["0", "1"]), {}

@@ -1,0 +1,134 @@
+"""Sequence families (RNN, LSTM, GRU, Transformer), their data, and sequence pretraining."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deepsweep.config import ConfigError, build
+from deepsweep.data.sequences import SPECIALS, build_vocab, encode, tokenize
+from deepsweep.factory import check_compatible, create_model
+from deepsweep.models.sequence import LockedDropout
+from deepsweep.stages.pipeline import execute
+from deepsweep.tasks.sequence_ssl import MASK_ID, SequencePretrainTask, mask_tokens
+
+
+@pytest.mark.parametrize("overrides", [["model=rnn"], ["model=lstm", "model.num_layers=2", "model.bidirectional=true"],
+                                       ["model=gru", "model.pooling=mean"], ["model=transformer"],
+                                       ["model=transformer", "model.pooling=mean", "model.norm_first=false"]])
+def test_families_on_tokens_and_series(compose, overrides):
+    cfg = compose("data=sms_spam", *overrides)
+    text = create_model(cfg, (12,), 2, vocab_size=50)
+    ids = torch.randint(3, 50, (4, 12))
+    ids[0, 6:] = 0  # padding
+    assert text(ids).shape == (4, 2)
+    steps, valid = text.encoder.steps(ids)
+    assert steps.shape[:2] == (4, 12) and not valid[0, 6:].any()
+    series = create_model(cfg, (30, 1), 2)
+    assert series(torch.randn(5, 30, 1)).shape == (5, 2)
+    assert series.encoder(torch.randn(5, 30, 1)).shape == (5, series.feature_dim)
+
+
+def test_padding_does_not_change_the_transformer_output(compose):
+    model = create_model(compose("data=sms_spam", "model=transformer"), (12,), 2, vocab_size=50).eval()
+    ids = torch.randint(3, 50, (1, 5))
+    padded = torch.cat([ids, torch.zeros(1, 7, dtype=torch.long)], dim=1)
+    short = create_model(compose("data=sms_spam", "model=transformer"), (5,), 2, vocab_size=50).eval()
+    short.load_state_dict(model.state_dict())
+    assert torch.allclose(model(padded), short(ids), atol=1e-5)
+
+
+def test_bidirectional_doubles_features_and_stacking_adds_layers(compose):
+    model = create_model(compose("data=sms_spam", "model=lstm", "model.num_layers=3", "model.bidirectional=true",
+                                 "model.hidden_size=16"), (10,), 2, vocab_size=20)
+    assert model.feature_dim == 32 and len(model.encoder.rnns) == 3
+    assert model.encoder.rnns[1].input_size == 32
+
+
+def test_locked_dropout_uses_one_mask_for_every_step():
+    torch.manual_seed(0)
+    out = LockedDropout(0.5).train()(torch.ones(3, 20, 8))
+    assert torch.equal(out, out[:, :1].expand_as(out))
+    assert (out == 0).any() and torch.equal(LockedDropout(0.5).eval()(torch.ones(2, 4, 3)), torch.ones(2, 4, 3))
+
+
+def test_orthogonal_init_reaches_recurrent_weights(compose):
+    model = create_model(compose("data=sms_spam", "model=gru", "init=orthogonal", "model.hidden_size=16"), (10,), 2,
+                         vocab_size=20)
+    for gate in model.encoder.rnns[0].weight_hh_l0.detach().chunk(3):
+        assert torch.allclose(gate @ gate.T, torch.eye(16), atol=1e-4)
+
+
+def test_bert_masking_is_80_10_10():
+    torch.manual_seed(0)
+    x = torch.randint(3, 1000, (400, 100))
+    x[:, 90:] = 0
+    corrupted, picked = mask_tokens(x, 0.15, 1000)
+    assert not picked[:, 90:].any()  # padding is never picked
+    assert picked.float().sum() / (x != 0).sum() == pytest.approx(0.15, abs=0.01)
+    masked = (corrupted[picked] == MASK_ID).float().mean()
+    unchanged = (corrupted[picked] == x[picked]).float().mean()
+    assert masked == pytest.approx(0.8, abs=0.02)
+    assert unchanged == pytest.approx(0.1 + 0.1 / 997, abs=0.02)
+    assert torch.equal(corrupted[~picked], x[~picked])
+
+
+def test_next_step_needs_a_causal_encoder(compose):
+    cfg = compose("data=sms_spam", "model=lstm", "model.bidirectional=true")
+    model = create_model(cfg, (10,), 2, vocab_size=20)
+    with pytest.raises(ValueError, match="next_step needs a causal encoder"):
+        SequencePretrainTask(model, optimizer=None, method="next_step")
+    with pytest.raises(ValueError, match="masked_token needs token inputs"):
+        SequencePretrainTask(create_model(cfg, (10, 1), 2), optimizer=None, method="masked_token")
+    with pytest.raises(ConfigError, match="pretrain=autoencoder does not apply to sequence data"):
+        check_compatible(compose("data=sms_spam", "model=lstm"))
+
+
+def test_vocabulary_and_encoding():
+    assert tokenize("Free entry!! Call 0800") == ["free", "entry", "!", "!", "call", "0800"]
+    vocab = build_vocab(["a b b", "b c"], min_freq=2, max_size=10)
+    assert vocab == [*SPECIALS, "b"]
+    assert encode(["b a z"], vocab, 5).tolist() == [[3, 2, 2, 0, 0]]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data=sms_spam", "model=lstm", "pretrain=next_step", "data.max_len=16"],
+    ["data=sms_spam", "model=transformer", "pretrain=masked_token", "data.max_len=16", "model.num_layers=1"],
+    ["data=ecg200", "model=gru", "pretrain=next_step"],
+])
+def test_sequence_pipelines_end_to_end(compose, tmp_path, overrides):
+    cfg = compose(*overrides, "pretrain.epochs=1", "trainer.max_epochs=1")
+    artifacts = tmp_path / "artifacts"
+    for stage in ("prepare", "pretrain", "finetune", "evaluate"):
+        execute(stage, cfg, artifacts)
+    metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
+    assert 0.0 <= metrics["roc_auc"] <= 1.0 and metrics["accuracy"] > 0.3
+    meta = json.loads((artifacts / "prepare" / "meta.json").read_text())
+    assert meta["kind"] == "sequence"
+    if "data=sms_spam" in overrides:
+        vocab = json.loads((artifacts / "prepare" / "vocab.json").read_text())
+        assert vocab[:3] == list(SPECIALS) and meta["vocab_size"] == len(vocab)
+
+
+def test_gradients_vanish_faster_through_a_simple_rnn(compose):
+    """How much of the loss gradient reaches the first of 40 steps, relative to the last one: the
+    vanishing gradient that gating (LSTM, GRU) slows down."""
+    reach = {}
+    for cell in ("rnn", "lstm", "gru"):
+        torch.manual_seed(0)
+        model = create_model(compose("data=synthetic", f"model={cell}", "init=default"), (40, 1), 2)
+        x = torch.randint(0, 2, (64, 40, 1)).float().requires_grad_()
+        torch.nn.functional.cross_entropy(model(x), torch.randint(0, 2, (64,))).backward()
+        norms = x.grad.norm(dim=(0, 2))
+        reach[cell] = (norms[0] / norms[-1]).item()
+    assert reach["rnn"] * 5 < reach["lstm"] and reach["rnn"] * 5 < reach["gru"]
+
+
+def test_lstm_learns_the_long_memory_task(compose, tmp_path):
+    cfg = compose("data=synthetic", "data.length=40", "data.num_samples=2000", "model=lstm", "pretrain=none",
+                  "model.hidden_size=32", "trainer.max_epochs=12", "optimizer.lr=0.01", "init=default")
+    for stage in ("prepare", "pretrain", "finetune", "evaluate"):
+        execute(stage, cfg, tmp_path / "artifacts")
+    assert json.loads((tmp_path / "artifacts" / "evaluate" / "metrics.json").read_text())["accuracy"] > 0.95
