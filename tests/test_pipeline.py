@@ -51,8 +51,11 @@ def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
     assert ckpt == {"checkpoints/model.pt"}
 
 
-def test_finetune_starts_from_the_pretrained_encoder(fast_cfg, tmp_path, monkeypatch):
-
+@pytest.mark.parametrize("family", [[], ["experiment=sms_spam_lstm", "data.max_len=16"],
+                                    ["experiment=sms_spam_transformer", "data.max_len=16"],
+                                    ["experiment=cora_gcn", "pretrain=dgi"]])
+def test_finetune_starts_from_the_pretrained_encoder(compose, tmp_path, monkeypatch, family):
+    fast_cfg = compose(*family, *FAST)
     artifacts = tmp_path / "artifacts"
     execute("prepare", fast_cfg, artifacts)
     execute("pretrain", fast_cfg, artifacts)
