@@ -12,6 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["trainer.max_epochs=2", "pretrain.epochs=1"]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def requires_shared(*names: str):
+    """Skip (with the reason) where ../shared/data/<name> is not beside the project; CI has it."""
+    missing = [n for n in names if not (SHARED_DATA / n).is_dir()]
+    return pytest.mark.skipif(bool(missing), reason=f"needs ../shared/data/{', '.join(missing)}")
 
 
 @pytest.fixture(autouse=True)

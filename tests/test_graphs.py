@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import SHARED_DATA, requires_shared
 from deepsweep.config import ConfigError
 from deepsweep.factory import check_compatible, create_model
 from deepsweep.stages.pipeline import execute
@@ -74,10 +74,9 @@ def test_karate_pipeline_end_to_end(compose, tmp_path, pretrain):
     assert meta["sizes"] == {"train": 4, "val": 15, "test": 15}
 
 
+@requires_shared("planetoid")
 def test_cora_public_split_read_without_writing_shared(compose, tmp_path):
-    shared = ROOT.parent / "shared" / "data" / "planetoid"
-    if not shared.is_dir():
-        pytest.skip("../shared/data/planetoid is not here")
+    shared = SHARED_DATA / "planetoid"
     before = sorted(p.name for p in shared.rglob("*"))
     execute("prepare", compose("data=cora", "model=gcn", "pretrain=none"), tmp_path / "artifacts")
     meta = json.loads((tmp_path / "artifacts" / "prepare" / "meta.json").read_text())

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, requires_shared
 from deepsweep.stages.pipeline import execute, run_all
 
 
@@ -51,9 +51,12 @@ def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
     assert ckpt == {"checkpoints/model.pt"}
 
 
-@pytest.mark.parametrize("family", [[], ["experiment=sms_spam_lstm", "data.max_len=16"],
-                                    ["experiment=sms_spam_transformer", "data.max_len=16"],
-                                    ["experiment=cora_gcn", "pretrain=dgi"]])
+@pytest.mark.parametrize("family", [
+    [],
+    pytest.param(["experiment=sms_spam_lstm", "data.max_len=16"], marks=requires_shared("sms_spam")),
+    pytest.param(["experiment=sms_spam_transformer", "data.max_len=16"], marks=requires_shared("sms_spam")),
+    pytest.param(["experiment=cora_gcn", "pretrain=dgi"], marks=requires_shared("planetoid")),
+])
 def test_finetune_starts_from_the_pretrained_encoder(compose, tmp_path, monkeypatch, family):
     fast_cfg = compose(*family, *FAST)
     artifacts = tmp_path / "artifacts"

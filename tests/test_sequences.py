@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from deepsweep.config import ConfigError, build
+from conftest import requires_shared
+from deepsweep.config import ConfigError
 from deepsweep.data.sequences import SPECIALS, build_vocab, encode, tokenize
 from deepsweep.factory import check_compatible, create_model
 from deepsweep.models.sequence import LockedDropout
@@ -94,9 +95,11 @@ def test_vocabulary_and_encoding():
 
 
 @pytest.mark.parametrize("overrides", [
-    ["data=sms_spam", "model=lstm", "pretrain=next_step", "data.max_len=16"],
-    ["data=sms_spam", "model=transformer", "pretrain=masked_token", "data.max_len=16", "model.num_layers=1"],
-    ["data=ecg200", "model=gru", "pretrain=next_step"],
+    pytest.param(["data=sms_spam", "model=lstm", "pretrain=next_step", "data.max_len=16"],
+                 marks=requires_shared("sms_spam")),
+    pytest.param(["data=sms_spam", "model=transformer", "pretrain=masked_token", "data.max_len=16",
+                  "model.num_layers=1"], marks=requires_shared("sms_spam")),
+    pytest.param(["data=ecg200", "model=gru", "pretrain=next_step"], marks=requires_shared("ecg200")),
 ])
 def test_sequence_pipelines_end_to_end(compose, tmp_path, overrides):
     cfg = compose(*overrides, "pretrain.epochs=1", "trainer.max_epochs=1")

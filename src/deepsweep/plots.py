@@ -93,3 +93,19 @@ def embedding_png(embedding: torch.Tensor, labels: torch.Tensor, class_names: Se
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def image_grid_png(images: torch.Tensor, path: Path, title: str, columns: int = 8) -> None:
+    """A grid of (N, C, H, W) images in [0, 1] (the first channel, grey)."""
+    plt = _pyplot()
+    n = len(images)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.8 + 0.4), dpi=100, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i, 0].clamp(0, 1).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -36,7 +36,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         activation=build(cfg.activation),
     )
     best = BestWeights()
-    trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), [best], str(out))
+    callbacks = [best] if getattr(task, "keep_best_weights", True) else []
+    trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), callbacks, str(out))
     batch = int(cfg.data.batch_size)
     trainer.fit(
         task,
@@ -46,6 +47,12 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     torch.save({"model": cfg.model.name, "encoder": model.encoder.state_dict()}, out / ENCODER_FILE)
     if cfg.logger.log_checkpoints:
         log_artifact(out / ENCODER_FILE, "checkpoints")
+    if hasattr(task, "save_figures"):  # e.g. VAE samples and latent interpolation
+        x = next(iter(data.loader("val", 64)))[0]
+        for path in task.save_figures(out, x):
+            log_artifact(path, "figures")
+    if best.best_score is None:
+        return {"epochs": float(trainer.current_epoch)}
     return {"best_val_loss": float(best.best_score), "best_epoch": float(best.best_epoch)}
 
 

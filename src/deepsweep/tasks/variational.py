@@ -1,0 +1,116 @@
+"""Variational autoencoder pretraining (Kingma & Welling 2014) of any tensor family's encoder.
+
+encoder features -> (mu, log variance) of a diagonal Gaussian q(z|x) -> z by reparametrization
+(z = mu + sigma * eps, so gradients flow through the sample) -> decoder -> p(x|z). The loss is the
+negative ELBO with a beta-weighted KL term (beta-VAE, Higgins et al. 2017)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from deepsweep.models.base import Family
+from deepsweep.nn.regularizers import Regularization
+from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, in closed form."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+
+
+class VariationalTask(EpochLoggingMixin, L.LightningModule):
+    kind = "tensor"
+
+    def __init__(
+        self,
+        model: Family,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        regularization: Regularization | None = None,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        latent_dim: int = 16,
+        beta: float = 1.0,
+        decoder_dims: Sequence[int] = (128,),
+        likelihood: str = "bernoulli",
+    ) -> None:
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"pretrain.task.likelihood: unknown {likelihood!r}; allowed: {', '.join(LIKELIHOODS)}")
+        self.encoder = model.encoder
+        self.input_shape = model.input_shape
+        self.to_mu = nn.Linear(model.feature_dim, latent_dim)
+        self.to_logvar = nn.Linear(model.feature_dim, latent_dim)
+        widths = [latent_dim, *decoder_dims]
+        parts: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            parts += [nn.Linear(a, b), activation()]
+        parts.append(nn.Linear(widths[-1], math.prod(self.input_shape)))
+        self.decoder = nn.Sequential(*parts)
+        self.latent_dim, self.beta, self.likelihood = latent_dim, beta, likelihood
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.regularization = regularization or Regularization()
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.to_mu(h), self.to_logvar(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output in data space: Bernoulli means (sigmoid) or Gaussian means."""
+        out = self.decoder(z).view(-1, *self.input_shape)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        out = self.decoder(z)
+        target = x.flatten(1)
+        if self.likelihood == "bernoulli":
+            recon = F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
+        else:
+            recon = 0.5 * (out - target).pow(2).sum(1)
+        return recon.mean(), gaussian_kl(mu, logvar).mean()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0]
+        recon, kl = self.losses(x)
+        loss = recon + self.beta * kl + self.regularization.penalty(self.encoder)
+        self.track("train/loss", loss, len(x))
+        self.track("train/reconstruction", recon, len(x))
+        self.track("train/kl", kl, len(x))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x = batch[0]
+        recon, kl = self.losses(x)
+        self.track("val/loss", recon + self.beta * kl, len(x))
+        self.track("val/reconstruction", recon, len(x))
+
+    def configure_optimizers(self):
+        return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
+
+    def save_figures(self, out: Path, x: torch.Tensor) -> list[Path]:
+        """Samples from the prior and a latent interpolation between two inputs, as PNG grids."""
+        from deepsweep.plots import image_grid_png
+
+        if len(self.input_shape) != 3:
+            return []
+        self.eval()
+        with torch.no_grad():
+            samples = self.decode(torch.randn(64, self.latent_dim, generator=torch.Generator().manual_seed(0)))
+            a, b = self.encode(x[:2])[0]
+            steps = torch.linspace(0, 1, 10).unsqueeze(1)
+            interpolation = self.decode(a * (1 - steps) + b * steps)
+        paths = [out / "samples.png", out / "interpolation.png"]
+        image_grid_png(samples, paths[0], "samples from the prior", columns=8)
+        image_grid_png(interpolation, paths[1], "latent interpolation", columns=10)
+        return paths
