@@ -135,3 +135,41 @@ def test_lstm_learns_the_long_memory_task(compose, tmp_path):
     for stage in ("prepare", "pretrain", "finetune", "evaluate"):
         execute(stage, cfg, tmp_path / "artifacts")
     assert json.loads((tmp_path / "artifacts" / "evaluate" / "metrics.json").read_text())["accuracy"] > 0.95
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_truncated_bptt_stops_gradients_k_steps_back(compose, pooling):
+    """With tbptt_steps=k the final step's output gets no gradient from inputs more than k steps earlier,
+    while inference still reads the whole sequence."""
+    model = create_model(compose("data=synthetic", "model=lstm", f"model.pooling={pooling}", "model.tbptt_steps=8"),
+                         (30, 1), 2)
+    model.train()
+    x = torch.randn(4, 30, 1, requires_grad=True)
+    model.encoder.steps(x)[0][:, -1].sum().backward()
+    reach = x.grad.norm(dim=(0, 2))
+    assert (reach[:-8] == 0).all() and (reach[-8:] > 0).all()
+    x.grad = None
+    model(x).sum().backward()
+    assert (x.grad.norm(dim=(0, 2))[:22] == 0).all() == (pooling == "last")
+    model.eval()
+    with torch.no_grad():
+        full = model.encoder(x)
+        model.encoder.tbptt_steps = None
+        assert torch.allclose(full, model.encoder(x))  # truncation changes gradients, never outputs
+
+
+def test_truncated_bptt_forward_matches_full_bptt_while_training(compose):
+    torch.manual_seed(0)
+    model = create_model(compose("data=synthetic", "model=gru", "model.num_layers=2", "model.tbptt_steps=7"),
+                         (30, 1), 2)
+    model.train()
+    x = torch.randn(4, 30, 1)
+    truncated = model(x)
+    model.encoder.tbptt_steps = None
+    assert torch.allclose(truncated, model(x), atol=1e-6)
+
+
+def test_bad_tbptt_steps_names_the_key(compose):
+    with pytest.raises(ValueError, match="model.tbptt_steps"):
+        create_model(compose("data=synthetic", "model=lstm", "model.bidirectional=true", "model.tbptt_steps=5"),
+                     (30, 1), 2)

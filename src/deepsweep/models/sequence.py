@@ -67,8 +67,9 @@ class _Inputs(nn.Module):
 
 class RecurrentEncoder(nn.Module):
     def __init__(self, inputs: _Inputs, cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
-                 pooling: str, layers: Layers) -> None:
+                 pooling: str, layers: Layers, tbptt_steps: int | None = None) -> None:
         super().__init__()
+        self.tbptt_steps = tbptt_steps
         self.inputs = inputs
         # One module per layer, so variational dropout can sit between layers with a per-sequence mask.
         width, directions = inputs.dim, 2 if bidirectional else 1
@@ -82,33 +83,71 @@ class RecurrentEncoder(nn.Module):
         self.bidirectional = bidirectional
         self.width = width
 
+    def _run(self, h: torch.Tensor, states: list | None) -> tuple[torch.Tensor, list]:
+        """All layers over a stretch of steps, starting from ``states`` (one per layer, None = zeros)."""
+        states = states or [None] * len(self.rnns)
+        out = []
+        for rnn, state in zip(self.rnns, states):
+            h, state = rnn(self.drop(h), state)
+            out.append(state)
+        return self.drop(h), out
+
     def steps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, valid = self.inputs(x)
-        for rnn in self.rnns:
-            h, _ = rnn(self.drop(h))
-        return self.drop(h), valid
+        k = self.tbptt_steps
+        if not (self.training and k and h.shape[1] > k):
+            return self._run(h, None)[0], valid
+        # Truncated BPTT: run the sequence in chunks of k steps and detach the carried state between
+        # them, so no gradient travels more than k steps back. Only a unidirectional pass has a
+        # "back"; bidirectional models are rejected at construction.
+        # Chunks end at the last step, so the final step (what a classifier reads) always sees k steps.
+        steps = h.shape[1]
+        bounds = [0, *range(steps % k or k, steps + 1, k)]
+        chunks, states = [], None
+        for start, end in zip(bounds, bounds[1:]):
+            if states is not None:
+                states = [tuple(s.detach() for s in st) if isinstance(st, tuple) else st.detach() for st in states]
+            out, states = self._run(h[:, start:end], states)
+            chunks.append(out)
+        return torch.cat(chunks, dim=1), valid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.training and self.tbptt_steps and self.pooling == "last" and not self.inputs.tokens
+                and x.shape[1] > self.tbptt_steps):
+            # The loss reads only the final step, and truncation stops its gradient k steps back: run the
+            # earlier steps without a graph, so memory grows with k instead of the sequence length. (Series
+            # only: padded text can end before the last k steps.)
+            k = self.tbptt_steps
+            with torch.no_grad():
+                _, states = self._run(self.inputs(x[:, :-k])[0], None)
+            h, valid = self.inputs(x)
+            out, _ = self._run(h[:, -k:], states)
+            return _pool(out, valid[:, -k:], "last")
         return _pool(*self.steps(x), self.pooling)
 
 
 class Recurrent(Family):
-    """Elman RNN, LSTM or GRU (``cell``), stacked (``num_layers``) and optionally bidirectional."""
+    """Elman RNN, LSTM or GRU (``cell``), stacked (``num_layers``) and optionally bidirectional.
+    ``tbptt_steps`` truncates backpropagation through time to that many steps while training."""
 
     kind = "sequence"
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, cell: str = "lstm", hidden_size: int = 64,
                  num_layers: int = 1, bidirectional: bool = False, embedding_dim: int = 64, pooling: str = "last",
-                 vocab_size: int | None = None, layers: Layers | None = None) -> None:
+                 vocab_size: int | None = None, layers: Layers | None = None,
+                 tbptt_steps: int | None = None) -> None:
         super().__init__(tuple(input_shape), num_classes)
         if cell not in CELLS:
             raise ValueError(f"model.cell: unknown cell {cell!r}; allowed: {', '.join(CELLS)}")
         if pooling not in POOLING:
             raise ValueError(f"model.pooling: unknown pooling {pooling!r}; allowed: {', '.join(POOLING)}")
+        if tbptt_steps is not None and (tbptt_steps < 1 or bidirectional):
+            raise ValueError(f"model.tbptt_steps: {tbptt_steps} is not allowed; use a positive number of steps "
+                             "on a unidirectional model (bidirectional=false), or null for full BPTT")
         layers = layers or Layers()
         self.vocab_size = vocab_size
         self.encoder = RecurrentEncoder(_Inputs(input_shape, vocab_size, embedding_dim), cell, hidden_size,
-                                        num_layers, bidirectional, pooling, layers)
+                                        num_layers, bidirectional, pooling, layers, tbptt_steps)
         self.feature_dim = self.encoder.width
         self.head = layers.linear(self.feature_dim, num_classes)
 
