@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params clean cora-seeds
+.PHONY: venv run test bench sweep ui params clean cora-seeds vanishing
 
 venv: $(VENV)/.installed
 
@@ -54,3 +54,9 @@ clean:
 cora-seeds: venv
 	for e in cora_gcn cora_gat cora_sage_pretrained; do \
 	  $(BIN)/deepsweep run -m experiment=$$e 'seed=range(0,10)' hydra.sweep.dir=outputs/sweeps/$$e; done
+
+# Memory over growing sequence length: RNN vs LSTM vs GRU on the first-bit task, 3 seeds each
+# (report in outputs/sweeps/vanishing_gradients/sweep_report.md; README quotes it).
+vanishing: venv
+	$(BIN)/deepsweep run -m experiment=vanishing_gradients model=rnn,lstm,gru data.length=10,25,50,100 seed=0,1,2 \
+	  hydra.sweep.dir=outputs/sweeps/vanishing_gradients

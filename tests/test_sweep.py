@@ -3,6 +3,8 @@ a report; a failing job is isolated."""
 
 from __future__ import annotations
 
+import shutil
+
 import mlflow
 import pytest
 
@@ -38,3 +40,49 @@ def test_init_by_regularizer_sweep(tmp_path, isolated_tracking):
     assert "8 jobs, 4 failed" in report and "| best |" in report
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(parent_id)}
     assert {"sweep_report.md", "sweep_report.csv"} <= logged
+    assert {"sweep_report.html", "sweep_heatmap.png", "sweep_curves.png"} <= logged
+    assert "## Failed jobs" in report and "Invalid learning rate" in report
+
+
+def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(tmp_path, isolated_tracking):
+    sweep_dir = tmp_path / "sweep"
+    args = ["run", "-m", "seed=0,1", *FAST, f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.n_jobs=2"]
+    assert deepsweep_cli(*args).returncode == 0
+    client = mlflow.MlflowClient()
+    (parent,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+                 if r.data.tags.get("deepsweep.stage") == "sweep"]
+    jobs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    # Interrupt job 1 after its pretrain stage: its run left RUNNING, its later outputs gone.
+    job1 = next(r for r in jobs if r.data.params["seed"] == "1")
+    client.update_run(job1.info.run_id, status="RUNNING")
+    for stage in ("finetune", "evaluate"):
+        shutil.rmtree(sweep_dir / "1" / stage)
+
+    result = deepsweep_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "already finished in this sweep: skipped" in result.stderr + result.stdout
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.run_id for r in runs if r.data.tags.get("deepsweep.stage") == "sweep"] == [parent.info.run_id]
+    jobs = {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert client.get_run(job1.info.run_id).info.status == "FAILED"  # the interrupted attempt
+    (rerun,) = [r for r in jobs.values() if r.data.params["seed"] == "1" and r.info.run_id != job1.info.run_id]
+    assert rerun.info.status == "FINISHED" and "evaluate.accuracy" in rerun.data.metrics
+    # Stages that had finished are kept; the lost ones ran again.
+    assert {"deepsweep.resumed.prepare", "deepsweep.resumed.pretrain"} <= set(rerun.data.tags)
+    assert "deepsweep.resumed.finetune" not in rerun.data.tags
+    assert len(jobs) == 3 and client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert "3 jobs, 1 failed" in (sweep_dir / "sweep_report.md").read_text()
+
+
+def test_deepsweep_report_rebuilds_the_report_with_chosen_axes(tmp_path, isolated_tracking):
+    sweep_dir = tmp_path / "sweep"
+    assert deepsweep_cli("run", "-m", "init=xavier_uniform,he_normal", "activation=relu,tanh", *FAST,
+                         f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.n_jobs=2").returncode == 0
+    (sweep_dir / "sweep_report.md").unlink()
+    result = deepsweep_cli("report", str(sweep_dir), "--metric", "evaluate.roc_auc",
+                           "--axes", "activation.name", "init.name")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (sweep_dir / "sweep_report.md").read_text()
+    assert "ranked by evaluate.roc_auc" in text and "sweep_heatmap.png" in text
+    bad = deepsweep_cli("report", str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and "nowhere" in bad.stderr

@@ -31,7 +31,9 @@ GROUPS = (
     "trainer",
     "logger",
 )
-TOP_LEVEL = ("seed",)
+TOP_LEVEL = ("seed", "optimized_metric")
+# Summary metrics are named <stage>.<metric> (stages.pipeline.STAGES, kept import-free here).
+STAGE_NAMES = ("prepare", "pretrain", "finetune", "evaluate")
 
 
 class ConfigError(ValueError):
@@ -153,6 +155,10 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     for key in TOP_LEVEL:
         if key in value:
             _check(reference[key], value[key], key, "conf/config.yaml", errors)
+    metric = cfg.get("optimized_metric")
+    if metric is not None and str(metric).split(".")[0] not in STAGE_NAMES:
+        errors.append(f"optimized_metric: {metric!r} is not a stage metric; use <stage>.<metric> with stage one of "
+                      f"{', '.join(STAGE_NAMES)} (e.g. finetune.best_val_acc, evaluate.roc_auc)")
     if errors:
         raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
     return cfg

@@ -62,6 +62,9 @@ def create_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int
     except ValueError as exc:  # a family's own shape checks name the offending model.* key
         raise ConfigError(str(exc)) from exc
     build(cfg.init)(model)
+    # Family-specific starting values that no generic scheme knows (e.g. LSTM forget-gate bias).
+    if hasattr(model, "after_init"):
+        model.after_init()
     return model
 
 
@@ -76,13 +79,12 @@ def create_scheduler(cfg: DictConfig, max_epochs: int):
     return build(node)
 
 
-def set_threads(cfg: DictConfig, parallel_jobs: int = 1) -> int:
-    """torch threads for this process: trainer.num_threads, else the cores shared among parallel jobs."""
+def set_threads(cfg: DictConfig, job_threads: int | None = None) -> int:
+    """torch threads for this process: trainer.num_threads, else what the launcher gave this job
+    (``deepsweep.launch.job_threads``), else every core."""
     import torch
 
-    threads = cfg.trainer.num_threads
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+    threads = cfg.trainer.num_threads or job_threads or os.cpu_count() or 1
     torch.set_num_threads(int(threads))
     return int(threads)
 

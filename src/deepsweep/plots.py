@@ -109,3 +109,52 @@ def image_grid_png(images: torch.Tensor, path: Path, title: str, columns: int = 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def heatmap_png(values: dict[tuple[str, str], float], rows: Sequence[str], columns: Sequence[str],
+                labels: tuple[str, str, str], path: Path) -> None:
+    """A metric over two sweep axes (mean over the other axes and seeds), each cell annotated."""
+    import numpy as np
+
+    plt = _pyplot()
+    grid = np.full((len(rows), len(columns)), np.nan)
+    for (r, c), v in values.items():
+        grid[rows.index(r), columns.index(c)] = v
+    fig, ax = plt.subplots(figsize=(3.5 + 1.1 * len(columns), 2.2 + 0.5 * len(rows)))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(labels[1])
+    ax.set_ylabel(labels[0])
+    finite = grid[np.isfinite(grid)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                        color="black" if grid[i, j] > middle else "white")
+    fig.colorbar(image, ax=ax)
+    ax.set_title(f"{labels[2]}\n(mean over the other params and seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path, title: str) -> None:
+    """Learning curves: one panel per metric, one line per labelled run; points are (epoch, value)."""
+    plt = _pyplot()
+    metrics = sorted({m for per_run in curves.values() for m in per_run})
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5 * max(1, len(metrics)), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, per_run in curves.items():
+            points = per_run.get(metric)
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

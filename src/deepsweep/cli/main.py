@@ -63,6 +63,33 @@ def _cmd_options(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """(Re)build a sweep's report from MLflow, while it runs or long after: a sweep folder or parent run id."""
+    import mlflow
+
+    from deepsweep.tracking.report import finish_sweep
+    from omegaconf import OmegaConf
+
+    from deepsweep.tracking.runs import tracking_uri
+    from deepsweep.tracking.sweep import PARENT_FILE
+
+    mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": args.tracking_uri}})))
+    target = Path(args.sweep)
+    if target.is_dir():
+        record = target / PARENT_FILE
+        if not record.is_file():
+            raise FileNotFoundError(f"{target}: not a sweep folder (no {PARENT_FILE} in it)")
+        run_id, out = record.read_text().strip(), target
+    elif len(args.sweep) == 32 and all(c in "0123456789abcdef" for c in args.sweep):
+        run_id = args.sweep
+        out = Path(mlflow.MlflowClient().get_run(run_id).data.tags.get("deepsweep.sweep_dir", "."))
+    else:
+        raise FileNotFoundError(f"{args.sweep}: neither a sweep folder nor an MLflow run id")
+    finish_sweep(run_id, out, rank_metric=args.metric, axes=args.axes, finish=False)
+    print(f"report written to {out / 'sweep_report.md'} (and .html, .csv) and logged to run {run_id}")
+    return 0
+
+
 def _run_hydra(argv: list[str]) -> int:
     from deepsweep.cli.run import main as hydra_main
 
@@ -92,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=lenet init=xavier_uniform")
     p.add_argument("-o", "--output", default="params.yaml", help="file to write, - for stdout (default: params.yaml)")
     p.set_defaults(func=_cmd_params)
+    p = sub.add_parser("report", help="(re)build a sweep's report: tables, heatmap, learning curves")
+    p.add_argument("sweep", help="the sweep folder (outputs/sweeps/...) or the parent run id")
+    p.add_argument("--metric", help="rank by this metric (default: the sweep's optimized_metric)")
+    p.add_argument("--axes", nargs=2, metavar=("ROWS", "COLUMNS"), help="heatmap params, e.g. init.name regularizer.name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.set_defaults(func=_cmd_report)
     p = sub.add_parser("options", help="list config groups and their options")
     p.add_argument("group", nargs="?")
     p.set_defaults(func=_cmd_options)

@@ -6,12 +6,53 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from deepsweep import paths
+
+log = logging.getLogger("deepsweep")
+
+
+def _reuse_finished(parent: str, digest: str) -> dict[str, float] | None:
+    """On a rerun of a sweep: the summary of this job's finished run, if one exists; a run of this job
+    left RUNNING by an interrupted sweep (and its stage runs) is marked FAILED."""
+    import mlflow
+
+    from deepsweep.launch import previous_runs
+
+    client = mlflow.MlflowClient()
+    for run in previous_runs(parent, digest):
+        if run.info.status == "FINISHED":
+            return dict(run.data.metrics)
+        if run.info.status == "RUNNING":
+            stale = [run, *client.search_runs([run.info.experiment_id],
+                                              filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")]
+            for r in stale:
+                if r.info.status == "RUNNING":
+                    client.set_tag(r.info.run_id, "deepsweep.error", "interrupted; the rerun of the sweep restarted it")
+                    client.set_terminated(r.info.run_id, "FAILED")
+    return None
+
+
+@contextlib.contextmanager
+def _own_gpu(cfg: DictConfig, launcher: DictConfig):
+    """Parallel joblib jobs on a GPU machine: each takes a GPU slot of its own (Ray and SLURM assign
+    GPUs themselves, through the job's resource request)."""
+    if cfg.trainer.accelerator not in ("gpu", "cuda") or "joblib" not in str(launcher.get("_target_", "")):
+        yield
+        return
+    import torch
+
+    from deepsweep.launch import gpu_slot
+
+    with gpu_slot(torch.cuda.device_count(), int(cfg.trainer.get("jobs_per_gpu", 1))) as index:
+        cfg.trainer.devices = [index]
+        yield
 
 
 @hydra.main(version_base="1.3", config_path=str(paths.conf_dir()), config_name="config")
@@ -24,39 +65,42 @@ def main(cfg: DictConfig) -> float:
     cfg = validate(cfg)  # before any heavy import or work
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    parallel_jobs = 1
-    if multirun:
-        import os
-
-        n_jobs = hydra_cfg.launcher.get("n_jobs", 1) or 1
-        parallel_jobs = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
 
     from deepsweep.factory import set_threads
+    from deepsweep.launch import FINGERPRINT_TAG, fingerprint, job_threads
     from deepsweep.stages.pipeline import run_all
     from deepsweep.tracking.sweep import parent_run_id
 
-    set_threads(cfg, parallel_jobs)
+    set_threads(cfg, job_threads(hydra_cfg.launcher) if multirun else None)
     overrides = " ".join(hydra_cfg.overrides.task) or "defaults"
-    tags = {"deepsweep.overrides": overrides}
+    digest = fingerprint(cfg)
+    tags = {"deepsweep.overrides": overrides, FINGERPRINT_TAG: digest}
     parent = None
     if multirun:
         parent = parent_run_id(hydra_cfg.sweep.dir)
         tags["deepsweep.job"] = str(hydra_cfg.job.num)
+        done = _reuse_finished(parent, digest) if parent else None
+        if done is not None:
+            log.info("sweep job %s (%s) already finished in this sweep: skipped", hydra_cfg.job.num, overrides)
+            return done.get(cfg.optimized_metric, float("nan"))
     try:
-        summary = run_all(cfg, Path(hydra_cfg.runtime.output_dir), run_name=overrides, tags=tags, parent_run_id=parent)
+        with _own_gpu(cfg, hydra_cfg.launcher):
+            summary = run_all(cfg, Path(hydra_cfg.runtime.output_dir), run_name=overrides, tags=tags,
+                              parent_run_id=parent, resume=multirun)
     except Exception as exc:
         if not multirun:
             raise
         # One failing sweep job must not stop the others: its MLflow run is already marked FAILED
         # with the error, and the sweep report lists it.
-        import logging
-
-        logging.getLogger("deepsweep").error("sweep job %s failed: %s: %s", hydra_cfg.job.num, type(exc).__name__, exc)
+        log.error("sweep job %s failed: %s: %s", hydra_cfg.job.num, type(exc).__name__, exc)
         return float("nan")
     for key, value in summary.items():
         print(f"{key} = {value:.4f}")
-    # The value an Optuna sweeper maximizes.
-    return summary.get("finetune.best_val_acc", float("nan"))
+    # The value an Optuna sweeper optimizes (conf/hparams_search/).
+    if cfg.optimized_metric not in summary:
+        log.warning("optimized_metric=%s is not among this job's metrics: %s", cfg.optimized_metric,
+                    ", ".join(sorted(summary)))
+    return summary.get(cfg.optimized_metric, float("nan"))
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ class Recurrent(Family):
     def __init__(self, input_shape: Sequence[int], num_classes: int, cell: str = "lstm", hidden_size: int = 64,
                  num_layers: int = 1, bidirectional: bool = False, embedding_dim: int = 64, pooling: str = "last",
                  vocab_size: int | None = None, layers: Layers | None = None,
-                 tbptt_steps: int | None = None) -> None:
+                 tbptt_steps: int | None = None, forget_bias: float | None = None) -> None:
         super().__init__(tuple(input_shape), num_classes)
         if cell not in CELLS:
             raise ValueError(f"model.cell: unknown cell {cell!r}; allowed: {', '.join(CELLS)}")
@@ -150,6 +150,21 @@ class Recurrent(Family):
                                         num_layers, bidirectional, pooling, layers, tbptt_steps)
         self.feature_dim = self.encoder.width
         self.head = layers.linear(self.feature_dim, num_classes)
+        self.cell, self.forget_bias = cell, forget_bias
+
+    def after_init(self) -> None:
+        """Start the gates that carry the state open: the LSTM forget gate (Gers et al. 2000; Jozefowicz
+        et al. 2015) or the GRU update gate get bias ``forget_bias``. At the zero bias of most init schemes
+        a gate is half closed and the state fades like 0.5^t: gating then vanishes as fast as a plain RNN."""
+        if self.forget_bias is None or self.cell == "rnn":
+            return
+        gate = 1  # the forget gate is LSTM chunk (i, f, g, o)[1]; the update gate GRU chunk (r, z, n)[1]
+        with torch.no_grad():
+            for rnn in self.encoder.rnns:
+                for name, param in rnn.named_parameters():
+                    if name.startswith("bias"):
+                        chunk = param.chunk(4 if self.cell == "lstm" else 3)[gate]
+                        chunk.fill_(self.forget_bias if name.startswith("bias_ih") else 0.0)
 
 
 class PositionalEncoding(nn.Module):

@@ -48,6 +48,7 @@ def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None
     """Run stage ``name``: read upstream outputs under ``artifacts/``, write ``artifacts/<name>/`` atomically,
     record one MLflow run (FAILED, with the error, if the stage raises)."""
     from deepsweep.factory import check_accelerator, check_compatible
+    from deepsweep.launch import fingerprint
     from deepsweep.tracking.runs import PARENT_RUN_ENV, start_run
 
     if name not in STAGES:
@@ -63,16 +64,29 @@ def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None
     with start_run(cfg, run_name=name, tags=tags, parent_run_id=os.environ.get(PARENT_RUN_ENV)) as run:
         with atomic_dir(artifacts / name) as out:
             metrics = stage.run(cfg, out, inputs, run)
-            write_json(out / RUN_FILE, {"stage": name, "run_id": run.info.run_id, "pipeline_id": pipeline_id})
+            write_json(out / RUN_FILE, {"stage": name, "run_id": run.info.run_id, "pipeline_id": pipeline_id,
+                                        "fingerprint": fingerprint(cfg), "metrics": metrics})
     return metrics
 
 
+def finished_stage(cfg: DictConfig, folder: Path) -> dict[str, float] | None:
+    """The metrics of a stage output already in ``folder`` computed from this very config, if any."""
+    from deepsweep.launch import fingerprint
+
+    record = folder / RUN_FILE
+    if not record.is_file():
+        return None
+    info = read_json(record)
+    return info.get("metrics") if info.get("fingerprint") == fingerprint(cfg) else None
+
+
 def run_all(cfg: DictConfig, workdir: Path, run_name: str = "pipeline", tags: dict[str, str] | None = None,
-            parent_run_id: str | None = None) -> dict[str, float]:
+            parent_run_id: str | None = None, resume: bool = False) -> dict[str, float]:
     """Every stage in order, in this process; one MLflow run for the whole pipeline with the stages nested.
 
     The pipeline run carries the flat params and each stage's summary metrics (``finetune.best_val_acc``,
-    ``test.accuracy``, ...) so sweep jobs compare on one row each."""
+    ``test.accuracy``, ...) so sweep jobs compare on one row each. With ``resume``, a stage whose output
+    in ``workdir`` came from the same config (an interrupted job's finished stages) is kept, not rerun."""
     import mlflow
 
     from deepsweep.tracking.runs import start_run
@@ -82,7 +96,12 @@ def run_all(cfg: DictConfig, workdir: Path, run_name: str = "pipeline", tags: di
                    parent_run_id=parent_run_id) as run:
         mlflow.set_tag("deepsweep.pipeline_id", run.info.run_id)
         for name in STAGES:
-            metrics = execute(name, cfg, workdir, pipeline_id=run.info.run_id)
+            metrics = finished_stage(cfg, workdir / name) if resume else None
+            if metrics is not None:
+                mlflow.set_tag(f"deepsweep.resumed.{name}", read_json(workdir / name / RUN_FILE)["run_id"])
+            else:
+                resume = False  # what follows a rerun stage reads its new outputs: rerun it too
+                metrics = execute(name, cfg, workdir, pipeline_id=run.info.run_id)
             stage_summary = {f"{name}.{k.replace('/', '_')}": v for k, v in metrics.items()}
             mlflow.log_metrics(stage_summary)
             summary.update(stage_summary)

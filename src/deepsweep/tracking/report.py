@@ -7,35 +7,65 @@ from pathlib import Path
 
 RANK_METRIC = "finetune.best_val_acc"
 SHOWN_METRICS = ("finetune.best_val_acc", "evaluate.accuracy", "evaluate.f1_macro", "evaluate.roc_auc")
+CURVE_METRICS = ("train/loss", "val/loss", "val/acc")
+METRIC_TAG = "deepsweep.optimized_metric"
+
+
+def _shown(rank_metric: str) -> tuple[str, ...]:
+    return SHOWN_METRICS if rank_metric in SHOWN_METRICS else (rank_metric, *SHOWN_METRICS)
+
+
+def _descending(metric: str) -> bool:
+    """Losses and errors rank low-first; everything else (accuracy, F1, AUC) high-first."""
+    return not any(word in metric for word in ("loss", "error", "mse"))
 
 
 def sweep_rows(parent_run_id: str) -> list[dict]:
+    """One row per job of the sweep: status, params, summary metrics, error, and its stage runs."""
     import mlflow
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
+    experiment = [parent.info.experiment_id]
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
+        experiment, filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
     )
-    return [
-        {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-         "params": dict(r.data.params), "metrics": dict(r.data.metrics),
-         "error": r.data.tags.get("deepsweep.error", "")}
-        for r in children
-    ]
+    ids = {r.info.run_id for r in children}
+    stages: dict[str, dict[str, str]] = {}
+    for r in client.search_runs(experiment, filter_string="tags.`deepsweep.stage` = 'finetune'", max_results=50000):
+        if r.data.tags.get("mlflow.parentRunId") in ids:
+            stages.setdefault(r.data.tags["mlflow.parentRunId"], {})["finetune"] = r.info.run_id
+    rows = []
+    for r in children:
+        stage_runs = stages.get(r.info.run_id, {})
+        if "finetune" not in stage_runs and "deepsweep.resumed.finetune" in r.data.tags:
+            stage_runs["finetune"] = r.data.tags["deepsweep.resumed.finetune"]
+        rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+                     "params": dict(r.data.params), "metrics": dict(r.data.metrics),
+                     "error": r.data.tags.get("deepsweep.error", ""), "stage_runs": stage_runs})
+    return rows
 
 
-def render(rows: list[dict]) -> tuple[str, str]:
-    """(markdown, csv) tables of the jobs, best by RANK_METRIC first."""
+def _score(metrics: dict, rank_metric: str) -> float:
+    """Sort key: best first, missing last."""
+    value = metrics.get(rank_metric)
+    if value is None or value != value:
+        return float("inf")
+    return -value if _descending(rank_metric) else value
+
+
+def render(rows: list[dict], rank_metric: str = RANK_METRIC) -> tuple[str, str]:
+    """(markdown, csv) tables of the jobs, best by ``rank_metric`` first."""
     keys = sorted({k for r in rows for k in r["params"]})
     varying = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1]
-    rows = sorted(rows, key=lambda r: -r["metrics"].get(RANK_METRIC, float("-inf")))
-    header = ["", "run", "status", *varying, *SHOWN_METRICS, "error"]
+    rows = sorted(rows, key=lambda r: _score(r["metrics"], rank_metric))
+    shown = _shown(rank_metric)
+    header = ["", "run", "status", *varying, *shown, "error"]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv_lines = [",".join(header[1:])]
     for i, r in enumerate(rows):
         cells = [r["run_name"], r["status"], *(r["params"].get(k, "") for k in varying)]
-        cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in SHOWN_METRICS]
+        cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in shown]
         cells.append(r["error"].splitlines()[0][:120].replace("|", "/") if r["error"] else "")
         mark = "best" if i == 0 and r["status"] == "FINISHED" else ""
         md.append("| " + " | ".join([mark, *cells]) + " |")
@@ -43,19 +73,31 @@ def render(rows: list[dict]) -> tuple[str, str]:
     return "\n".join(md) + "\n", "\n".join(csv_lines) + "\n"
 
 
-def aggregate_over_seeds(rows: list[dict]) -> str:
-    """Markdown table: finished jobs grouped by every varying param but ``seed``; mean +/- std (sample
-    std, n-1) of each metric per group, best mean of RANK_METRIC first. Empty when seed did not vary."""
-    import statistics
-
+def group_by_config(rows: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
+    """Finished jobs grouped by every varying param but ``seed``: (the varying keys, groups)."""
     finished = [r for r in rows if r["status"] == "FINISHED"]
-    if len({r["params"].get("seed") for r in finished}) < 2:
-        return ""
     keys = sorted({k for r in finished for k in r["params"]} - {"seed"})
     varying = [k for k in keys if len({r["params"].get(k) for r in finished}) > 1]
     groups: dict[tuple, list[dict]] = {}
     for r in finished:
         groups.setdefault(tuple(r["params"].get(k, "") for k in varying), []).append(r)
+    return varying, groups
+
+
+def _mean(members: list[dict], metric: str) -> float | None:
+    values = [m["metrics"][metric] for m in members if metric in m["metrics"]]
+    return sum(values) / len(values) if values else None
+
+
+def aggregate_over_seeds(rows: list[dict], rank_metric: str = RANK_METRIC) -> str:
+    """Markdown table: finished jobs grouped by every varying param but ``seed``; mean +/- std (sample
+    std, n-1) of each metric per group, best mean of ``rank_metric`` first. Empty when seed did not vary."""
+    import statistics
+
+    finished = [r for r in rows if r["status"] == "FINISHED"]
+    if len({r["params"].get("seed") for r in finished}) < 2:
+        return ""
+    varying, groups = group_by_config(rows)
 
     def stats(members: list[dict], metric: str) -> tuple[float, float] | None:
         values = [m["metrics"][metric] for m in members if metric in m["metrics"]]
@@ -63,37 +105,149 @@ def aggregate_over_seeds(rows: list[dict]) -> str:
             return None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    ranked = sorted(groups.items(), key=lambda kv: -((stats(kv[1], RANK_METRIC) or (float("-inf"), 0))[0]))
-    header = ["", *varying, "seeds", *SHOWN_METRICS]
+    ranked = sorted(groups.items(), key=lambda kv: _score({rank_metric: _mean(kv[1], rank_metric)}, rank_metric)
+                    if _mean(kv[1], rank_metric) is not None else float("inf"))
+    shown = _shown(rank_metric)
+    header = ["", *varying, "seeds", *shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, (config, members) in enumerate(ranked):
         cells = ["best" if i == 0 else "", *config, str(len(members))]
-        for metric in SHOWN_METRICS:
+        for metric in shown:
             s = stats(members, metric)
             cells.append(f"{s[0]:.4f} +/- {s[1]:.4f}" if s else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def finish_sweep(parent_run_id: str, sweep_dir: Path) -> list[dict]:
+def sweep_axes(overrides: str, rows: list[dict]) -> list[str]:
+    """The params a sweep varies, in the order its command line swept them (``init=a,b`` -> ``init.name``),
+    then any other varying param; ``seed`` and params that merely follow another one are left out."""
+    finished = [r for r in rows if r["status"] == "FINISHED"]
+    keys = sorted({k for r in finished for k in r["params"]} - {"seed"})
+    varying = [k for k in keys if len({r["params"].get(k) for r in finished}) > 1]
+    swept = []
+    for token in overrides.split():
+        key, _, value = token.partition("=")
+        if "," in value or value.startswith(("range(", "glob(", "choice(", "interval(")):
+            name = key if key in varying else f"{key}.name"
+            if name in varying and name not in swept:
+                swept.append(name)
+    ordered, seen = [], set()
+    for key in swept + [k for k in varying if k.endswith(".name")] + varying:
+        partition = frozenset(frozenset(r["run_id"] for r in finished if r["params"].get(key) == v)
+                              for v in {r["params"].get(key) for r in finished})
+        if key not in ordered and partition not in seen:
+            ordered.append(key)
+            seen.add(partition)
+    return ordered
+
+
+def heatmap(rows: list[dict], axes: list[str], rank_metric: str, path: Path) -> bool:
+    """``rank_metric`` averaged over everything but the two axes, as a PNG; False when there are no two axes."""
+    from deepsweep.plots import heatmap_png
+
+    if len(axes) < 2:
+        return False
+    a, b = axes[:2]
+    finished = [r for r in rows if r["status"] == "FINISHED" and rank_metric in r["metrics"]]
+    cells: dict[tuple[str, str], list[float]] = {}
+    for r in finished:
+        cells.setdefault((r["params"].get(a, ""), r["params"].get(b, "")), []).append(r["metrics"][rank_metric])
+    if not cells:
+        return False
+    rows_, cols = sorted({k[0] for k in cells}), sorted({k[1] for k in cells})
+    heatmap_png({k: sum(v) / len(v) for k, v in cells.items()}, rows_, cols, (a, b, rank_metric), path)
+    return True
+
+
+def learning_curves(rows: list[dict], rank_metric: str, axes: list[str], path: Path, top: int = 3) -> bool:
+    """Per-epoch fine-tuning curves of the best job of each of the ``top`` best configs, labelled by ``axes``."""
     import mlflow
 
+    from deepsweep.plots import curves_png
+
+    varying, groups = group_by_config(rows)
+    ranked = sorted(groups.items(), key=lambda kv: min(_score(m["metrics"], rank_metric) for m in kv[1]))[:top]
+    client = mlflow.MlflowClient()
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for config, members in ranked:
+        job = min(members, key=lambda m: _score(m["metrics"], rank_metric))
+        stage_run = job["stage_runs"].get("finetune")
+        if stage_run is None:
+            continue
+        label = " ".join(f"{k}={job['params'].get(k)}" for k in axes) or job["run_name"]
+        curves[label] = {m: [(h.step, h.value) for h in client.get_metric_history(stage_run, m)]
+                              for m in CURVE_METRICS}
+    if not any(points for per_run in curves.values() for points in per_run.values()):
+        return False
+    curves_png(curves, path, f"fine-tuning curves of the top {len(curves)} configs")
+    return True
+
+
+def _html(title: str, sections: list[tuple[str, str]], images: list[str]) -> str:
+    """A self-contained page: the Markdown tables as HTML tables, the PNGs beside it."""
+    import html
+
+    def table(md: str) -> str:
+        lines = [line for line in md.strip().splitlines() if line.startswith("|") and not line.startswith("|---")]
+        out = ["<table>"]
+        for i, line in enumerate(lines):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            tag = "th" if i == 0 else "td"
+            cls = ' class="best"' if i and cells and cells[0] == "best" else ""
+            out.append(f"<tr{cls}>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+        return "\n".join(out + ["</table>"])
+
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    body += [f'<img src="{name}" alt="{name}">' for name in images]
+    for heading, md in sections:
+        body += [f"<h2>{html.escape(heading)}</h2>", table(md) if md.lstrip().startswith("|") else
+                 f"<pre>{html.escape(md)}</pre>"]
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px}tr.best{background:#e6f4ea}img{max-width:48%;margin:4px}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+
+
+def finish_sweep(parent_run_id: str, sweep_dir: Path, rank_metric: str | None = None,
+                 axes: list[str] | None = None, finish: bool = True) -> list[dict]:
+    """Write the sweep report into ``sweep_dir`` (md, csv, html, heatmap and learning-curve PNGs), log it
+    to the parent run and (with ``finish``) end the parent: FAILED only when every job failed."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    rank_metric = rank_metric or parent.data.tags.get(METRIC_TAG, RANK_METRIC)
     rows = sweep_rows(parent_run_id)
-    md, csv_text = render(rows)
+    md, csv_text = render(rows, rank_metric)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     failed = [r for r in rows if r["status"] != "FINISHED"]
-    text = f"# Sweep report\n\n{len(rows)} jobs, {len(failed)} failed, ranked by {RANK_METRIC}.\n\n"
-    seeds = aggregate_over_seeds(rows)
+    title = f"Sweep report: {sweep_dir.name}"
+    text = f"# {title}\n\n{len(rows)} jobs, {len(failed)} failed, ranked by {rank_metric}.\n\n"
+    sections: list[tuple[str, str]] = []
+    seeds = aggregate_over_seeds(rows, rank_metric)
     if seeds:
-        text += f"## Mean +/- std over seeds\n\n{seeds}\n## Jobs\n\n"
-    text += md
+        sections.append(("Mean +/- std over seeds", seeds))
+    sections.append(("Jobs", md))
+    if failed:
+        sections.append(("Failed jobs", "\n".join(f"- {r['run_name']}: {r['error'] or r['status']}"
+                                                 for r in failed) + "\n"))
+    axes = axes or sweep_axes(parent.data.tags.get("deepsweep.overrides", ""), rows)
+    images = []
+    if heatmap(rows, axes, rank_metric, sweep_dir / "sweep_heatmap.png"):
+        images.append("sweep_heatmap.png")
+    if learning_curves(rows, rank_metric, axes, sweep_dir / "sweep_curves.png"):
+        images.append("sweep_curves.png")
+    text += "".join(f"![{name}]({name})\n" for name in images) + "\n" * bool(images)
+    text += "".join(f"## {heading}\n\n{body}\n" for heading, body in sections)
     (sweep_dir / "sweep_report.md").write_text(text)
     (sweep_dir / "sweep_report.csv").write_text(csv_text)
-    client = mlflow.MlflowClient()
-    client.log_artifact(parent_run_id, str(sweep_dir / "sweep_report.md"))
-    client.log_artifact(parent_run_id, str(sweep_dir / "sweep_report.csv"))
+    (sweep_dir / "sweep_report.html").write_text(_html(title, sections, images))
+    for name in ("sweep_report.md", "sweep_report.csv", "sweep_report.html", *images):
+        client.log_artifact(parent_run_id, str(sweep_dir / name))
     client.log_metric(parent_run_id, "jobs", len(rows))
     client.log_metric(parent_run_id, "jobs_failed", len(failed))
-    client.set_terminated(parent_run_id, "FAILED" if rows and len(failed) == len(rows) else "FINISHED")
+    if finish:
+        client.set_terminated(parent_run_id, "FAILED" if rows and len(failed) == len(rows) else "FINISHED")
     print(text)
     return rows

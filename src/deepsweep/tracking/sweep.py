@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,18 @@ from omegaconf import DictConfig
 from deepsweep.tracking.runs import PARENT_RUN_ENV
 
 PARENT_FILE = "mlflow_parent_run_id"
+DONE_DIR = ".jobs_done"
+
+
+def _resumable_parent(client: Any, sweep_dir: Path) -> str | None:
+    """The parent run of an earlier sweep in this folder, if the tracking store still has it."""
+    record = sweep_dir / PARENT_FILE
+    if not record.is_file():
+        return None
+    try:
+        return client.get_run(record.read_text().strip()).info.run_id
+    except Exception:  # another tracking store, or the run was deleted: start a new parent
+        return None
 
 
 def parent_run_id(sweep_dir: str | os.PathLike | None) -> str | None:
@@ -39,29 +52,61 @@ def _fail_if_running(run_id: str) -> None:
 
 
 class MlflowSweepCallback(Callback):
+    """``heatmap_axes``: the two params of the report's heatmap (default: the first two swept ones)."""
+
+    def __init__(self, heatmap_axes: list[str] | None = None) -> None:
+        self.heatmap_axes = list(heatmap_axes) if heatmap_axes else None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
 
+        from deepsweep.tracking.report import METRIC_TAG
         from deepsweep.tracking.runs import git_tags, setup
 
         experiment_id = setup(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        overrides = " ".join(config.hydra.overrides.task)
-        run = mlflow.MlflowClient().create_run(
-            experiment_id,
-            run_name=f"sweep {sweep_dir.name}",
-            tags={**git_tags(), "deepsweep.stage": "sweep", "deepsweep.sweep_dir": str(sweep_dir.resolve()),
-                  "deepsweep.overrides": overrides},
-        )
-        os.environ[PARENT_RUN_ENV] = run.info.run_id
-        (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
+        client = mlflow.MlflowClient()
+        run_id = _resumable_parent(client, sweep_dir)
+        if run_id:
+            # The same sweep folder again: the same parent run, whose finished jobs are skipped.
+            client.update_run(run_id, status="RUNNING")
+            client.set_tag(run_id, "deepsweep.resumed", "true")
+        else:
+            overrides = " ".join(config.hydra.overrides.task)
+            run_id = client.create_run(
+                experiment_id,
+                run_name=f"sweep {sweep_dir.name}",
+                tags={**git_tags(), "deepsweep.stage": "sweep", "deepsweep.sweep_dir": str(sweep_dir.resolve()),
+                      "deepsweep.overrides": overrides, METRIC_TAG: str(config.optimized_metric)},
+            ).info.run_id
+            (sweep_dir / PARENT_FILE).write_text(run_id)
+        shutil.rmtree(sweep_dir / DONE_DIR, ignore_errors=True)
+        os.environ[PARENT_RUN_ENV] = run_id
         # If the sweep process dies (Ctrl-C, a launcher error), the parent run must not stay RUNNING.
-        atexit.register(_fail_if_running, run.info.run_id)
+        atexit.register(_fail_if_running, run_id)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        # Progress while the sweep runs: jobs report from their own processes, so count marker files.
+        import logging
+
+        done_dir = Path(config.hydra.sweep.dir) / DONE_DIR
+        done_dir.mkdir(parents=True, exist_ok=True)
+        num = config.hydra.job.num
+        (done_dir / str(num)).touch()
+        try:
+            value = job_return.return_value
+            failed = value != value  # a job that fails returns NaN (cli.run), so the sweep goes on
+        except Exception:
+            failed = True
+        logging.getLogger("deepsweep").info(
+            "sweep progress: %d jobs done (job %s %s)", len(list(done_dir.iterdir())), num,
+            "FAILED" if failed else "finished")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from deepsweep.tracking.report import finish_sweep
 
         run_id = os.environ.pop(PARENT_RUN_ENV, None) or parent_run_id(config.hydra.sweep.dir)
         if run_id:
-            finish_sweep(run_id, Path(config.hydra.sweep.dir))
+            finish_sweep(run_id, Path(config.hydra.sweep.dir), rank_metric=str(config.optimized_metric),
+                         axes=self.heatmap_axes)

@@ -1,0 +1,108 @@
+"""Sweeps beyond the default launcher: threads and GPUs per job, job fingerprints, Optuna search,
+Ray (a local instance on loopback) and submitit (its local executor, the SLURM code path without SLURM)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import mlflow
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import FAST, deepsweep_cli
+from deepsweep.config import ConfigError, validate
+from deepsweep.launch import fingerprint, gpu_slot, job_threads
+
+
+def test_job_threads_follow_the_launchers_resource_request():
+    joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"})
+    assert job_threads(OmegaConf.merge(joblib, {"n_jobs": -1}), cpu_count=8) == 1
+    assert job_threads(OmegaConf.merge(joblib, {"n_jobs": 2}), cpu_count=8) == 4
+    assert job_threads(OmegaConf.merge(joblib, {"n_jobs": 16}), cpu_count=8) == 1
+    ray = OmegaConf.create({"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
+                            "ray": {"remote": {"num_cpus": 3}}})
+    assert job_threads(ray, cpu_count=8) == 3
+    slurm = OmegaConf.create({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+                              "cpus_per_task": 6})
+    assert job_threads(slurm, cpu_count=64) == 6
+
+
+def test_gpu_slots_never_overbook_a_gpu(tmp_path):
+    """Two GPUs, one job each: the third job waits until a GPU is released, then gets that one."""
+    held, got = [], []
+    first, second = gpu_slot(2, lock_dir=tmp_path), gpu_slot(2, lock_dir=tmp_path)
+    held += [first.__enter__(), second.__enter__()]
+    assert sorted(held) == [0, 1]
+
+    def third_job():
+        with gpu_slot(2, lock_dir=tmp_path, poll_s=0.05) as gpu:
+            got.append(gpu)
+
+    waiter = threading.Thread(target=third_job)
+    waiter.start()
+    time.sleep(0.3)
+    assert got == []  # both GPUs busy
+    second.__exit__(None, None, None)
+    waiter.join(timeout=5)
+    assert got == [held[1]]
+    first.__exit__(None, None, None)
+    with gpu_slot(1, jobs_per_gpu=2, lock_dir=tmp_path) as a, gpu_slot(1, jobs_per_gpu=2, lock_dir=tmp_path) as b:
+        assert a == b == 0  # two jobs may share the one GPU when asked to
+
+
+def test_fingerprint_ignores_where_results_go_but_not_what_is_computed(compose):
+    base = fingerprint(compose())
+    assert fingerprint(compose("logger.tracking_uri=sqlite:////elsewhere.db", "trainer.num_threads=1")) == base
+    assert fingerprint(compose("seed=1")) != base
+    assert fingerprint(compose("optimizer.lr=0.5")) != base
+
+
+def test_optimized_metric_must_name_a_stage_metric(compose):
+    with pytest.raises(ConfigError, match="optimized_metric: 'accuracy'.*evaluate.roc_auc"):
+        validate(compose("optimized_metric=accuracy"))
+
+
+def _sweep_jobs() -> tuple[list, list]:
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parents = [r for r in runs if r.data.tags.get("deepsweep.stage") == "sweep"]
+    ids = {p.info.run_id for p in parents}
+    return parents, [r for r in runs if r.data.tags.get("mlflow.parentRunId") in ids]
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_as_child_runs(tmp_path, isolated_tracking):
+    result = deepsweep_cli("run", "hparams_search=digits_optuna", "hydra.sweeper.n_trials=2", *FAST,
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.launcher.n_jobs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Best value" in result.stdout + result.stderr
+    parents, jobs = _sweep_jobs()
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(jobs) == 2 and all(r.info.status == "FINISHED" for r in jobs)
+    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_ray_launcher_on_a_local_ray_instance(tmp_path, isolated_tracking, monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result = deepsweep_cli("run", "-m", "hydra/launcher=ray_cluster", "seed=0,1", *FAST,
+                           "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.init.include_dashboard=false",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"RAY_AUTH_MODE": "disabled"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    parents, jobs = _sweep_jobs()
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.params["seed"] for r in jobs) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" and "evaluate.roc_auc" in r.data.metrics for r in jobs)
+
+
+@pytest.mark.slow
+def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path, isolated_tracking):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result = deepsweep_cli("run", "-m", "hydra/launcher=submitit_local", "seed=0", *FAST,
+                           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    parents, jobs = _sweep_jobs()
+    assert len(jobs) == 1 and jobs[0].info.status == "FINISHED"
+    assert (tmp_path / "sweep" / ".submitit").is_dir()
