@@ -106,3 +106,20 @@ def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path, isolat
     parents, jobs = _sweep_jobs()
     assert len(jobs) == 1 and jobs[0].info.status == "FINISHED"
     assert (tmp_path / "sweep" / ".submitit").is_dir()
+
+
+def test_parallel_gpu_jobs_get_a_device_each(compose, monkeypatch, tmp_path):
+    """What cli.run does for joblib jobs with trainer=gpu: trainer.devices becomes the job's own GPU."""
+    import torch
+
+    from deepsweep.cli.run import _own_gpu
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"})
+    first, second = compose("trainer=gpu"), compose("trainer=gpu")
+    with _own_gpu(first, joblib), _own_gpu(second, joblib):
+        assert sorted([list(first.trainer.devices), list(second.trainer.devices)]) == [[0], [1]]
+    cpu = compose()
+    with _own_gpu(cpu, joblib):
+        assert cpu.trainer.devices == 1  # CPU jobs are left alone

@@ -173,3 +173,15 @@ def test_bad_tbptt_steps_names_the_key(compose):
     with pytest.raises(ValueError, match="model.tbptt_steps"):
         create_model(compose("data=synthetic", "model=lstm", "model.bidirectional=true", "model.tbptt_steps=5"),
                      (30, 1), 2)
+
+
+@pytest.mark.parametrize("cell, chunks", [("lstm", 4), ("gru", 3)])
+def test_forget_bias_opens_the_gate_that_carries_the_state(compose, cell, chunks):
+    """LSTM forget gate (chunk 1 of i, f, g, o) / GRU update gate (chunk 1 of r, z, n) start at forget_bias."""
+    model = create_model(compose("data=synthetic", f"model={cell}", "model.num_layers=2", "model.forget_bias=1.0",
+                                 "init=zeros"), (30, 1), 2)
+    for rnn in model.encoder.rnns:
+        ih, hh = rnn.bias_ih_l0.chunk(chunks), rnn.bias_hh_l0.chunk(chunks)
+        assert (ih[1] == 1.0).all() and (hh[1] == 0).all() and (ih[0] == 0).all()
+    plain = create_model(compose("data=synthetic", f"model={cell}", "init=zeros"), (30, 1), 2)
+    assert (plain.encoder.rnns[0].bias_ih_l0 == 0).all()

@@ -77,12 +77,14 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
 def test_deepsweep_report_rebuilds_the_report_with_chosen_axes(tmp_path, isolated_tracking):
     sweep_dir = tmp_path / "sweep"
     assert deepsweep_cli("run", "-m", "init=xavier_uniform,he_normal", "activation=relu,tanh", *FAST,
+                         "hydra.callbacks.mlflow_sweep.heatmap_axes=[init.name,activation.name]",
                          f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.n_jobs=2").returncode == 0
+    assert "over init.name x activation.name" in (sweep_dir / "sweep_report.md").read_text()
     (sweep_dir / "sweep_report.md").unlink()
     result = deepsweep_cli("report", str(sweep_dir), "--metric", "evaluate.roc_auc",
                            "--axes", "activation.name", "init.name")
     assert result.returncode == 0, result.stderr[-3000:]
     text = (sweep_dir / "sweep_report.md").read_text()
-    assert "ranked by evaluate.roc_auc" in text and "sweep_heatmap.png" in text
+    assert "ranked by evaluate.roc_auc" in text and "over activation.name x init.name" in text
     bad = deepsweep_cli("report", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and "nowhere" in bad.stderr

@@ -32,8 +32,6 @@ GROUPS = (
     "logger",
 )
 TOP_LEVEL = ("seed", "optimized_metric")
-# Summary metrics are named <stage>.<metric> (stages.pipeline.STAGES, kept import-free here).
-STAGE_NAMES = ("prepare", "pretrain", "finetune", "evaluate")
 
 
 class ConfigError(ValueError):
@@ -155,10 +153,12 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     for key in TOP_LEVEL:
         if key in value:
             _check(reference[key], value[key], key, "conf/config.yaml", errors)
+    from deepsweep.stages.pipeline import STAGES  # light: omegaconf and the standard library
+
     metric = cfg.get("optimized_metric")
-    if metric is not None and str(metric).split(".")[0] not in STAGE_NAMES:
+    if metric is not None and str(metric).split(".")[0] not in STAGES:
         errors.append(f"optimized_metric: {metric!r} is not a stage metric; use <stage>.<metric> with stage one of "
-                      f"{', '.join(STAGE_NAMES)} (e.g. finetune.best_val_acc, evaluate.roc_auc)")
+                      f"{', '.join(STAGES)} (e.g. finetune.best_val_acc, evaluate.roc_auc)")
     if errors:
         raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
     return cfg

@@ -118,9 +118,9 @@ class RecurrentEncoder(nn.Module):
             # earlier steps without a graph, so memory grows with k instead of the sequence length. (Series
             # only: padded text can end before the last k steps.)
             k = self.tbptt_steps
-            with torch.no_grad():
-                _, states = self._run(self.inputs(x[:, :-k])[0], None)
             h, valid = self.inputs(x)
+            with torch.no_grad():
+                _, states = self._run(h[:, :-k], None)
             out, _ = self._run(h[:, -k:], states)
             return _pool(out, valid[:, -k:], "last")
         return _pool(*self.steps(x), self.pooling)

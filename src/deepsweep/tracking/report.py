@@ -105,8 +105,7 @@ def aggregate_over_seeds(rows: list[dict], rank_metric: str = RANK_METRIC) -> st
             return None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    ranked = sorted(groups.items(), key=lambda kv: _score({rank_metric: _mean(kv[1], rank_metric)}, rank_metric)
-                    if _mean(kv[1], rank_metric) is not None else float("inf"))
+    ranked = sorted(groups.items(), key=lambda kv: _score({rank_metric: _mean(kv[1], rank_metric)}, rank_metric))
     shown = _shown(rank_metric)
     header = ["", *varying, "seeds", *shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -236,6 +235,7 @@ def finish_sweep(parent_run_id: str, sweep_dir: Path, rank_metric: str | None = 
     images = []
     if heatmap(rows, axes, rank_metric, sweep_dir / "sweep_heatmap.png"):
         images.append("sweep_heatmap.png")
+        text += f"Heatmap: {rank_metric} over {axes[0]} x {axes[1]}.\n\n"
     if learning_curves(rows, rank_metric, axes, sweep_dir / "sweep_curves.png"):
         images.append("sweep_curves.png")
     text += "".join(f"![{name}]({name})\n" for name in images) + "\n" * bool(images)
