@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params clean cora-seeds vanishing
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds vanishing
 
 venv: $(VENV)/.installed
 
@@ -45,6 +45,16 @@ ui: venv
 
 params: venv
 	$(BIN)/deepsweep params
+
+# Rewrite every ready-made pipeline from the root dvc.yaml (paths from its folder) and its experiment's
+# composed params: run after changing dvc.yaml or conf/. A new one: mkdir pipelines/<experiment>; make pipelines
+pipelines: venv
+	for dir in pipelines/*/; do name=$$(basename $$dir); { \
+	  echo "# Experiment conf/experiment/$$name.yaml as a DVC pipeline (same stages as the root dvc.yaml, paths"; \
+	  echo "# relative to this folder). params.yaml: deepsweep params experiment=$$name -o pipelines/$$name/params.yaml"; \
+	  echo "# Run: dvc repro pipelines/$$name/dvc.yaml"; \
+	  sed -n '/^stages:/,$$p' dvc.yaml | sed 's#- src/#- ../../src/#'; } > $$dir/dvc.yaml; \
+	  $(BIN)/deepsweep params experiment=$$name -o $$dir/params.yaml; done
 
 clean:
 	rm -rf artifacts outputs multirun mlruns mlartifacts mlflow.db dvc_plots

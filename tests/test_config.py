@@ -29,11 +29,11 @@ def test_flat_params_for_mlflow():
 
 
 def test_unknown_option_lists_allowed():
-    with pytest.raises(Exception, match="(?s)model/nope.*gat.*gcn.*gru.*lenet.*lstm.*mlp.*resnet.*rnn.*sage.*transformer"):
+    with pytest.raises(Exception, match="(?s)model/nope.*dcgan.*gat.*gcn.*gru.*lenet.*lstm.*mlp.*resnet.*rnn.*sage.*transformer"):
         compose(["model=nope"])
     cfg = compose([])
     cfg.model.name = "nope"
-    with pytest.raises(ConfigError, match="model.name: unknown model option 'nope'; allowed: gat, gcn, gru, lenet, lstm, mlp, resnet, rnn, sage, transformer"):
+    with pytest.raises(ConfigError, match="model.name: unknown model option 'nope'; allowed: dcgan, gat, gcn, gru, lenet, lstm, mlp, resnet, rnn, sage, transformer"):
         validate(cfg)
 
 

@@ -1,4 +1,4 @@
-"""VAE and RBM/DBN pretraining: the mechanics their papers define."""
+"""Autoencoders, VAE and RBM/DBN pretraining: the mechanics their papers define."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 from deepsweep.data.sources import Digits
 from deepsweep.factory import create_model
 from deepsweep.stages.pipeline import execute
+from deepsweep.nn.generators import ConvGenerator
 from deepsweep.tasks.rbm import RBM, DeepBeliefTask
+from deepsweep.tasks.reconstruct import ReconstructTask, StackedAutoencoderTask, TiedDecoder
 from deepsweep.tasks.variational import VariationalTask, gaussian_kl
 
 
@@ -91,7 +93,7 @@ def test_dbn_trains_layer_by_layer_and_hands_weights_to_the_mlp(compose, tmp_pat
 
 def test_dbn_refuses_non_mlp_families(compose):
     model = create_model(compose("model=lenet"), (1, 8, 8), 10)
-    with pytest.raises(ValueError, match="pretrain=dbn initializes the hidden layers of model=mlp"):
+    with pytest.raises(ValueError, match="pretrain=dbn works on the dense layer stack of model=mlp"):
         DeepBeliefTask(model, optimizer=None)
 
 
@@ -101,3 +103,98 @@ def test_vae_pipeline_saves_sample_grids(compose, tmp_path):
         execute(stage, cfg, tmp_path / "artifacts")
     for name in ("samples.png", "interpolation.png"):
         assert (tmp_path / "artifacts" / "pretrain" / name).stat().st_size > 0
+
+
+def test_conv_decoder_reaches_the_image_shape():
+    for shape in [(1, 28, 28), (1, 8, 8), (3, 10, 12)]:
+        out = ConvGenerator(16, shape, channels=(32, 16))(torch.randn(4, 16))
+        assert out.shape == (4, *shape)
+        assert 0 <= out.min() and out.max() <= 1  # sigmoid output for [0, 1] pixels
+    with pytest.raises(ValueError, match="needs image inputs"):
+        ConvGenerator(16, (64,))
+
+
+def test_tied_decoder_owns_only_biases_and_uses_the_encoder_weights(compose):
+    model = create_model(compose("model.hidden_dims=[32,16]"), (1, 8, 8), 10)
+    task = ReconstructTask(model, optimizer=None, tied=True)
+    assert isinstance(task.decoder, TiedDecoder)
+    assert sorted(n for n, _ in task.decoder.named_parameters()) == ["biases.0", "biases.1"]
+    x = torch.rand(8, 1, 8, 8)
+    assert task(x).shape == x.shape
+    # The reconstruction's gradient reaches the first encoder weight through the decoder as well: it
+    # differs from the gradient through the encoder alone.
+    first = model.encoder[1][0].weight
+    (task(x) - x).pow(2).mean().backward()
+    both = first.grad.clone()
+    first.grad = None
+    code = model.encoder(x)
+    (task.decoder(code.detach()) - x).pow(2).mean().backward()
+    assert first.grad is not None and not torch.allclose(first.grad, both)
+    with pytest.raises(ValueError, match="pretrain.task.tied=true works on the dense layer stack of model=mlp"):
+        ReconstructTask(create_model(compose("model=lenet"), (1, 8, 8), 10), optimizer=None, tied=True)
+
+
+def test_sparsity_adds_l1_of_the_code_to_the_loss(compose):
+    model = create_model(compose(), (1, 8, 8), 10)
+    x = torch.rand(16, 1, 8, 8)
+    torch.manual_seed(0)
+    plain = ReconstructTask(model, optimizer=None).training_step((x, None), 0)
+    torch.manual_seed(0)  # the same decoder
+    sparse = ReconstructTask(model, optimizer=None, sparsity=0.5)
+    expected = plain + 0.5 * model.encoder(x).abs().sum(1).mean()
+    assert torch.allclose(sparse.training_step((x, None), 0), expected)
+
+
+def test_stacked_autoencoder_trains_layer_by_layer_then_end_to_end(compose, tmp_path):
+    cfg = compose("pretrain=stacked_autoencoder", "pretrain.epochs=3", "pretrain.task.epochs_per_layer=1",
+                  "model.hidden_dims=[32,16]")
+    execute("prepare", cfg, tmp_path / "artifacts")
+    snapshots = []
+    original = StackedAutoencoderTask.on_train_epoch_end
+
+    def snapshot(self):
+        original(self)
+        snapshots.append([b[0].weight.detach().clone() for b in self.blocks])
+
+    StackedAutoencoderTask.on_train_epoch_end = snapshot
+    try:
+        execute("pretrain", cfg, tmp_path / "artifacts")
+    finally:
+        StackedAutoencoderTask.on_train_epoch_end = original
+    initial = [w.clone() for w in snapshots[0]]
+    moved = lambda a, b: not torch.equal(a, b)  # noqa: E731
+    assert len(snapshots) == 3
+    # epoch 0 trained block 0 only (block 1 still at init: compare epoch 1's block 0 with epoch 0's)
+    assert moved(snapshots[1][1], initial[1]) and not moved(snapshots[1][0], initial[0])  # epoch 1: block 1 alone
+    assert moved(snapshots[2][0], snapshots[1][0]) and moved(snapshots[2][1], snapshots[1][1])  # epoch 2: both
+    encoder = torch.load(tmp_path / "artifacts" / "pretrain" / "encoder.pt", weights_only=True)["encoder"]
+    assert torch.equal(encoder["1.0.weight"], snapshots[2][0])
+
+
+def test_anomaly_detection_leaves_the_class_out_of_pretraining_and_scores_it(compose, tmp_path):
+    cfg = compose("pretrain.anomaly_class=3", "pretrain.epochs=5", "trainer.max_epochs=1")
+    seen = []
+    original = ReconstructTask.training_step
+
+    def spy(self, batch, batch_idx):
+        seen.append(batch[1])
+        return original(self, batch, batch_idx)
+
+    ReconstructTask.training_step = spy
+    try:
+        for stage in ("prepare", "pretrain", "finetune", "evaluate"):
+            metrics = execute(stage, cfg, tmp_path / "artifacts")
+    finally:
+        ReconstructTask.training_step = original
+    assert 3 not in torch.cat(seen).tolist() and len(torch.cat(seen).unique()) == 9
+    assert metrics["anomaly_roc_auc"] > 0.6  # digit 3 reconstructs worse than the digits the AE saw
+    assert 0 < metrics["reconstruction_error"] < 0.2
+
+
+def test_anomaly_class_must_be_a_class_and_needs_a_scoring_task(compose, tmp_path):
+    from deepsweep.config import ConfigError
+
+    cfg = compose("pretrain.anomaly_class=10")
+    execute("prepare", cfg, tmp_path / "artifacts")
+    with pytest.raises(ConfigError, match=r"pretrain.anomaly_class: 10 is not a class of data=digits \(0..9\)"):
+        execute("pretrain", cfg, tmp_path / "artifacts")

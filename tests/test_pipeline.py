@@ -28,8 +28,10 @@ def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
         execute(stage, fast_cfg, artifacts)
 
     metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
-    assert set(metrics) == {"accuracy", "f1_macro", "roc_auc", "loss"}
+    assert set(metrics) == {"accuracy", "f1_macro", "roc_auc", "loss", "probe_accuracy", "probe_f1_macro",
+                            "probe_roc_auc", "reconstruction_error"}
     assert metrics["accuracy"] > 0.5 and metrics["roc_auc"] > 0.8
+    assert metrics["probe_accuracy"] > 0.5 and 0 < metrics["reconstruction_error"] < 1
     for name in ("confusion.csv", "roc.csv", "confusion_matrix.png", "roc_curve.png"):
         assert (artifacts / "evaluate" / name).stat().st_size > 0
     assert (artifacts / "evaluate" / "confusion.csv").read_text().startswith("actual,predicted\n")
@@ -124,3 +126,20 @@ def test_run_all_nests_stage_runs_under_one_pipeline_run(compose, tmp_path, over
     children = [r for r in _runs() if r.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id]
     assert sorted(r.data.tags["deepsweep.stage"] for r in children) == ["evaluate", "finetune", "prepare", "pretrain"]
     assert pipeline.data.metrics["evaluate.accuracy"] == pytest.approx(summary["evaluate.accuracy"])
+
+
+def test_linear_probe_scores_separable_features_and_tolerates_missing_classes():
+    import torch
+
+    from deepsweep.metrics import anomaly_roc_auc, linear_probe
+
+    torch.manual_seed(0)
+    y = torch.arange(3).repeat(30)
+    x = torch.nn.functional.one_hot(y, 3).float() * 5 + 0.1 * torch.randn(90, 3)
+    metrics = linear_probe((x, y), (x, y), 3)
+    assert metrics == {"probe_accuracy": 1.0, "probe_f1_macro": 1.0, "probe_roc_auc": 1.0}
+    # A class the probe never saw (label_fraction on tiny data) gets probability 0, not a crash.
+    seen = y != 2
+    assert linear_probe((x[seen], y[seen]), (x, y), 3)["probe_accuracy"] == pytest.approx(2 / 3)
+    # Anomaly scores far outside [0, 1] keep their order (torchmetrics would squash them through a sigmoid).
+    assert anomaly_roc_auc(torch.tensor([100.0, 200.0, 300.0, 400.0]), torch.tensor([0, 0, 1, 1])) == 1.0

@@ -148,6 +148,19 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
 
     reference = OmegaConf.to_container(compose(choices), resolve=True)
     value = OmegaConf.to_container(cfg, resolve=True)
+    # pretrain.optimizer overrides fields of whichever optimizer is chosen: checked against that one.
+    reference["pretrain"].pop("optimizer", None)
+    overrides = value["pretrain"].pop("optimizer", None) or {}
+    if not isinstance(overrides, Mapping):
+        errors.append(f"pretrain.optimizer: expected a mapping of optimizer fields, got {overrides!r}")
+        overrides = {}
+    fields = {k: v for k, v in reference["optimizer"].items() if k != "name" and not k.startswith("_")}
+    for key, field_value in overrides.items():
+        if key not in fields:
+            errors.append(f"pretrain.optimizer.{key}: optimizer={value['optimizer']['name']} has no field {key!r}; "
+                          f"its fields: {', '.join(fields)}")
+        else:
+            _check(fields[key], field_value, f"pretrain.optimizer.{key}", f"conf/optimizer/{value['optimizer']['name']}.yaml", errors)
     for group in GROUPS:
         _check(reference[group], value[group], group, f"conf/{group}/{value[group]['name']}.yaml", errors)
     for key in TOP_LEVEL:
@@ -197,6 +210,12 @@ def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, 
         else:
             flat[full] = value
     return flat
+
+
+def stage_optimizer(cfg: DictConfig) -> DictConfig:
+    """The optimizer group with the pretrain stage's own non-null ``pretrain.optimizer`` fields applied."""
+    overrides = {k: v for k, v in (cfg.pretrain.get("optimizer") or {}).items() if v is not None}
+    return OmegaConf.merge(cfg.optimizer, overrides) if overrides else cfg.optimizer
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:

@@ -68,8 +68,11 @@ def create_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int
     return model
 
 
-def create_optimizer(cfg: DictConfig):
-    return build(cfg.optimizer)
+def create_optimizer(cfg: DictConfig, stage: str = "finetune"):
+    """The optimizer group as a factory of optimizers; the pretrain stage applies ``pretrain.optimizer``."""
+    from deepsweep.config import stage_optimizer
+
+    return build(stage_optimizer(cfg) if stage == "pretrain" else cfg.optimizer)
 
 
 def create_scheduler(cfg: DictConfig, max_epochs: int):

@@ -53,3 +53,31 @@ def per_class_roc(logits: torch.Tensor, target: torch.Tensor, num_classes: int, 
 
 def confusion_matrix(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     return multiclass_confusion_matrix(logits.argmax(dim=1), target, num_classes=num_classes)
+
+
+def linear_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                 num_classes: int, seed: int = 0) -> dict[str, float]:
+    """Accuracy, macro F1 and ROC-AUC of a logistic regression on frozen features: how linearly separable
+    a (pre)trained encoder leaves the classes, comparable across every pretraining method and none."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    (x_train, y_train), (x_test, y_test) = train, test
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    probe.fit(x_train.double().numpy(), y_train.numpy())
+    probs = torch.zeros(len(y_test), num_classes, dtype=torch.float64)
+    # Classes missing from the probe's training labels keep probability 0.
+    probs[:, torch.as_tensor(probe.classes_)] = torch.from_numpy(probe.predict_proba(x_test.double().numpy()))
+    metrics = classification_metrics(probs.clamp_min(1e-12).log().float(), y_test, num_classes)
+    metrics.pop("loss")
+    return {f"probe_{k}": v for k, v in metrics.items()}
+
+
+def anomaly_roc_auc(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
+    """ROC-AUC of a per-input anomaly score (higher = more anomalous) against the true anomalies."""
+    from sklearn.metrics import roc_auc_score
+
+    # Not torchmetrics' binary_auroc: it squashes scores outside [0, 1] through a sigmoid, which ties every
+    # large score (a VAE's -ELBO, an RBM's free energy) and reads as chance.
+    return float(roc_auc_score(is_anomaly.numpy(), scores.double().numpy()))

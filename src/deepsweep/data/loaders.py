@@ -55,8 +55,10 @@ class PreparedData:
         return tuple(self.meta["input_shape"])
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-               label_fraction: float = 1.0) -> "InMemoryLoader":
+               label_fraction: float = 1.0, exclude_class: int | None = None) -> "InMemoryLoader":
         data = getattr(self, split)
+        if exclude_class is not None:  # anomaly detection: learn what the other classes look like
+            data = data.subset((data.y != exclude_class).nonzero().flatten())
         if label_fraction != 1.0:
             data = label_subset(data, label_fraction, seed)
         return InMemoryLoader(data, batch_size or len(data), shuffle=shuffle, seed=seed)
@@ -106,7 +108,9 @@ class GraphData:
         return subset
 
     def loader(self, split: str, batch_size: int = 0, shuffle: bool = False, seed: int = 0,
-               label_fraction: float = 1.0) -> "FullGraphLoader":
+               label_fraction: float = 1.0, exclude_class: int | None = None) -> "FullGraphLoader":
+        if exclude_class is not None:
+            raise ValueError("pretrain.anomaly_class: anomaly detection works on tensor data, not on a graph")
         return FullGraphLoader(self.graph, self.mask(split, label_fraction, seed))
 
 

@@ -99,3 +99,37 @@ class ResNet(Family):
         self.encoder = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), layers.dropout())
         self.feature_dim = c
         self.head = layers.linear(c, num_classes)
+
+
+class DCGANDiscriminator(Family):
+    """The DCGAN discriminator as a classifier family (Radford et al. 2016): no pooling, each 4x4 conv with
+    stride 2 halves height and width, batch norm after every conv but the first (``batch_norm``, part of the
+    architecture), then the flattened feature map. Pair with activation=leaky_relu as the paper does. As a
+    family it is what a GAN's discriminator pretrains (pretrain=dcgan) and what fine-tuning then loads."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 64),
+        batch_norm: bool = True,
+        layers: Layers | None = None,
+    ) -> None:
+        super().__init__(tuple(input_shape), num_classes)
+        layers = layers or Layers()
+        c, h, w = _image_shape(input_shape, "dcgan")
+        parts: list[nn.Module] = []
+        for i, out in enumerate(channels):
+            if min(h, w) < 2:
+                raise ValueError(
+                    f"model.channels: {len(channels)} stride-2 convs shrink a {input_shape[1]}x{input_shape[2]} "
+                    "input below 1 pixel; use fewer channels entries"
+                )
+            parts.append(nn.Conv2d(c, out, kernel_size=4, stride=2, padding=1))
+            if batch_norm and i > 0:
+                parts.append(nn.BatchNorm2d(out))
+            parts.append(layers.activation())
+            c, h, w = out, h // 2, w // 2
+        self.encoder = nn.Sequential(*parts, nn.Flatten(), layers.dropout())
+        self.feature_dim = c * h * w
+        self.head = layers.linear(self.feature_dim, num_classes)

@@ -31,3 +31,13 @@ class MLP(Family):
         self.encoder = nn.Sequential(*blocks)
         self.feature_dim = width
         self.head = layers.linear(width, num_classes)
+
+
+def dense_stack(model: Family, option: str) -> list[nn.Linear]:
+    """The dense layers of an MLP's encoder, input side first: what layer-wise pretraining (DBN, stacked
+    and tied autoencoders) works on. Other families have no such stack; ``option`` names the setting."""
+    linears = [m for m in model.encoder.modules() if isinstance(m, nn.Linear)]
+    if not isinstance(model, MLP) or not linears:
+        raise ValueError(f"{option} works on the dense layer stack of model=mlp; other families have none "
+                         f"(got {type(model).__name__})")
+    return linears

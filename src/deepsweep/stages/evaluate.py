@@ -1,5 +1,7 @@
-"""evaluate: accuracy, macro F1 and ROC-AUC of the fine-tuned model on the held-out test split;
-metrics.json for DVC metrics, confusion.csv and roc.csv for DVC plots, PNGs for MLflow."""
+"""evaluate: accuracy, macro F1 and ROC-AUC of the fine-tuned model on the held-out test split; the same
+three for a linear probe of the pretrained encoder's frozen features; the pretraining task's test score
+(reconstruction error, and anomaly ROC-AUC with pretrain.anomaly_class). metrics.json for DVC metrics,
+confusion.csv and roc.csv for DVC plots, PNGs for MLflow."""
 
 from __future__ import annotations
 
@@ -12,8 +14,16 @@ from omegaconf import DictConfig
 
 from deepsweep import factory, plots
 from deepsweep.data.loaders import PreparedData
-from deepsweep.metrics import classification_metrics, confusion_matrix, per_class_roc, roc_points
+from deepsweep.metrics import (
+    anomaly_roc_auc,
+    classification_metrics,
+    confusion_matrix,
+    linear_probe,
+    per_class_roc,
+    roc_points,
+)
 from deepsweep.stages.finetune import MODEL_FILE
+from deepsweep.stages.pretrain import ENCODER_FILE, SCORES_FILE, load_encoder
 from deepsweep.tasks.classify import task_for
 from deepsweep.utils.io import write_json
 
@@ -27,6 +37,42 @@ def predict(task, loader) -> tuple[torch.Tensor, torch.Tensor]:
             logits.append(out)
             targets.append(y)
     return torch.cat(logits), torch.cat(targets)
+
+
+def probe_pretrained_encoder(cfg: DictConfig, data, pretrained: Path) -> dict[str, float]:
+    """Linear probe of the encoder as pretraining left it (or as initialized, for pretrain=none), trained on
+    the labels fine-tuning saw (finetune.label_fraction) and scored on the test split."""
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=False, verbose=False)  # pretrain=none: the very init fine-tuning started from
+    model = factory.create_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
+    if cfg.pretrain.name != "none":
+        load_encoder(model, pretrained / ENCODER_FILE)
+    task = task_for(data.kind)(model, optimizer=None)
+    task.eval()
+
+    def features(loader) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            pairs = [task.features_and_targets(batch) for batch in loader]
+        return torch.cat([f.flatten(1) for f, _ in pairs]), torch.cat([y for _, y in pairs])
+
+    train = features(data.loader("train", 1024, seed=cfg.seed, label_fraction=float(cfg.finetune.label_fraction)))
+    return linear_probe(train, features(data.loader("test", 1024)), data.num_classes, seed=cfg.seed)
+
+
+def anomaly_metrics(cfg: DictConfig, pretrained: Path, target: torch.Tensor) -> dict[str, float]:
+    """The pretraining task's per-input test score (reconstruction error, -ELBO, free energy), and with
+    pretrain.anomaly_class its ROC-AUC as a detector of that class, which pretraining never saw."""
+    path = pretrained / SCORES_FILE
+    if not path.is_file():
+        return {}
+    scores = torch.load(path, weights_only=True)
+    anomaly_class = cfg.pretrain.get("anomaly_class")
+    if anomaly_class is None:
+        return {"reconstruction_error": float(scores.mean())}
+    is_anomaly = target == int(anomaly_class)
+    return {"reconstruction_error": float(scores[~is_anomaly].mean()),
+            "anomaly_roc_auc": anomaly_roc_auc(scores, is_anomaly)}
 
 
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dict[str, float]:
@@ -43,6 +89,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     k, names = data.num_classes, data.meta["class_names"]
 
     metrics = classification_metrics(logits, target, k)
+    metrics.update(probe_pretrained_encoder(cfg, data, inputs["pretrain"]))
+    metrics.update(anomaly_metrics(cfg, inputs["pretrain"], target))
     write_json(out / "metrics.json", metrics)
 
     preds = logits.argmax(dim=1)

@@ -25,7 +25,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "prepare": (),
     "pretrain": ("prepare",),
     "finetune": ("prepare", "pretrain"),
-    "evaluate": ("prepare", "finetune"),
+    "evaluate": ("prepare", "pretrain", "finetune"),
 }
 RUN_FILE = "run.json"
 

@@ -9,13 +9,14 @@ import torch
 from omegaconf import DictConfig
 
 from deepsweep import factory
-from deepsweep.config import build
+from deepsweep.config import ConfigError, build
 from deepsweep.data.loaders import PreparedData
 from deepsweep.tasks.common import BestWeights
 from deepsweep.tracking.lightning import MlflowRunLogger
 from deepsweep.tracking.runs import log_artifact
 
 ENCODER_FILE = "encoder.pt"
+SCORES_FILE = "test_scores.pt"
 
 
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dict[str, float]:
@@ -27,23 +28,41 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     model = factory.create_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
     epochs = int(cfg.pretrain.epochs)
-    task = build(
-        cfg.pretrain.task,
-        model=model,
-        optimizer=factory.create_optimizer(cfg),
-        scheduler=factory.create_scheduler(cfg, epochs),
-        regularization=build(cfg.regularizer),
-        activation=build(cfg.activation),
-    )
+    try:
+        task = build(
+            cfg.pretrain.task,
+            model=model,
+            optimizer=factory.create_optimizer(cfg, stage="pretrain"),
+            scheduler=factory.create_scheduler(cfg, epochs),
+            regularization=build(cfg.regularizer),
+            activation=build(cfg.activation),
+        )
+    except ValueError as exc:  # the task's own checks name the offending pretrain.* / optimizer key
+        raise ConfigError(str(exc)) from exc
+    anomaly_class = cfg.pretrain.get("anomaly_class")
+    if anomaly_class is not None:
+        if not hasattr(task, "anomaly_score"):
+            raise ConfigError(f"pretrain.anomaly_class: pretrain={cfg.pretrain.name} gives no anomaly score; "
+                              "the autoencoders, vae and dbn do")
+        if not 0 <= int(anomaly_class) < data.num_classes:
+            raise ConfigError(f"pretrain.anomaly_class: {anomaly_class} is not a class of data={cfg.data.name} "
+                              f"(0..{data.num_classes - 1})")
     best = BestWeights()
     callbacks = [best] if getattr(task, "keep_best_weights", True) else []
     trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), callbacks, str(out))
     batch = int(cfg.data.batch_size)
     trainer.fit(
         task,
-        data.loader("train", batch, shuffle=True, seed=cfg.seed),
-        data.loader("val", batch),
+        data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class),
+        data.loader("val", batch, exclude_class=anomaly_class),
     )
+    if hasattr(task, "anomaly_score"):
+        # Per-input scores of the test split (reconstruction error, -ELBO, free energy) for the evaluate
+        # stage, which alone reads the test labels.
+        task.eval()
+        with torch.inference_mode():
+            scores = torch.cat([task.anomaly_score(x.to(task.device)).cpu() for x, _ in data.loader("test", 1024)])
+        torch.save(scores, out / SCORES_FILE)
     torch.save({"model": cfg.model.name, "encoder": model.encoder.state_dict()}, out / ENCODER_FILE)
     if cfg.logger.log_checkpoints:
         log_artifact(out / ENCODER_FILE, "checkpoints")
@@ -51,8 +70,9 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         x = next(iter(data.loader("val", 64)))[0]
         for path in task.save_figures(out, x):
             log_artifact(path, "figures")
-    if best.best_score is None:
-        return {"epochs": float(trainer.current_epoch)}
+    if best.best_score is None:  # tasks whose epochs no validation loss ranks: their last epoch's values
+        last = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
+        return {"epochs": float(trainer.current_epoch), **last}
     return {"best_val_loss": float(best.best_score), "best_epoch": float(best.best_epoch)}
 
 

@@ -48,6 +48,11 @@ class ClassifyTask(EpochLoggingMixin, L.LightningModule):
         x, y = batch
         return self.model(x), y
 
+    def features_and_targets(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's features (what a linear probe reads) and the labels of a batch."""
+        x, y = batch
+        return self.model.encoder(x), y
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         logits, y = self.logits_and_targets(batch)
         loss = F.cross_entropy(logits, y) + self.regularization.penalty(self.model)
@@ -74,6 +79,10 @@ class NodeClassifyTask(ClassifyTask):
     def logits_and_targets(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         x, edge_index, y, mask = batch
         return self.model(x, edge_index)[mask], y[mask]
+
+    def features_and_targets(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, edge_index, y, mask = batch
+        return self.model.encoder(x, edge_index)[mask], y[mask]
 
 
 def task_for(kind: str) -> type[ClassifyTask]:

@@ -26,6 +26,14 @@ def configure_optimizers(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "monitor": monitor}}
 
 
+def check_stepwise_optimizer(optimizer: OptimizerFactory | None, task: str) -> None:
+    """Tasks that step their optimizers by hand (several per batch, or CD-k gradients) cannot drive L-BFGS,
+    whose step needs a closure that re-evaluates one loss."""
+    if getattr(optimizer, "func", None) is torch.optim.LBFGS:
+        raise ValueError(f"optimizer=lbfgs: {task} steps its optimizers by hand, which L-BFGS's line search "
+                         "cannot follow; use adam, rmsprop or sgd")
+
+
 class EpochMean:
     """Sample-weighted mean of a per-step value over an epoch, kept as a tensor (no sync per step).
 

@@ -15,8 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
+from deepsweep.models.mlp import dense_stack
 from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory
+from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, check_stepwise_optimizer
 
 VISIBLE = ("bernoulli", "gaussian")
 
@@ -62,14 +63,6 @@ class RBM(nn.Module):
         return F.mse_loss(v, v0)
 
 
-def _mlp_linears(model: Family) -> list[nn.Linear]:
-    linears = [m for m in model.encoder.modules() if isinstance(m, nn.Linear)]
-    if type(model).__name__ != "MLP" or not linears:
-        raise ValueError("pretrain=dbn initializes the hidden layers of model=mlp; other families have no "
-                         "stack of dense layers to hand the RBM weights to")
-    return linears
-
-
 class DeepBeliefTask(EpochLoggingMixin, L.LightningModule):
     kind = "tensor"
     keep_best_weights = False  # reconstruction errors of different layers are not comparable
@@ -87,10 +80,11 @@ class DeepBeliefTask(EpochLoggingMixin, L.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
+        check_stepwise_optimizer(optimizer, "pretrain=dbn")
         if cd_k < 1:
             raise ValueError(f"pretrain.task.cd_k: must be >= 1, got {cd_k}")
         self.model = model
-        self.linears = _mlp_linears(model)
+        self.linears = dense_stack(model, "pretrain=dbn")
         widths = [self.linears[0].in_features] + [lin.out_features for lin in self.linears]
         self.rbms = nn.ModuleList(
             RBM(a, b, visible if i == 0 else "bernoulli") for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
@@ -124,6 +118,10 @@ class DeepBeliefTask(EpochLoggingMixin, L.LightningModule):
         rbm = self.rbms[self.layer]
         self.track("val/loss", F.mse_loss(rbm.visible_mean(rbm.hidden_probs(v)), v), len(x))
         self.track("val/free_energy", rbm.free_energy(v).mean(), len(x))
+
+    def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottom RBM's free energy: -log p(x) up to a constant, so high for unlikely inputs."""
+        return self.rbms[0].free_energy(x.flatten(1))
 
     def configure_optimizers(self):
         return [self.optimizer_factory(rbm.parameters()) for rbm in self.rbms]

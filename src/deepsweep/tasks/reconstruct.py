@@ -1,7 +1,14 @@
-"""Reconstruction: (denoising) autoencoder pretraining of any family's encoder. Labels are never read."""
+"""Reconstruction: autoencoder pretraining of any family's encoder. Labels are never read.
+
+One task covers the classic variants by config: undercomplete (a narrow code), denoising (masking or
+Gaussian noise on the input, Vincent et al. 2008), sparse (an L1 penalty on the code, the constraint
+that keeps an overcomplete code from copying its input), tied weights (the decoder uses the transposes
+of the encoder's dense weights) and convolutional (a transposed-conv decoder for image encoders).
+Greedy layer-wise stacking is its own task below: StackedAutoencoderTask."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Sequence
 
@@ -11,10 +18,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
+from deepsweep.models.mlp import dense_stack
+from deepsweep.nn.generators import create_generator
 from deepsweep.nn.regularizers import Regularization
 from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
 
 NOISES = ("none", "masking", "gaussian")
+log = logging.getLogger(__name__)
 
 
 def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
@@ -41,25 +51,35 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         regularization: Regularization | None = None,
         activation: Callable[[], nn.Module] = nn.ReLU,
+        decoder: str = "dense",
         decoder_dims: Sequence[int] = (128,),
+        tied: bool = False,
+        sparsity: float = 0.0,
         noise: str = "none",
         noise_level: float = 0.0,
     ) -> None:
         super().__init__()
         if noise not in NOISES:
             raise ValueError(f"pretrain.task.noise: unknown noise {noise!r}; allowed: {', '.join(NOISES)}")
+        if sparsity < 0:
+            raise ValueError(f"pretrain.task.sparsity: must be >= 0, got {sparsity}")
         self.encoder = model.encoder
         self.input_shape = model.input_shape
-        widths = [model.feature_dim, *decoder_dims]
-        parts: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            parts += [nn.Linear(a, b), activation()]
-        parts.append(nn.Linear(widths[-1], math.prod(self.input_shape)))
-        self.decoder = nn.Sequential(*parts)
+        if tied:
+            self.decoder: nn.Module = TiedDecoder(dense_stack(model, "pretrain.task.tied=true"), activation,
+                                                  self.input_shape)
+        else:
+            self.decoder = create_generator(decoder, model.feature_dim, self.input_shape, decoder_dims, activation,
+                                            batch_norm=False, output="linear", key="pretrain.task")
+        overcomplete = model.feature_dim > math.prod(self.input_shape)
+        if overcomplete and noise == "none" and sparsity == 0:
+            log.warning("the code (%d features) is wider than the input (%d values) and nothing stops the "
+                        "autoencoder from copying it: set pretrain.task.sparsity or pretrain.task.noise",
+                        model.feature_dim, math.prod(self.input_shape))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.regularization = regularization or Regularization()
-        self.noise, self.noise_level = noise, noise_level
+        self.noise, self.noise_level, self.sparsity = noise, noise_level, sparsity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x)).view(-1, *self.input_shape)
@@ -67,10 +87,19 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
     def _loss(self, x: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(self(noisy), x)
 
+    def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-input reconstruction error: high where the input is unlike the training data."""
+        return (self(x) - x).flatten(1).pow(2).mean(1)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
-        loss = self._loss(x, corrupt(x, self.noise, self.noise_level)) + self.regularization.penalty(self.encoder)
+        code = self.encoder(corrupt(x, self.noise, self.noise_level))
+        reconstruction = F.mse_loss(self.decoder(code).view(-1, *self.input_shape), x)
+        loss = reconstruction + self.regularization.penalty(self.encoder)
+        if self.sparsity > 0:  # L1 on the code: few active units per input
+            loss = loss + self.sparsity * code.abs().sum(1).mean()
         self.track("train/loss", loss, len(x))
+        self.track("train/reconstruction", reconstruction, len(x))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -78,4 +107,118 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
         self.track("val/loss", self._loss(x, x), len(x))
 
     def configure_optimizers(self):
+        return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
+
+
+class TiedDecoder(nn.Module):
+    """Decodes with the transposes of the encoder's dense weights (tied weights: half the parameters, and
+    the encoder alone must carry the structure); only the decoder's biases are its own."""
+
+    def __init__(self, linears: Sequence[nn.Linear], activation: Callable[[], nn.Module],
+                 output_shape: Sequence[int]) -> None:
+        super().__init__()
+        # A plain list, not a ModuleList: the weights belong to the encoder and are saved with it.
+        self._linears = list(reversed(linears))
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(lin.in_features)) for lin in self._linears)
+        self.activation = activation()
+        self.output_shape = tuple(output_shape)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        h = code
+        for i, (lin, bias) in enumerate(zip(self._linears, self.biases)):
+            h = F.linear(h, lin.weight.t(), bias)
+            if i < len(self._linears) - 1:
+                h = self.activation(h)
+        return h.view(-1, *self.output_shape)
+
+
+class StackedAutoencoderTask(EpochLoggingMixin, L.LightningModule):
+    """Greedy layer-wise autoencoders (Bengio et al. 2007), then the unrolled stack end to end (Hinton &
+    Salakhutdinov 2006), on an MLP's dense blocks.
+
+    Epochs ``[l * epochs_per_layer, (l + 1) * epochs_per_layer)`` train block l alone as a one-layer
+    (denoising) autoencoder of the frozen output of the blocks below it; the remaining epochs of
+    ``pretrain.epochs`` train all blocks and the decoders, unrolled in reverse, to reconstruct the input.
+    """
+
+    kind = "tensor"
+    keep_best_weights = False  # each phase has its own loss: their values are not comparable
+
+    def __init__(
+        self,
+        model: Family,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        regularization: Regularization | None = None,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        epochs_per_layer: int = 5,
+        noise: str = "none",
+        noise_level: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if noise not in NOISES:
+            raise ValueError(f"pretrain.task.noise: unknown noise {noise!r}; allowed: {', '.join(NOISES)}")
+        if epochs_per_layer < 1:
+            raise ValueError(f"pretrain.task.epochs_per_layer: must be >= 1, got {epochs_per_layer}")
+        linears = dense_stack(model, "pretrain=stacked_autoencoder")
+        self.encoder = model.encoder
+        # The MLP encoder is Flatten followed by one dense block (linear, [norm], activation, [dropout]) per layer.
+        self.blocks = [block for block in model.encoder if any(isinstance(m, nn.Linear) for m in block.modules())]
+        self.decoders = nn.ModuleList(nn.Linear(lin.out_features, lin.in_features) for lin in linears)
+        self.input_shape = model.input_shape
+        self.epochs_per_layer = epochs_per_layer
+        self.noise, self.noise_level = noise, noise_level
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.regularization = regularization or Regularization()
+
+    @property
+    def layer(self) -> int | None:
+        """The block trained greedily this epoch, or None once the stack trains end to end."""
+        layer = self.current_epoch // self.epochs_per_layer
+        return layer if layer < len(self.blocks) else None
+
+    def block_input(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        h = x.flatten(1)
+        with torch.no_grad():  # the blocks below are frozen while block `layer` learns
+            for block in self.blocks[:layer]:
+                h = block(h)
+        return h
+
+    def unrolled(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1)
+        for block in self.blocks:
+            h = block(h)
+        for decoder in reversed(self.decoders):
+            h = decoder(h)
+        return h.view(-1, *self.input_shape)
+
+    def layer_loss(self, x: torch.Tensor, layer: int, noisy: bool) -> torch.Tensor:
+        target = self.block_input(x, layer)
+        source = corrupt(target, self.noise, self.noise_level) if noisy else target
+        return F.mse_loss(self.decoders[layer](self.blocks[layer](source)), target)
+
+    def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.unrolled(x) - x).flatten(1).pow(2).mean(1)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0]
+        layer = self.layer
+        if layer is None:
+            loss = F.mse_loss(self.unrolled(corrupt(x, self.noise, self.noise_level)), x)
+        else:
+            loss = self.layer_loss(x, layer, noisy=True)
+        loss = loss + self.regularization.penalty(self.encoder)
+        self.track("train/loss", loss, len(x))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x = batch[0]
+        layer = self.layer
+        if layer is not None:
+            self.track("val/layer_loss", self.layer_loss(x, layer, noisy=False), len(x))
+        # Reconstruction of the input through the whole stack: comparable from the first epoch to the last.
+        self.track("val/loss", F.mse_loss(self.unrolled(x), x), len(x))
+
+    def configure_optimizers(self):
+        # One optimizer for all: blocks outside the current phase get no gradient and so are not stepped.
         return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)

@@ -80,6 +80,16 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
             recon = 0.5 * (out - target).pow(2).sum(1)
         return recon.mean(), gaussian_kl(mu, logvar).mean()
 
+    def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-input negative ELBO at the posterior mean: low for inputs like the training data."""
+        mu, logvar = self.encode(x)
+        out, target = self.decoder(mu), x.flatten(1)
+        if self.likelihood == "bernoulli":
+            recon = F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
+        else:
+            recon = 0.5 * (out - target).pow(2).sum(1)
+        return recon + self.beta * gaussian_kl(mu, logvar)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0]
         recon, kl = self.losses(x)

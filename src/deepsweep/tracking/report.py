@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 RANK_METRIC = "finetune.best_val_acc"
-SHOWN_METRICS = ("finetune.best_val_acc", "evaluate.accuracy", "evaluate.f1_macro", "evaluate.roc_auc")
+SHOWN_METRICS = ("finetune.best_val_acc", "evaluate.accuracy", "evaluate.f1_macro", "evaluate.roc_auc",
+                 "evaluate.probe_accuracy")
 CURVE_METRICS = ("train/loss", "val/loss", "val/acc")
 METRIC_TAG = "deepsweep.optimized_metric"
 
@@ -77,7 +78,7 @@ def group_by_config(rows: list[dict]) -> tuple[list[str], dict[tuple, list[dict]
     """Finished jobs grouped by every varying param but ``seed``: (the varying keys, groups)."""
     finished = [r for r in rows if r["status"] == "FINISHED"]
     keys = sorted({k for r in finished for k in r["params"]} - {"seed"})
-    varying = [k for k in keys if len({r["params"].get(k) for r in finished}) > 1]
+    varying = _independent([k for k in keys if len({r["params"].get(k) for r in finished}) > 1], finished)
     groups: dict[tuple, list[dict]] = {}
     for r in finished:
         groups.setdefault(tuple(r["params"].get(k, "") for k in varying), []).append(r)
@@ -131,14 +132,21 @@ def sweep_axes(overrides: str, rows: list[dict]) -> list[str]:
             name = key if key in varying else f"{key}.name"
             if name in varying and name not in swept:
                 swept.append(name)
+    return _independent(swept + [k for k in varying if k.endswith(".name")] + varying, finished)
+
+
+def _independent(keys: list[str], rows: list[dict]) -> list[str]:
+    """``keys`` without those that split the rows exactly as an earlier key does (pretrain.task.loss
+    follows pretrain.name in a sweep over pretrain options): one column per real axis. Option names
+    are preferred, being what the sweep's command line chose."""
     ordered, seen = [], set()
-    for key in swept + [k for k in varying if k.endswith(".name")] + varying:
-        partition = frozenset(frozenset(r["run_id"] for r in finished if r["params"].get(key) == v)
-                              for v in {r["params"].get(key) for r in finished})
+    for key in [k for k in keys if k.endswith(".name")] + keys:
+        partition = frozenset(frozenset(r["run_id"] for r in rows if r["params"].get(key) == v)
+                              for v in {r["params"].get(key) for r in rows})
         if key not in ordered and partition not in seen:
             ordered.append(key)
             seen.add(partition)
-    return ordered
+    return [k for i, k in enumerate(keys) if k in ordered and k not in keys[:i]]
 
 
 def heatmap(rows: list[dict], axes: list[str], rank_metric: str, path: Path) -> bool:

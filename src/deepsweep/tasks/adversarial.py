@@ -1,0 +1,209 @@
+"""Adversarial pretraining: a GAN whose discriminator is the family's encoder plus a one-logit critic,
+so the features it learns to tell real from generated inputs are what fine-tuning loads.
+
+* vanilla (Goodfellow et al. 2014) with the non-saturating generator loss -log D(G(z));
+  one-sided label smoothing (Salimans et al. 2016) puts real targets at 1 - label_smoothing.
+* DCGAN (Radford et al. 2016): the same losses with model=dcgan and generator=conv.
+* WGAN (Arjovsky et al. 2017): the critic's score difference estimates the Wasserstein distance;
+  the critic stays Lipschitz by weight clipping (clip_value) or a gradient penalty (Gulrajani et al.
+  2017, gradient_penalty = lambda), and trains n_critic steps per generator step.
+* conditional (Mirza & Osindero 2014): the generator reads a one-hot label beside z; the discriminator
+  is a projection discriminator (Miyato & Koyama 2018), score = critic(h) + <embed(y), h>, which works
+  for any encoder because the label never has to enter it. This variant reads the training labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from deepsweep.models.base import Family
+from deepsweep.nn.generators import create_generator
+from deepsweep.nn.regularizers import Regularization
+from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, check_stepwise_optimizer
+
+LOSSES = ("vanilla", "wasserstein")
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fake: torch.Tensor) -> torch.Tensor:
+    """E[(||grad_x critic(x_hat)|| - 1)^2] at random points x_hat between real and generated inputs."""
+    alpha = torch.rand(len(real), *([1] * (real.dim() - 1)), device=real.device)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+class AdversarialTask(EpochLoggingMixin, L.LightningModule):
+    kind = "tensor"
+    keep_best_weights = False  # no validation loss ranks GAN epochs
+
+    def __init__(
+        self,
+        model: Family,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        regularization: Regularization | None = None,
+        activation: Callable[[], nn.Module] | None = None,  # the family's (discriminator's); G uses ReLU as DCGAN does
+        loss: str = "vanilla",
+        generator: str = "dense",
+        generator_dims: Sequence[int] = (128, 256),
+        latent_dim: int = 32,
+        output: str = "sigmoid",
+        n_critic: int = 1,
+        clip_value: float | None = None,
+        gradient_penalty: float = 0.0,
+        label_smoothing: float = 0.0,
+        conditional: bool = False,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        if loss not in LOSSES:
+            raise ValueError(f"pretrain.task.loss: unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+        if loss == "wasserstein" and clip_value is None and gradient_penalty <= 0:
+            raise ValueError("pretrain.task.loss=wasserstein needs a Lipschitz constraint: set pretrain.task.clip_value "
+                             "(weight clipping, e.g. 0.01) or pretrain.task.gradient_penalty (e.g. 10)")
+        if loss == "vanilla" and (clip_value is not None or gradient_penalty > 0):
+            raise ValueError("pretrain.task.clip_value and pretrain.task.gradient_penalty apply to loss=wasserstein")
+        if not 0.0 <= label_smoothing < 0.5 or (label_smoothing > 0 and loss != "vanilla"):
+            raise ValueError(f"pretrain.task.label_smoothing: must be in [0, 0.5) and applies to loss=vanilla, "
+                             f"got {label_smoothing} with loss={loss}")
+        if n_critic < 1:
+            raise ValueError(f"pretrain.task.n_critic: must be >= 1, got {n_critic}")
+        check_stepwise_optimizer(optimizer, "adversarial pretraining")
+        self.encoder = model.encoder
+        self.critic = nn.Linear(model.feature_dim, 1)
+        self.num_classes = model.num_classes
+        self.embed = nn.Embedding(model.num_classes, model.feature_dim) if conditional else None
+        code = latent_dim + (model.num_classes if conditional else 0)
+        self.generator = create_generator(generator, code, model.input_shape, generator_dims, output=output)
+        self.loss, self.latent_dim, self.n_critic = loss, latent_dim, n_critic
+        self.clip_value, self.gp_weight, self.label_smoothing = clip_value, gradient_penalty, label_smoothing
+        self.conditional = conditional
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.regularization = regularization or Regularization()
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        parts = [self.encoder, self.critic] + ([self.embed] if self.embed is not None else [])
+        return [p for part in parts for p in part.parameters()]
+
+    def score(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The discriminator's logit (vanilla) or critic value (Wasserstein) per input."""
+        h = self.encoder(x)
+        out = self.critic(h).squeeze(1)
+        if self.embed is not None:
+            out = out + (self.embed(y) * h).sum(1)
+        return out
+
+    def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
+        if self.conditional:
+            z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
+        return self.generator(z)
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        s_real, s_fake = self.score(real, y), self.score(fake, y)
+        if self.loss == "wasserstein":
+            loss = s_fake.mean() - s_real.mean()
+            if self.gp_weight > 0:
+                loss = loss + self.gp_weight * gradient_penalty(lambda x: self.score(x, y), real, fake)
+            return loss
+        real_target = torch.full_like(s_real, 1.0 - self.label_smoothing)
+        return (F.binary_cross_entropy_with_logits(s_real, real_target)
+                + F.binary_cross_entropy_with_logits(s_fake, torch.zeros_like(s_fake)))
+
+    def generator_loss(self, fake: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        s_fake = self.score(fake, y)
+        if self.loss == "wasserstein":
+            return -s_fake.mean()
+        # Non-saturating: maximise log D(G(z)) rather than minimise log(1 - D(G(z))), whose gradient
+        # vanishes exactly when the generator is still bad.
+        return F.binary_cross_entropy_with_logits(s_fake, torch.ones_like(s_fake))
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        real, labels = batch[0], batch[1]
+        y = labels if self.conditional else None
+        opt_d, opt_g = self.optimizers()
+        n = len(real)
+
+        fake = self.generate(n, y).detach()
+        d_loss = self.discriminator_loss(real, fake, y) + self.regularization.penalty(self.encoder)
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        if self.clip_value is not None:
+            with torch.no_grad():
+                for p in self.discriminator_parameters():
+                    p.clamp_(-self.clip_value, self.clip_value)
+        self.track("train/d_loss", d_loss, n)
+
+        if (batch_idx + 1) % self.n_critic == 0:
+            g_loss = self.generator_loss(self.generate(n, y), y)
+            opt_g.zero_grad()
+            self.manual_backward(g_loss)
+            opt_g.step()
+            self.track("train/g_loss", g_loss, n)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        real, labels = batch[0], batch[1]
+        y = labels if self.conditional else None
+        with torch.no_grad():
+            s_real, s_fake = self.score(real, y), self.score(self.generate(len(real), y), y)
+        if self.loss == "wasserstein":
+            self.track("val/wasserstein_estimate", s_real.mean() - s_fake.mean(), len(real))
+        else:  # how often the discriminator tells real from generated on held-out inputs
+            accuracy = ((s_real > 0).float().mean() + (s_fake < 0).float().mean()) / 2
+            self.track("val/d_accuracy", accuracy, len(real))
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        for name in ("train/d_loss", "train/g_loss"):
+            value = self.trainer.callback_metrics.get(name)
+            if value is not None:
+                self.history.setdefault(name, []).append((self.current_epoch, float(value)))
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
+
+    def lr_schedulers(self):
+        schedulers = super().lr_schedulers()
+        return schedulers if isinstance(schedulers, list) else [s for s in [schedulers] if s is not None]
+
+    def configure_optimizers(self):
+        opt_d = self.optimizer_factory(self.discriminator_parameters())
+        opt_g = self.optimizer_factory(self.generator.parameters())
+        if self.scheduler_factory is None:
+            return [opt_d, opt_g]
+        schedulers = [self.scheduler_factory(opt_d), self.scheduler_factory(opt_g)]
+        if any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) for s in schedulers):
+            raise ValueError("scheduler=plateau steps on a validation loss, which adversarial training has not; "
+                             "use step, exponential or cosine")
+        return [opt_d, opt_g], schedulers
+
+    def save_figures(self, out: Path, x: torch.Tensor) -> list[Path]:
+        """Generated samples (one row per class when conditional) and the two losses per epoch."""
+        from deepsweep.plots import curves_png, image_grid_png
+
+        paths = []
+        if len(self.generator.output_shape) == 3:
+            self.eval()
+            rng = torch.Generator().manual_seed(0)
+            if self.conditional:
+                columns = 8
+                y = torch.arange(self.num_classes, device=self.device).repeat_interleave(columns)
+                title = "generated samples, one row per class"
+            else:
+                columns, y, title = 8, None, "generated samples"
+            with torch.no_grad():
+                samples = self.generate(64 if y is None else len(y), y, generator=rng)
+            paths.append(out / "samples.png")
+            image_grid_png(samples, paths[-1], title, columns=columns)
+        if self.history:
+            paths.append(out / "gan_losses.png")
+            curves_png({"gan": self.history}, paths[-1], "discriminator and generator loss")
+        return paths

@@ -1,0 +1,107 @@
+"""GANs: the losses their papers define, WGAN's Lipschitz constraints, conditioning, and the
+discriminator as a pretrained feature extractor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from deepsweep.config import ConfigError
+from deepsweep.factory import create_model
+from deepsweep.stages.pipeline import execute
+from deepsweep.tasks.adversarial import AdversarialTask, gradient_penalty
+
+
+def _task(compose, **kwargs) -> AdversarialTask:
+    model = create_model(compose("model.hidden_dims=[32,16]"), (1, 8, 8), 10)
+    return AdversarialTask(model, optimizer=None, **kwargs)
+
+
+def test_generator_loss_is_non_saturating_and_label_smoothing_is_one_sided(compose):
+    torch.manual_seed(0)
+    task = _task(compose, label_smoothing=0.1)
+    real, fake = torch.rand(8, 1, 8, 8), torch.rand(8, 1, 8, 8)
+    s_real, s_fake = task.score(real), task.score(fake)
+    # -log D(G(z)), not log(1 - D(G(z))): its gradient is largest where D rejects the sample.
+    assert torch.allclose(task.generator_loss(fake, None), -F.logsigmoid(s_fake).mean())
+    expected = (F.binary_cross_entropy_with_logits(s_real, torch.full_like(s_real, 0.9))
+                + F.binary_cross_entropy_with_logits(s_fake, torch.zeros_like(s_fake)))
+    assert torch.allclose(task.discriminator_loss(real, fake, None), expected)
+
+
+def test_gradient_penalty_matches_the_closed_form_for_a_linear_critic():
+    w = torch.tensor([3.0, 4.0])  # ||grad|| = 5 everywhere
+    penalty = gradient_penalty(lambda x: x @ w, torch.randn(6, 2), torch.randn(6, 2))
+    assert penalty.item() == pytest.approx((5 - 1) ** 2)
+
+
+def test_wgan_clipping_keeps_every_critic_weight_in_range_and_n_critic_spaces_generator_steps(compose, tmp_path):
+    cfg = compose("pretrain=wgan", "pretrain.epochs=1", "pretrain.task.n_critic=3", "model.hidden_dims=[32,16]")
+    execute("prepare", cfg, tmp_path / "artifacts")
+    calls = []
+    original = AdversarialTask.generator_loss
+    AdversarialTask.generator_loss = lambda self, fake, y: calls.append(1) or original(self, fake, y)
+    captured = {}
+    fit_end = AdversarialTask.on_fit_end
+    AdversarialTask.on_fit_end = lambda self: captured.setdefault("task", self)
+    try:
+        execute("pretrain", cfg, tmp_path / "artifacts")
+    finally:
+        AdversarialTask.generator_loss, AdversarialTask.on_fit_end = original, fit_end
+    task = captured["task"]
+    weights = torch.cat([p.detach().flatten() for p in task.discriminator_parameters()])
+    assert weights.abs().max() <= 0.01 + 1e-7
+    train_size = len(torch.load(tmp_path / "artifacts" / "prepare" / "train.pt", weights_only=True)["y"])
+    batches = -(-train_size // 64)
+    assert len(calls) == batches // 3  # one generator step per n_critic critic steps (validation excluded)
+
+
+def test_conditional_generator_and_projection_discriminator_read_the_label(compose):
+    torch.manual_seed(0)
+    task = _task(compose, conditional=True).eval()
+    y0, y1 = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    rng = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert not torch.allclose(task.generate(4, y0, rng()), task.generate(4, y1, rng()))
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        task.embed.weight[1] += 1.0
+    assert not torch.allclose(task.score(x, y0), task.score(x, y1))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pretrain=wgan", "pretrain.task.clip_value=null"], "loss=wasserstein needs a Lipschitz constraint"),
+    (["pretrain.task.clip_value=0.01"], "apply to loss=wasserstein"),
+    (["optimizer=lbfgs"], "optimizer=lbfgs: adversarial pretraining steps its optimizers by hand"),
+    (["pretrain.task.loss=minimax"], "pretrain.task.loss: unknown loss 'minimax'; allowed: vanilla, wasserstein"),
+])
+def test_bad_gan_settings_name_the_key_before_training(compose, tmp_path, overrides, message):
+    cfg = compose("pretrain=gan", *overrides)
+    execute("prepare", cfg, tmp_path / "artifacts")
+    with pytest.raises(ConfigError, match=message):
+        execute("pretrain", cfg, tmp_path / "artifacts")
+
+
+def test_pretrain_optimizer_overrides_fields_of_the_chosen_optimizer_only(compose):
+    from deepsweep.config import stage_optimizer, validate
+
+    cfg = compose("pretrain=gan", "optimizer=adam", "+pretrain.optimizer.betas=[0.5,0.999]")
+    merged = stage_optimizer(validate(cfg))
+    assert merged.lr == 0.0002 and list(merged.betas) == [0.5, 0.999] and cfg.optimizer.lr == 0.001
+    assert stage_optimizer(compose()).lr == compose().optimizer.lr  # lr: null keeps the group's value
+    with pytest.raises(ConfigError, match="pretrain.optimizer.betas: optimizer=sgd has no field 'betas'"):
+        validate(compose("pretrain=gan", "optimizer=sgd", "+pretrain.optimizer.betas=[0.5,0.999]"))
+
+
+def test_dcgan_discriminator_features_pretrain_and_fine_tune(compose, tmp_path):
+    cfg = compose("experiment=digits_dcgan", "pretrain.epochs=1", "trainer.max_epochs=1")
+    model = create_model(cfg, (1, 28, 28), 10)
+    assert model.feature_dim == 64 * 7 * 7  # two stride-2 convs: 28 -> 14 -> 7
+    artifacts = tmp_path / "artifacts"
+    for stage in ("prepare", "pretrain", "finetune"):
+        execute(stage, cfg, artifacts)
+    for name in ("samples.png", "gan_losses.png", "encoder.pt"):
+        assert (artifacts / "pretrain" / name).stat().st_size > 0
+    saved = torch.load(artifacts / "pretrain" / "encoder.pt", weights_only=True)["encoder"]
+    tuned = torch.load(artifacts / "finetune" / "model.pt", weights_only=True)["state_dict"]
+    assert set(saved) <= {k.removeprefix("encoder.") for k in tuned}
