@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds vanishing
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds vanishing pretraining anomaly
 
 venv: $(VENV)/.installed
 
@@ -70,3 +70,16 @@ cora-seeds: venv
 vanishing: venv
 	$(BIN)/deepsweep run -m experiment=vanishing_gradients model=rnn,lstm,gru data.length=10,25,50,100 seed=0,1,2 \
 	  hydra.sweep.dir=outputs/sweeps/vanishing_gradients
+
+# Every pretraining method against none on digits, same MLP, split and 10% of the labels, 3 seeds:
+# linear-probe and fine-tuned test metrics (report in outputs/sweeps/pretraining/sweep_report.md; README quotes it).
+PRETRAIN_METHODS := none,autoencoder,denoising_autoencoder,sparse_autoencoder,tied_autoencoder,stacked_autoencoder,vae,dbn,gan,wgan_gp,cgan
+pretraining: venv
+	$(BIN)/deepsweep run -m pretrain=$(PRETRAIN_METHODS) pretrain.epochs=30 finetune.label_fraction=0.1 \
+	  trainer.max_epochs=100 seed=0,1,2 hydra.sweep.dir=outputs/sweeps/pretraining
+
+# Anomaly detection on digits: each digit in turn left out of pretraining, scored by reconstruction error
+# (autoencoders), -ELBO (VAE) or free energy (DBN); ROC-AUC of the score on the test split.
+anomaly: venv
+	$(BIN)/deepsweep run -m pretrain=autoencoder,denoising_autoencoder,vae,dbn 'pretrain.anomaly_class=range(0,10)' \
+	  pretrain.epochs=30 trainer.max_epochs=1 hydra.sweep.dir=outputs/sweeps/anomaly

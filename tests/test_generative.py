@@ -188,7 +188,7 @@ def test_anomaly_detection_leaves_the_class_out_of_pretraining_and_scores_it(com
         ReconstructTask.training_step = original
     assert 3 not in torch.cat(seen).tolist() and len(torch.cat(seen).unique()) == 9
     assert metrics["anomaly_roc_auc"] > 0.6  # digit 3 reconstructs worse than the digits the AE saw
-    assert 0 < metrics["reconstruction_error"] < 0.2
+    assert 0 < metrics["test_reconstruction_error"] < 0.2
 
 
 def test_anomaly_class_must_be_a_class_and_needs_a_scoring_task(compose, tmp_path):

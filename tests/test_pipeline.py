@@ -29,9 +29,9 @@ def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
 
     metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
     assert set(metrics) == {"accuracy", "f1_macro", "roc_auc", "loss", "probe_accuracy", "probe_f1_macro",
-                            "probe_roc_auc", "reconstruction_error"}
+                            "probe_roc_auc", "test_reconstruction_error"}
     assert metrics["accuracy"] > 0.5 and metrics["roc_auc"] > 0.8
-    assert metrics["probe_accuracy"] > 0.5 and 0 < metrics["reconstruction_error"] < 1
+    assert metrics["probe_accuracy"] > 0.5 and 0 < metrics["test_reconstruction_error"] < 1
     for name in ("confusion.csv", "roc.csv", "confusion_matrix.png", "roc_curve.png"):
         assert (artifacts / "evaluate" / name).stat().st_size > 0
     assert (artifacts / "evaluate" / "confusion.csv").read_text().startswith("actual,predicted\n")

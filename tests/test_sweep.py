@@ -88,3 +88,22 @@ def test_deepsweep_report_rebuilds_the_report_with_chosen_axes(tmp_path, isolate
     assert "ranked by evaluate.roc_auc" in text and "over activation.name x init.name" in text
     bad = deepsweep_cli("report", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and "nowhere" in bad.stderr
+
+
+def test_report_columns_leave_out_params_that_follow_another():
+    from deepsweep.tracking.report import aggregate_over_seeds, render, sweep_axes
+
+    def row(i, name, loss, seed, acc):
+        params = {"pretrain.name": name, "seed": str(seed), "optimizer.lr": "0.001"}
+        if loss is not None:  # only the GAN options have the key at all
+            params["pretrain.task.loss"] = loss
+        return {"run_id": str(i), "run_name": f"job{i}", "status": "FINISHED", "params": params,
+                "metrics": {"finetune.best_val_acc": acc}, "error": "", "stage_runs": {}}
+
+    rows = [row(0, "gan", "vanilla", 0, 0.8), row(1, "gan", "vanilla", 1, 0.9), row(2, "wgan", "wasserstein", 0, 0.7),
+            row(3, "wgan", "wasserstein", 1, 0.75), row(4, "none", None, 0, 0.6), row(5, "none", None, 1, 0.65)]
+    table = aggregate_over_seeds(rows)
+    assert table.splitlines()[0].startswith("|  | pretrain.name | seeds |")
+    assert "pretrain.task.loss" not in table and "0.8500 +/- 0.0707" in table
+    assert "pretrain.task.loss" not in render(rows)[0] and "| seed |" in render(rows)[0]
+    assert sweep_axes("pretrain=gan,wgan,none seed=0,1", rows) == ["pretrain.name"]

@@ -61,18 +61,19 @@ def probe_pretrained_encoder(cfg: DictConfig, data, pretrained: Path) -> dict[st
 
 
 def anomaly_metrics(cfg: DictConfig, pretrained: Path, target: torch.Tensor) -> dict[str, float]:
-    """The pretraining task's per-input test score (reconstruction error, -ELBO, free energy), and with
-    pretrain.anomaly_class its ROC-AUC as a detector of that class, which pretraining never saw."""
+    """The pretraining task's mean per-input test score (test_reconstruction_error, test_negative_elbo,
+    test_free_energy), and with pretrain.anomaly_class its ROC-AUC as a detector of that class, which
+    pretraining never saw."""
     path = pretrained / SCORES_FILE
     if not path.is_file():
         return {}
-    scores = torch.load(path, weights_only=True)
+    saved = torch.load(path, weights_only=True)
+    scores, name = saved["scores"], f"test_{saved['name']}"
     anomaly_class = cfg.pretrain.get("anomaly_class")
     if anomaly_class is None:
-        return {"reconstruction_error": float(scores.mean())}
-    is_anomaly = target == int(anomaly_class)
-    return {"reconstruction_error": float(scores[~is_anomaly].mean()),
-            "anomaly_roc_auc": anomaly_roc_auc(scores, is_anomaly)}
+        return {name: float(scores.mean())}
+    is_anomaly = target == int(anomaly_class)  # the mean is over the classes pretraining saw
+    return {name: float(scores[~is_anomaly].mean()), "anomaly_roc_auc": anomaly_roc_auc(scores, is_anomaly)}
 
 
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dict[str, float]:

@@ -62,7 +62,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         task.eval()
         with torch.inference_mode():
             scores = torch.cat([task.anomaly_score(x.to(task.device)).cpu() for x, _ in data.loader("test", 1024)])
-        torch.save(scores, out / SCORES_FILE)
+        torch.save({"name": task.score_name, "scores": scores}, out / SCORES_FILE)
     torch.save({"model": cfg.model.name, "encoder": model.encoder.state_dict()}, out / ENCODER_FILE)
     if cfg.logger.log_checkpoints:
         log_artifact(out / ENCODER_FILE, "checkpoints")

@@ -119,6 +119,8 @@ class DeepBeliefTask(EpochLoggingMixin, L.LightningModule):
         self.track("val/loss", F.mse_loss(rbm.visible_mean(rbm.hidden_probs(v)), v), len(x))
         self.track("val/free_energy", rbm.free_energy(v).mean(), len(x))
 
+    score_name = "free_energy"
+
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         """The bottom RBM's free energy: -log p(x) up to a constant, so high for unlikely inputs."""
         return self.rbms[0].free_energy(x.flatten(1))

@@ -87,6 +87,8 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
     def _loss(self, x: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(self(noisy), x)
 
+    score_name = "reconstruction_error"
+
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per-input reconstruction error: high where the input is unlike the training data."""
         return (self(x) - x).flatten(1).pow(2).mean(1)
@@ -196,6 +198,8 @@ class StackedAutoencoderTask(EpochLoggingMixin, L.LightningModule):
         target = self.block_input(x, layer)
         source = corrupt(target, self.noise, self.noise_level) if noisy else target
         return F.mse_loss(self.decoders[layer](self.blocks[layer](source)), target)
+
+    score_name = "reconstruction_error"
 
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         return (self.unrolled(x) - x).flatten(1).pow(2).mean(1)

@@ -80,6 +80,8 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
             recon = 0.5 * (out - target).pow(2).sum(1)
         return recon.mean(), gaussian_kl(mu, logvar).mean()
 
+    score_name = "negative_elbo"
+
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per-input negative ELBO at the posterior mean: low for inputs like the training data."""
         mu, logvar = self.encode(x)

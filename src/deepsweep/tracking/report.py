@@ -58,7 +58,7 @@ def _score(metrics: dict, rank_metric: str) -> float:
 def render(rows: list[dict], rank_metric: str = RANK_METRIC) -> tuple[str, str]:
     """(markdown, csv) tables of the jobs, best by ``rank_metric`` first."""
     keys = sorted({k for r in rows for k in r["params"]})
-    varying = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1]
+    varying = _independent([k for k in keys if len({r["params"].get(k) for r in rows}) > 1], rows)
     rows = sorted(rows, key=lambda r: _score(r["metrics"], rank_metric))
     shown = _shown(rank_metric)
     header = ["", "run", "status", *varying, *shown, "error"]
@@ -136,17 +136,27 @@ def sweep_axes(overrides: str, rows: list[dict]) -> list[str]:
 
 
 def _independent(keys: list[str], rows: list[dict]) -> list[str]:
-    """``keys`` without those that split the rows exactly as an earlier key does (pretrain.task.loss
-    follows pretrain.name in a sweep over pretrain options): one column per real axis. Option names
-    are preferred, being what the sweep's command line chose."""
-    ordered, seen = [], set()
+    """``keys`` without those an earlier kept key determines (in a sweep over pretrain options,
+    pretrain.task.loss follows pretrain.name): one column per real axis. Option names are kept first,
+    being what the sweep's command line chose."""
+    kept: list[str] = []
     for key in [k for k in keys if k.endswith(".name")] + keys:
-        partition = frozenset(frozenset(r["run_id"] for r in rows if r["params"].get(key) == v)
-                              for v in {r["params"].get(key) for r in rows})
-        if key not in ordered and partition not in seen:
-            ordered.append(key)
-            seen.add(partition)
-    return [k for i, k in enumerate(keys) if k in ordered and k not in keys[:i]]
+        if key in kept:
+            continue
+        determined = any(_determines(other, key, rows) for other in kept)
+        if not determined:
+            kept.append(key)
+    return [k for i, k in enumerate(keys) if k in kept and k not in keys[:i]]
+
+
+def _determines(a: str, b: str, rows: list[dict]) -> bool:
+    """Whether the value of param ``a`` fixes the value of param ``b`` across ``rows``."""
+    seen: dict = {}
+    for r in rows:
+        va, vb = r["params"].get(a), r["params"].get(b)
+        if seen.setdefault(va, vb) != vb:
+            return False
+    return True
 
 
 def heatmap(rows: list[dict], axes: list[str], rank_metric: str, path: Path) -> bool:
