@@ -59,3 +59,31 @@ def test_exp_run_with_set_param(project_copy):
     assert "hidden_dims:\n  - 32\n" in params or "hidden_dims:\n- 32\n" in params
     shown = json.loads(dvc(project_copy, "exp", "show", "--json"))
     assert shown, "dvc exp show lists no experiment"
+
+
+def test_queued_experiments_run_on_parallel_queue_workers(project_copy):
+    import time
+
+    for lr in ("0.01", "0.003"):
+        out = dvc(project_copy, "exp", "run", "--queue", "-S", f"optimizer.lr={lr}", "-S", "trainer.max_epochs=1",
+                  "-S", "pretrain.epochs=1", "-S", "model.hidden_dims=[32]")
+        assert "Queued experiment" in out, out
+    dvc(project_copy, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 500
+    while time.monotonic() < deadline:
+        status = dvc(project_copy, "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    shown = json.loads(dvc(project_copy, "exp", "show", "--json"))
+    experiments = [exp for row in shown for exp in (row.get("experiments") or [])]
+    results = []
+    for exp in experiments:
+        for revision in exp.get("revs", []):
+            data = revision.get("data") or {}
+            lr = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("optimizer", {}).get("lr")
+            metrics = data.get("metrics", {}).get("artifacts/evaluate/metrics.json", {}).get("data", {})
+            results.append((lr, metrics.get("accuracy")))
+    assert sorted(lr for lr, _ in results) == [0.003, 0.01], shown
+    assert all(acc is not None and acc > 0.3 for _, acc in results)

@@ -143,3 +143,34 @@ def test_linear_probe_scores_separable_features_and_tolerates_missing_classes():
     assert linear_probe((x[seen], y[seen]), (x, y), 3)["probe_accuracy"] == pytest.approx(2 / 3)
     # Anomaly scores far outside [0, 1] keep their order (torchmetrics would squash them through a sigmoid).
     assert anomaly_roc_auc(torch.tensor([100.0, 200.0, 300.0, 400.0]), torch.tensor([0, 0, 1, 1])) == 1.0
+
+
+@pytest.mark.parametrize("fail_at_epoch", [None, 3])
+def test_buffered_epoch_metrics_all_reach_mlflow_when_fit_ends_or_fails(compose, fail_at_epoch):
+    import lightning as L
+
+    from deepsweep import factory
+    from deepsweep.config import build
+    from deepsweep.data.loaders import InMemoryLoader, TensorSplit
+    from deepsweep.tasks.classify import ClassifyTask
+    from deepsweep.tracking.lightning import MlflowRunLogger
+
+    cfg = compose()
+    split = TensorSplit(torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,)))
+
+    class Dies(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            if trainer.current_epoch == fail_at_epoch:
+                raise RuntimeError("killed")
+
+    task = ClassifyTask(factory.create_model(cfg, (1, 8, 8), 10), build(cfg.optimizer))
+    with mlflow.start_run() as run:
+        # Nothing is written during fit after the first epoch: only the end (or the failure) flushes.
+        logger = MlflowRunLogger(run.info.run_id, flush_seconds=1e9)
+        trainer = factory.create_trainer(cfg, 5, logger, [Dies()], "/tmp")
+        try:
+            trainer.fit(task, InMemoryLoader(split, 32), InMemoryLoader(split, 32))
+        except RuntimeError:
+            assert fail_at_epoch is not None
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/loss")
+    assert sorted(m.step for m in history) == list(range(fail_at_epoch or 5))
