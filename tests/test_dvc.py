@@ -86,4 +86,4 @@ def test_queued_experiments_run_on_parallel_queue_workers(project_copy):
             metrics = data.get("metrics", {}).get("artifacts/evaluate/metrics.json", {}).get("data", {})
             results.append((lr, metrics.get("accuracy")))
     assert sorted(lr for lr, _ in results) == [0.003, 0.01], shown
-    assert all(acc is not None and acc > 0.3 for _, acc in results)
+    assert all(acc is not None and acc > 0.3 for _, acc in results), results

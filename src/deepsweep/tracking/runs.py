@@ -42,6 +42,26 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialize first access to an SQLite store across processes: MLflow creates and migrates the schema
+    on first use, and two processes doing it at once (parallel sweep jobs or DVC queue workers on a fresh
+    database) break alembic's version bookkeeping."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def setup(cfg: DictConfig) -> str:
     """Point MLflow at the configured store and experiment (created if new); return the experiment id."""
     import mlflow
@@ -49,24 +69,16 @@ def setup(cfg: DictConfig) -> str:
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     name = cfg.logger.experiment_name
-    client = mlflow.MlflowClient()
-    for attempt in range(6):
-        try:
-            experiment = client.get_experiment_by_name(name)
-            experiment_id = (
-                experiment.experiment_id
-                if experiment is not None
-                else client.create_experiment(name, artifact_location=artifact_location(uri))
-            )
-            mlflow.set_experiment(experiment_id=experiment_id)
-            return experiment_id
-        except Exception as exc:
-            # Parallel first starts race on creating the SQLite schema and the experiment: retry.
-            message = str(exc).lower()
-            if attempt == 5 or not any(s in message for s in ("locked", "exists", "unique")):
-                raise
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+    with _store_lock(uri):
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else client.create_experiment(name, artifact_location=artifact_location(uri))
+        )
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def git_tags() -> dict[str, str]:
