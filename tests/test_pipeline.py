@@ -174,3 +174,38 @@ def test_buffered_epoch_metrics_all_reach_mlflow_when_fit_ends_or_fails(compose,
             assert fail_at_epoch is not None
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/loss")
     assert sorted(m.step for m in history) == list(range(fail_at_epoch or 5))
+
+
+def test_an_interrupted_stage_resumes_from_its_last_checkpoint(compose, tmp_path, monkeypatch):
+    from deepsweep.tasks.classify import ClassifyTask
+
+    cfg = compose("pretrain=none", "trainer.max_epochs=6", "trainer.checkpoint_every_n_epochs=1")
+    artifacts = tmp_path / "artifacts"
+    for stage in ("prepare", "pretrain"):
+        execute(stage, cfg, artifacts)
+    started = []
+    original = ClassifyTask.on_train_epoch_start
+
+    def epoch_start(self):
+        started.append(self.current_epoch)
+        if self.current_epoch == 4 and len(started) == 5:  # the first attempt dies at the start of epoch 4
+            raise RuntimeError("killed")
+        original(self)
+
+    monkeypatch.setattr(ClassifyTask, "on_train_epoch_start", epoch_start)
+    with pytest.raises(RuntimeError, match="killed"):
+        execute("finetune", cfg, artifacts)
+    assert (artifacts / "finetune.resume" / "last.ckpt").is_file() and not (artifacts / "finetune").exists()
+
+    metrics = execute("finetune", cfg, artifacts)
+    assert started[5:] == [4, 5]  # epochs 0-3 were not trained again
+    assert metrics["epochs_trained"] == 6 and 0 <= metrics["best_epoch"] <= 5
+    assert not (artifacts / "finetune.resume").exists()  # a finished stage keeps its output, not the checkpoint
+    resumed = mlflow.search_runs(filter_string="tags.`deepsweep.stage` = 'finetune' and attributes.status = 'FINISHED'")
+    assert resumed["tags.deepsweep.resumed_from"].str.endswith("last.ckpt").all()
+
+    # Another config never resumes from a checkpoint of this one.
+    started.clear()
+    other = compose("pretrain=none", "trainer.max_epochs=2", "trainer.checkpoint_every_n_epochs=1", "seed=1")
+    execute("finetune", other, artifacts)
+    assert started == [0, 1]

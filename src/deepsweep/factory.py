@@ -128,8 +128,9 @@ def create_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: lis
         gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
-        # Best weights are kept in memory (tasks.common.BestWeights) and saved once by the stage.
-        enable_checkpointing=False,
+        # Best weights are kept in memory (tasks.common.BestWeights) and saved once by the stage; the only
+        # checkpoints written are the opt-in resume ones (stages.checkpoints).
+        enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,  # tasks log per epoch only; this just silences the 'few batches' warning

@@ -43,8 +43,6 @@ def _cmd_params(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        from deepsweep.utils.io import atomic_dir  # noqa: F401  (keeps the import cheap path obvious)
-
         out = Path(args.output)
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(text)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from deepsweep import factory
 from deepsweep.config import build
 from deepsweep.data.loaders import PreparedData
+from deepsweep.stages.checkpoints import Resume
 from deepsweep.stages.pretrain import ENCODER_FILE, load_encoder
 from deepsweep.tasks.classify import task_for
 from deepsweep.tasks.common import BestWeights
@@ -48,13 +49,19 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         callbacks.append(EarlyStopping("val/loss", patience=regularization.early_stopping_patience, mode="min"))
     if cfg.scheduler.name != "none":
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    resume = Resume(cfg, out.parent, "finetune")
+    checkpoint = resume.checkpoint()
+    callbacks += resume.callbacks()
     logger = MlflowRunLogger(run.info.run_id)
     trainer = factory.create_trainer(cfg, epochs, logger, callbacks, str(out))
     batch = int(cfg.data.batch_size)
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
                                label_fraction=float(cfg.finetune.label_fraction))
     val_loader = data.loader("val", batch)
-    trainer.fit(task, train_loader, val_loader)
+    if checkpoint is not None:
+        mlflow.set_tag("deepsweep.resumed_from", checkpoint)
+    trainer.fit(task, train_loader, val_loader, ckpt_path=checkpoint)
+    resume.done()
 
     torch.save({"model": cfg.model.name, "state_dict": model.state_dict()}, out / MODEL_FILE)
     if cfg.logger.log_checkpoints:

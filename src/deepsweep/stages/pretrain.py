@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from deepsweep import factory
 from deepsweep.config import ConfigError, build
 from deepsweep.data.loaders import PreparedData
+from deepsweep.stages.checkpoints import Resume
 from deepsweep.tasks.common import BestWeights
 from deepsweep.tracking.lightning import MlflowRunLogger
 from deepsweep.tracking.runs import log_artifact
@@ -49,13 +50,22 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
                               f"(0..{data.num_classes - 1})")
     best = BestWeights()
     callbacks = [best] if getattr(task, "keep_best_weights", True) else []
+    resume = Resume(cfg, out.parent, "pretrain")
+    checkpoint = resume.checkpoint()
+    callbacks += resume.callbacks()
     trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), callbacks, str(out))
     batch = int(cfg.data.batch_size)
+    if checkpoint is not None:
+        import mlflow
+
+        mlflow.set_tag("deepsweep.resumed_from", checkpoint)
     trainer.fit(
         task,
         data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class),
         data.loader("val", batch, exclude_class=anomaly_class),
+        ckpt_path=checkpoint,
     )
+    resume.done()
     if hasattr(task, "anomaly_score"):
         # Per-input scores of the test split (reconstruction error, -ELBO, free energy) for the evaluate
         # stage, which alone reads the test labels.

@@ -104,3 +104,11 @@ class BestWeights(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._state is not None:
             pl_module.load_state_dict(self._state)
+
+    # Saved in resume checkpoints (stages.checkpoints), so a resumed fit still knows its best epoch so far.
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "state": self._state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_score, self.best_epoch = state_dict["best_score"], state_dict["best_epoch"]
+        self._state = state_dict["state"]

@@ -6,7 +6,6 @@ negative ELBO with a beta-weighted KL term (beta-VAE, Higgins et al. 2017)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
+from deepsweep.nn.generators import create_generator
 from deepsweep.nn.regularizers import Regularization
 from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
 
@@ -49,12 +49,9 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
         self.input_shape = model.input_shape
         self.to_mu = nn.Linear(model.feature_dim, latent_dim)
         self.to_logvar = nn.Linear(model.feature_dim, latent_dim)
-        widths = [latent_dim, *decoder_dims]
-        parts: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            parts += [nn.Linear(a, b), activation()]
-        parts.append(nn.Linear(widths[-1], math.prod(self.input_shape)))
-        self.decoder = nn.Sequential(*parts)
+        # Outputs are logits (Bernoulli) or means (Gaussian): the likelihood applies the link itself.
+        self.decoder = create_generator("dense", latent_dim, self.input_shape, decoder_dims, activation,
+                                        batch_norm=False, output="linear")
         self.latent_dim, self.beta, self.likelihood = latent_dim, beta, likelihood
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -66,13 +63,13 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output in data space: Bernoulli means (sigmoid) or Gaussian means."""
-        out = self.decoder(z).view(-1, *self.input_shape)
+        out = self.decoder(z)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
     def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        out = self.decoder(z)
+        out = self.decoder(z).flatten(1)
         target = x.flatten(1)
         if self.likelihood == "bernoulli":
             recon = F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
@@ -85,7 +82,7 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per-input negative ELBO at the posterior mean: low for inputs like the training data."""
         mu, logvar = self.encode(x)
-        out, target = self.decoder(mu), x.flatten(1)
+        out, target = self.decoder(mu).flatten(1), x.flatten(1)
         if self.likelihood == "bernoulli":
             recon = F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
         else:

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 

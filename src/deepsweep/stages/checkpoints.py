@@ -1,0 +1,52 @@
+"""Mid-training checkpoints, so that a job killed half-way through a long stage resumes from its last
+saved epoch instead of from scratch.
+
+Off by default (``trainer.checkpoint_every_n_epochs: 0``): the small models deepsweep is mostly run on
+train an epoch faster than a checkpoint is written. When on, Lightning writes ``last.ckpt`` every N
+epochs into ``<stage>.resume/`` beside the stage's output, tagged with the config's fingerprint; a
+rerun of the same config (``dvc repro`` again, or a resumed sweep) fits from there. A finished stage
+deletes it: its output is then the thing to keep."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+CHECKPOINT = "last.ckpt"
+FINGERPRINT = "fingerprint.txt"
+
+
+class Resume:
+    def __init__(self, cfg: DictConfig, artifacts: Path, stage: str) -> None:
+        from deepsweep.launch import fingerprint
+
+        self.every = int(cfg.trainer.get("checkpoint_every_n_epochs") or 0)
+        if self.every < 0:
+            from deepsweep.config import ConfigError
+
+            raise ConfigError(f"trainer.checkpoint_every_n_epochs: must be >= 0 (0 = off), got {self.every}")
+        self.folder = Path(artifacts) / f"{stage}.resume"
+        self.fingerprint = fingerprint(cfg)
+
+    def callbacks(self) -> list:
+        if not self.every:
+            return []
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / FINGERPRINT).write_text(self.fingerprint)
+        # No monitor and top-1: the newest epoch, overwritten in place as last.ckpt.
+        return [ModelCheckpoint(dirpath=self.folder, filename="last", monitor=None, save_top_k=1,
+                                every_n_epochs=self.every, enable_version_counter=False)]
+
+    def checkpoint(self) -> str | None:
+        """The checkpoint an interrupted run of this very config left, if any (read before callbacks())."""
+        path, tag = self.folder / CHECKPOINT, self.folder / FINGERPRINT
+        if self.every and path.is_file() and tag.is_file() and tag.read_text() == self.fingerprint:
+            return str(path)
+        return None
+
+    def done(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
