@@ -164,7 +164,8 @@ def test_buffered_epoch_metrics_all_reach_mlflow_when_fit_ends_or_fails(compose,
                 raise RuntimeError("killed")
 
     task = ClassifyTask(factory.create_model(cfg, (1, 8, 8), 10), build(cfg.optimizer))
-    with mlflow.start_run() as run:
+    experiment = mlflow.set_experiment("buffered-logger")  # not whichever experiment an earlier test left active
+    with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
         # Nothing is written during fit after the first epoch: only the end (or the failure) flushes.
         logger = MlflowRunLogger(run.info.run_id, flush_seconds=1e9)
         trainer = factory.create_trainer(cfg, 5, logger, [Dies()], "/tmp")
