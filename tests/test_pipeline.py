@@ -210,3 +210,41 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(compose, tmp_path
     other = compose("pretrain=none", "trainer.max_epochs=2", "trainer.checkpoint_every_n_epochs=1", "seed=1")
     execute("finetune", other, artifacts)
     assert started == [0, 1]
+
+
+def test_loader_shards_batches_evenly_across_ddp_ranks(monkeypatch):
+    from deepsweep.data.loaders import InMemoryLoader, TensorSplit
+
+    split = TensorSplit(torch.arange(10).float().unsqueeze(1), torch.arange(10))
+    seen = []
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(InMemoryLoader, "_rank_and_world", staticmethod(lambda rank=rank: (rank, 3)))
+        loader = InMemoryLoader(split, batch_size=2, shuffle=True, seed=0)
+        ys = torch.cat([y for _, y in loader])
+        assert len(ys) == 4 and len(loader) == 2  # equal shares (10 -> 3 x 4, two wrapped around)
+        seen.append(ys)
+    assert set(torch.cat(seen).tolist()) == set(range(10))
+
+
+def test_data_parallel_fine_tuning_over_two_cpu_processes(compose, tmp_path):
+    cfg = compose("pretrain=none", "trainer.max_epochs=3", "trainer.devices=2", "trainer.strategy=ddp_spawn",
+                  "trainer.num_threads=1")
+    artifacts = tmp_path / "artifacts"
+    for stage in ("prepare", "pretrain", "finetune"):
+        summary = execute(stage, cfg, artifacts)
+    assert summary["epochs_trained"] == 3 and 0 <= summary["best_epoch"] <= 2 and summary["best_val_acc"] > 0.5
+    metrics = execute("evaluate", cfg, artifacts)
+    assert metrics["accuracy"] > 0.5  # the weights trained in the spawned processes came back
+    run = mlflow.search_runs(filter_string="tags.`deepsweep.stage` = 'finetune'", output_format="list")[0]
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/loss")
+    assert sorted(m.step for m in history) == [0, 1, 2]  # rank 0 logged every epoch to this store
+
+
+def test_a_relaunching_ddp_strategy_is_refused_by_name(compose, tmp_path):
+    from deepsweep.config import ConfigError
+
+    cfg = compose("pretrain=none", "trainer.strategy=ddp", "trainer.devices=2")
+    for stage in ("prepare", "pretrain"):
+        execute(stage, cfg, tmp_path / "artifacts")
+    with pytest.raises(ConfigError, match="trainer.strategy=ddp: .* use trainer.strategy=ddp_spawn"):
+        execute("finetune", cfg, tmp_path / "artifacts")

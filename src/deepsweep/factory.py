@@ -115,6 +115,23 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
+def strategy(cfg: DictConfig) -> str:
+    """trainer.strategy, checked: data-parallel training must keep the stage in this process (ddp_spawn)."""
+    name = str(cfg.trainer.get("strategy") or "auto")
+    if name.startswith(("ddp", "fsdp", "deepspeed")) and not name.startswith("ddp_spawn"):
+        raise ConfigError(
+            f"trainer.strategy={name}: this launcher re-runs the whole command once per device, and a stage "
+            "would then record and write its outputs once per device; use trainer.strategy=ddp_spawn"
+        )
+    if name.startswith("ddp_spawn"):
+        import torch.multiprocessing
+
+        # The in-memory datasets go to the spawned processes with the loaders; sharing them through files
+        # rather than one descriptor per tensor keeps process start-up from failing on descriptor limits.
+        torch.multiprocessing.set_sharing_strategy("file_system")
+    return name
+
+
 def create_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: list, root_dir: str):
     import lightning as L
 
@@ -124,6 +141,7 @@ def create_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: lis
         max_epochs=max_epochs,
         accelerator=t.accelerator,
         devices=t.devices,
+        strategy=strategy(cfg),
         precision=t.precision,
         gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic,

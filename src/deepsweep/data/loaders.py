@@ -158,19 +158,35 @@ class InMemoryLoader:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return -(-self._shard_size() // self.batch_size)
 
     @property
     def num_labels(self) -> int:
         return len(self.split)
 
+    @staticmethod
+    def _rank_and_world() -> tuple[int, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _shard_size(self) -> int:
+        return -(-len(self.split) // self._rank_and_world()[1])
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.split.x, self.split.y
-        if self.shuffle:
-            order = torch.randperm(len(y), generator=self.generator)
-            for start in range(0, len(y), self.batch_size):
-                index = order[start : start + self.batch_size]
-                yield x[index], y[index]
-        else:
+        rank, world = self._rank_and_world()
+        if not self.shuffle and world == 1:
             for start in range(0, len(y), self.batch_size):
                 yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+            return
+        # Every rank draws the same permutation (same seed) and takes its own equal share, wrapping
+        # around as DistributedSampler does: DDP ranks must see the same number of batches.
+        order = torch.randperm(len(y), generator=self.generator) if self.shuffle else torch.arange(len(y))
+        if world > 1:
+            order = order.repeat(2)[: self._shard_size() * world][rank::world]
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield x[index], y[index]

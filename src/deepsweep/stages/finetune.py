@@ -70,6 +70,6 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     trainer.logger = None
     best_val = trainer.validate(task, val_loader, verbose=False)[0]
     summary = {f"best_{k.replace('/', '_')}": float(v) for k, v in best_val.items()}
-    summary.update(best_epoch=float(best.best_epoch), epochs_trained=float(trainer.current_epoch), n_train_labels=float(train_loader.num_labels))
+    summary.update(best_epoch=float(best.result(trainer)[1]), epochs_trained=float(best.epochs(trainer)), n_train_labels=float(train_loader.num_labels))
     mlflow.log_metrics(summary)
     return summary

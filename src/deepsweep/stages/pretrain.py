@@ -80,10 +80,11 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         x = next(iter(data.loader("val", 64)))[0]
         for path in task.save_figures(out, x):
             log_artifact(path, "figures")
-    if best.best_score is None:  # tasks whose epochs no validation loss ranks: their last epoch's values
+    best_score, best_epoch = best.result(trainer)
+    if best_score is None:  # tasks whose epochs no validation loss ranks: their last epoch's values
         last = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
         return {"epochs": float(trainer.current_epoch), **last}
-    return {"best_val_loss": float(best.best_score), "best_epoch": float(best.best_epoch)}
+    return {"best_val_loss": float(best_score), "best_epoch": float(best_epoch)}
 
 
 def load_encoder(model: torch.nn.Module, path: Path) -> None:

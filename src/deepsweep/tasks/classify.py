@@ -66,7 +66,7 @@ class ClassifyTask(EpochLoggingMixin, L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self.log_dict(self.val_metrics.compute())
+        self.log_dict(self.val_metrics.compute(), sync_dist=self.trainer.world_size > 1)
         self.val_metrics.reset()
 
     def configure_optimizers(self):

@@ -68,8 +68,8 @@ class EpochLoggingMixin:
         for name, mean in self.__dict__.get("_epoch_means", {}).items():
             if name.startswith(prefix):
                 value = mean.pop()
-                if value is not None:
-                    self.log(name, value)
+                if value is not None:  # averaged over DDP ranks, each of which saw its own shard
+                    self.log(name, value, sync_dist=self.trainer.world_size > 1)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_means("train/")
@@ -104,6 +104,25 @@ class BestWeights(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._state is not None:
             pl_module.load_state_dict(self._state)
+        trainer.callback_metrics["fit/epochs"] = torch.tensor(float(trainer.current_epoch))
+        if self.best_score is not None:
+            # With strategy=ddp_spawn fitting runs in other processes; callback metrics are what Lightning
+            # carries back to the one that called fit (the weights, best ones loaded above, come back too).
+            trainer.callback_metrics["best/score"] = torch.tensor(self.best_score)
+            trainer.callback_metrics["best/epoch"] = torch.tensor(float(self.best_epoch))
+
+    @staticmethod
+    def epochs(trainer: L.Trainer) -> int:
+        """Epochs trained, also after a spawned fit (whose loop state stays in the spawned processes)."""
+        carried = trainer.callback_metrics.get("fit/epochs")
+        return max(trainer.current_epoch, int(carried) if carried is not None else 0)
+
+    def result(self, trainer: L.Trainer) -> tuple[float | None, int | None]:
+        """(best score, its epoch), from this callback or, after a spawned fit, from the trainer."""
+        if self.best_score is not None:
+            return self.best_score, self.best_epoch
+        score, epoch = trainer.callback_metrics.get("best/score"), trainer.callback_metrics.get("best/epoch")
+        return (float(score), int(epoch)) if score is not None else (None, None)
 
     # Saved in resume checkpoints (stages.checkpoints), so a resumed fit still knows its best epoch so far.
     def state_dict(self) -> dict:

@@ -20,14 +20,28 @@ from lightning.pytorch.utilities import rank_zero_only
 class MlflowRunLogger(Logger):
     def __init__(self, run_id: str, prefix: str = "", flush_seconds: float = 2.0) -> None:
         super().__init__()
-        from mlflow.tracking import MlflowClient
+        import mlflow
 
         self.run_id = run_id
         self.prefix = prefix
-        self.client = MlflowClient()
+        # Explicit, so the logger also writes to the right store from a spawned DDP process.
+        self.tracking_uri = mlflow.get_tracking_uri()
+        self._client = None
         self.flush_seconds = flush_seconds
         self._pending: list = []
         self._last_flush = float("-inf")  # the first epoch's metrics are written at once
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict:
+        # A client holds a database engine, which does not cross to a spawned process; it is made anew there.
+        return {**self.__dict__, "_client": None}
 
     @property
     def name(self) -> str:
