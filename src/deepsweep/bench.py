@@ -26,6 +26,7 @@ import torch
 from deepsweep import factory, paths
 from deepsweep.config import build, compose
 from deepsweep.data.loaders import GraphData, InMemoryLoader, TensorSplit
+from deepsweep.data.sources import load_splits
 
 
 def tensor_data(cfg, train_subset: int | None = None) -> tuple[TensorSplit, TensorSplit, int, int | None]:
@@ -33,8 +34,7 @@ def tensor_data(cfg, train_subset: int | None = None) -> tuple[TensorSplit, Tens
     source = build(cfg.data)
     if train_subset is not None:
         source.train_subset = train_subset
-    loaded = source.load()
-    splits, extra = loaded if isinstance(loaded, tuple) else (loaded, {})
+    splits, extra = load_splits(source)
     t = lambda s: TensorSplit(torch.from_numpy(s.x), torch.from_numpy(s.y))  # noqa: E731
     return t(splits.train), t(splits.val), len(splits.class_names), extra.get("vocab_size")
 

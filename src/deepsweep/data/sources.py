@@ -34,6 +34,12 @@ class Splits:
         return tuple(self.train.x.shape[1:])
 
 
+def load_splits(source) -> tuple[Splits, dict]:
+    """A tensor source's splits, and what sequence sources return beside them (vocabulary, ids)."""
+    loaded = source.load()
+    return loaded if isinstance(loaded, tuple) else (loaded, {})
+
+
 def _stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Split, Split]:
     """Hold out ``fraction`` of the rows, stratified by label."""
     from sklearn.model_selection import train_test_split

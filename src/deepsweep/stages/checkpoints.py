@@ -31,10 +31,13 @@ class Resume:
         self.fingerprint = fingerprint(cfg)
 
     def callbacks(self) -> list:
+        """The checkpoint writer for the trainer; a checkpoint another config left here is removed first."""
         if not self.every:
             return []
         from lightning.pytorch.callbacks import ModelCheckpoint
 
+        if self.checkpoint() is None:
+            self.done()
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / FINGERPRINT).write_text(self.fingerprint)
         # No monitor and top-1: the newest epoch, overwritten in place as last.ckpt.
@@ -42,11 +45,22 @@ class Resume:
                                 every_n_epochs=self.every, enable_version_counter=False)]
 
     def checkpoint(self) -> str | None:
-        """The checkpoint an interrupted run of this very config left, if any (read before callbacks())."""
+        """The checkpoint an interrupted run of this very config left, if any."""
         path, tag = self.folder / CHECKPOINT, self.folder / FINGERPRINT
         if self.every and path.is_file() and tag.is_file() and tag.read_text() == self.fingerprint:
             return str(path)
         return None
+
+    def fit(self, trainer, task, *loaders) -> None:
+        """``trainer.fit``, from this config's checkpoint when there is one (tagged on the stage's MLflow
+        run); the checkpoint goes once fitting has finished."""
+        checkpoint = self.checkpoint()
+        if checkpoint is not None:
+            import mlflow
+
+            mlflow.set_tag("deepsweep.resumed_from", checkpoint)
+        trainer.fit(task, *loaders, ckpt_path=checkpoint)
+        self.done()
 
     def done(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -28,15 +28,17 @@ from deepsweep.tasks.classify import task_for
 from deepsweep.utils.io import write_json
 
 
-def predict(task, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def collect(task, loader, features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's logits (or, with ``features``, its encoder's features) and the targets over a loader."""
+    step = task.features_and_targets if features else task.logits_and_targets
     task.eval()
-    logits, targets = [], []
+    outputs, targets = [], []
     with torch.inference_mode():
         for batch in loader:
-            out, y = task.logits_and_targets(batch)
-            logits.append(out)
+            out, y = step(batch)
+            outputs.append(out)
             targets.append(y)
-    return torch.cat(logits), torch.cat(targets)
+    return torch.cat(outputs), torch.cat(targets)
 
 
 def probe_pretrained_encoder(cfg: DictConfig, data, pretrained: Path) -> dict[str, float]:
@@ -49,15 +51,10 @@ def probe_pretrained_encoder(cfg: DictConfig, data, pretrained: Path) -> dict[st
     if cfg.pretrain.name != "none":
         load_encoder(model, pretrained / ENCODER_FILE)
     task = task_for(data.kind)(model, optimizer=None)
-    task.eval()
-
-    def features(loader) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode():
-            pairs = [task.features_and_targets(batch) for batch in loader]
-        return torch.cat([f.flatten(1) for f, _ in pairs]), torch.cat([y for _, y in pairs])
-
-    train = features(data.loader("train", 1024, seed=cfg.seed, label_fraction=float(cfg.finetune.label_fraction)))
-    return linear_probe(train, features(data.loader("test", 1024)), data.num_classes, seed=cfg.seed)
+    train = collect(task, data.loader("train", 1024, seed=cfg.seed, label_fraction=float(cfg.finetune.label_fraction)),
+                    features=True)
+    test = collect(task, data.loader("test", 1024), features=True)
+    return linear_probe(train, test, data.num_classes, seed=cfg.seed)
 
 
 def anomaly_metrics(cfg: DictConfig, pretrained: Path, target: torch.Tensor) -> dict[str, float]:
@@ -86,7 +83,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     model = factory.create_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
     task = task_for(data.kind)(model, optimizer=None)
-    logits, target = predict(task, data.loader("test", 1024))
+    logits, target = collect(task, data.loader("test", 1024))
     k, names = data.num_classes, data.meta["class_names"]
 
     metrics = classification_metrics(logits, target, k)

@@ -50,7 +50,6 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     if cfg.scheduler.name != "none":
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     resume = Resume(cfg, out.parent, "finetune")
-    checkpoint = resume.checkpoint()
     callbacks += resume.callbacks()
     logger = MlflowRunLogger(run.info.run_id)
     trainer = factory.create_trainer(cfg, epochs, logger, callbacks, str(out))
@@ -58,10 +57,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
                                label_fraction=float(cfg.finetune.label_fraction))
     val_loader = data.loader("val", batch)
-    if checkpoint is not None:
-        mlflow.set_tag("deepsweep.resumed_from", checkpoint)
-    trainer.fit(task, train_loader, val_loader, ckpt_path=checkpoint)
-    resume.done()
+    resume.fit(trainer, task, train_loader, val_loader)
 
     torch.save({"model": cfg.model.name, "state_dict": model.state_dict()}, out / MODEL_FILE)
     if cfg.logger.log_checkpoints:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from deepsweep.config import build
 from deepsweep.data.loaders import GRAPH_FILE
+from deepsweep.data.sources import load_splits
 from deepsweep.utils.io import write_json
 
 
@@ -23,9 +24,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         graph, meta = source.load()
         torch.save(graph, out / GRAPH_FILE)
     else:
-        loaded = source.load()
-        # Sequence sources also return what later stages need beyond tensors (vocabulary, ids).
-        splits, extra = loaded if isinstance(loaded, tuple) else (loaded, {})
+        splits, extra = load_splits(source)
         for name in ("train", "val", "test"):
             split = getattr(splits, name)
             torch.save({"x": torch.from_numpy(split.x), "y": torch.from_numpy(split.y)}, out / f"{name}.pt")

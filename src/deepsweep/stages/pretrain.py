@@ -51,21 +51,15 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     best = BestWeights()
     callbacks = [best] if getattr(task, "keep_best_weights", True) else []
     resume = Resume(cfg, out.parent, "pretrain")
-    checkpoint = resume.checkpoint()
     callbacks += resume.callbacks()
     trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), callbacks, str(out))
     batch = int(cfg.data.batch_size)
-    if checkpoint is not None:
-        import mlflow
-
-        mlflow.set_tag("deepsweep.resumed_from", checkpoint)
-    trainer.fit(
+    resume.fit(
+        trainer,
         task,
         data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class),
         data.loader("val", batch, exclude_class=anomaly_class),
-        ckpt_path=checkpoint,
     )
-    resume.done()
     if hasattr(task, "anomaly_score"):
         # Per-input scores of the test split (reconstruction error, -ELBO, free energy) for the evaluate
         # stage, which alone reads the test labels.

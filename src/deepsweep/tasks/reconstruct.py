@@ -27,15 +27,19 @@ NOISES = ("none", "masking", "gaussian")
 log = logging.getLogger(__name__)
 
 
+def check_noise(noise: str) -> None:
+    if noise not in NOISES:
+        raise ValueError(f"pretrain.task.noise: unknown noise {noise!r}; allowed: {', '.join(NOISES)}")
+
+
 def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
     """Masking noise zeroes each input with probability ``level``; Gaussian noise adds N(0, level^2)."""
+    check_noise(noise)
     if noise == "none" or level == 0:
         return x
     if noise == "masking":
         return x * (torch.rand_like(x) >= level)
-    if noise == "gaussian":
-        return x + level * torch.randn_like(x)
-    raise ValueError(f"pretrain.task.noise: unknown noise {noise!r}; allowed: {', '.join(NOISES)}")
+    return x + level * torch.randn_like(x)  # gaussian
 
 
 class ReconstructTask(EpochLoggingMixin, L.LightningModule):
@@ -59,8 +63,7 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
         noise_level: float = 0.0,
     ) -> None:
         super().__init__()
-        if noise not in NOISES:
-            raise ValueError(f"pretrain.task.noise: unknown noise {noise!r}; allowed: {', '.join(NOISES)}")
+        check_noise(noise)
         if sparsity < 0:
             raise ValueError(f"pretrain.task.sparsity: must be >= 0, got {sparsity}")
         self.encoder = model.encoder
@@ -82,10 +85,7 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
         self.noise, self.noise_level, self.sparsity = noise, noise_level, sparsity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x)).view(-1, *self.input_shape)
-
-    def _loss(self, x: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(self(noisy), x)
+        return self.decoder(self.encoder(x))  # every decoder here outputs the input's shape
 
     score_name = "reconstruction_error"
 
@@ -96,7 +96,7 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
         code = self.encoder(corrupt(x, self.noise, self.noise_level))
-        reconstruction = F.mse_loss(self.decoder(code).view(-1, *self.input_shape), x)
+        reconstruction = F.mse_loss(self.decoder(code), x)
         loss = reconstruction + self.regularization.penalty(self.encoder)
         if self.sparsity > 0:  # L1 on the code: few active units per input
             loss = loss + self.sparsity * code.abs().sum(1).mean()
@@ -106,7 +106,7 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, _ = batch
-        self.track("val/loss", self._loss(x, x), len(x))
+        self.track("val/loss", F.mse_loss(self(x), x), len(x))
 
     def configure_optimizers(self):
         return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
@@ -158,8 +158,7 @@ class StackedAutoencoderTask(EpochLoggingMixin, L.LightningModule):
         noise_level: float = 0.0,
     ) -> None:
         super().__init__()
-        if noise not in NOISES:
-            raise ValueError(f"pretrain.task.noise: unknown noise {noise!r}; allowed: {', '.join(NOISES)}")
+        check_noise(noise)
         if epochs_per_layer < 1:
             raise ValueError(f"pretrain.task.epochs_per_layer: must be >= 1, got {epochs_per_layer}")
         linears = dense_stack(model, "pretrain=stacked_autoencoder")

@@ -66,28 +66,24 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
         out = self.decoder(z)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
+    def reconstruction_nll(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x|z) per input (up to a constant for the Gaussian)."""
+        out, target = self.decoder(z).flatten(1), x.flatten(1)
+        if self.likelihood == "bernoulli":
+            return F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
+        return 0.5 * (out - target).pow(2).sum(1)
+
     def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        out = self.decoder(z).flatten(1)
-        target = x.flatten(1)
-        if self.likelihood == "bernoulli":
-            recon = F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
-        else:
-            recon = 0.5 * (out - target).pow(2).sum(1)
-        return recon.mean(), gaussian_kl(mu, logvar).mean()
+        return self.reconstruction_nll(z, x).mean(), gaussian_kl(mu, logvar).mean()
 
     score_name = "negative_elbo"
 
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per-input negative ELBO at the posterior mean: low for inputs like the training data."""
         mu, logvar = self.encode(x)
-        out, target = self.decoder(mu).flatten(1), x.flatten(1)
-        if self.likelihood == "bernoulli":
-            recon = F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
-        else:
-            recon = 0.5 * (out - target).pow(2).sum(1)
-        return recon + self.beta * gaussian_kl(mu, logvar)
+        return self.reconstruction_nll(mu, x) + self.beta * gaussian_kl(mu, logvar)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0]
