@@ -30,6 +30,17 @@ def test_generator_loss_is_non_saturating_and_label_smoothing_is_one_sided(compo
     assert torch.allclose(task.discriminator_loss(real, fake, None), expected)
 
 
+def test_wgan_gp_critic_loss_adds_lambda_times_the_penalty(compose):
+    real, fake = torch.rand(8, 1, 8, 8), torch.rand(8, 1, 8, 8)
+    task = _task(compose, loss="wasserstein", gradient_penalty=10.0)
+    torch.manual_seed(3)
+    with_penalty = task.discriminator_loss(real, fake, None)
+    torch.manual_seed(3)  # the same interpolation points
+    penalty = gradient_penalty(task.score, real, fake)
+    expected = task.score(fake).mean() - task.score(real).mean() + 10.0 * penalty
+    assert penalty > 0 and torch.allclose(with_penalty, expected)
+
+
 def test_gradient_penalty_matches_the_closed_form_for_a_linear_critic():
     w = torch.tensor([3.0, 4.0])  # ||grad|| = 5 everywhere
     penalty = gradient_penalty(lambda x: x @ w, torch.randn(6, 2), torch.randn(6, 2))
@@ -74,6 +85,8 @@ def test_conditional_generator_and_projection_discriminator_read_the_label(compo
     (["pretrain.task.clip_value=0.01"], "apply to loss=wasserstein"),
     (["optimizer=lbfgs"], "optimizer=lbfgs: adversarial pretraining steps its optimizers by hand"),
     (["pretrain.task.loss=minimax"], "pretrain.task.loss: unknown loss 'minimax'; allowed: vanilla, wasserstein"),
+    (["pretrain.task.generator=rnn"], "pretrain.task.generator: unknown kind 'rnn'; allowed: dense, conv"),
+    (["pretrain.task.output=tanh"], "pretrain.task.output: unknown output 'tanh'; allowed: sigmoid, linear"),
 ])
 def test_bad_gan_settings_name_the_key_before_training(compose, tmp_path, overrides, message):
     cfg = compose("pretrain=gan", *overrides)
@@ -88,6 +101,10 @@ def test_pretrain_optimizer_overrides_fields_of_the_chosen_optimizer_only(compos
     cfg = compose("pretrain=gan", "optimizer=adam", "+pretrain.optimizer.betas=[0.5,0.999]")
     merged = stage_optimizer(validate(cfg))
     assert merged.lr == 0.0002 and list(merged.betas) == [0.5, 0.999] and cfg.optimizer.lr == 0.001
+    from deepsweep.factory import create_optimizer
+
+    assert create_optimizer(cfg, stage="pretrain").keywords["lr"] == 0.0002  # what the pretrain stage builds
+    assert create_optimizer(cfg).keywords["lr"] == 0.001  # fine-tuning keeps the group's
     assert stage_optimizer(compose()).lr == compose().optimizer.lr  # lr: null keeps the group's value
     with pytest.raises(ConfigError, match="pretrain.optimizer.betas: optimizer=sgd has no field 'betas'"):
         validate(compose("pretrain=gan", "optimizer=sgd", "+pretrain.optimizer.betas=[0.5,0.999]"))
@@ -97,6 +114,8 @@ def test_dcgan_discriminator_features_pretrain_and_fine_tune(compose, tmp_path):
     cfg = compose("experiment=digits_dcgan", "pretrain.epochs=1", "trainer.max_epochs=1")
     model = create_model(cfg, (1, 28, 28), 10)
     assert model.feature_dim == 64 * 7 * 7  # two stride-2 convs: 28 -> 14 -> 7
+    norms = lambda m: sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    assert norms(model) == 1 and norms(create_model(compose("model=dcgan", "model.batch_norm=false"), (1, 8, 8), 10)) == 0
     artifacts = tmp_path / "artifacts"
     for stage in ("prepare", "pretrain", "finetune"):
         execute(stage, cfg, artifacts)

@@ -114,6 +114,14 @@ def test_conv_decoder_reaches_the_image_shape():
         ConvGenerator(16, (64,))
 
 
+def test_conv_autoencoder_decodes_through_transposed_convs(compose):
+    model = create_model(compose("model=lenet"), (1, 8, 8), 10)
+    task = ReconstructTask(model, optimizer=None, decoder="conv", decoder_dims=[32, 16])
+    assert isinstance(task.decoder, ConvGenerator)
+    x = torch.rand(4, 1, 8, 8)
+    assert task(x).shape == x.shape
+
+
 def test_tied_decoder_owns_only_biases_and_uses_the_encoder_weights(compose):
     model = create_model(compose("model.hidden_dims=[32,16]"), (1, 8, 8), 10)
     task = ReconstructTask(model, optimizer=None, tied=True)
