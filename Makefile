@@ -59,11 +59,14 @@ pipelines: venv
 clean:
 	rm -rf artifacts outputs multirun mlruns mlartifacts mlflow.db dvc_plots
 
-# Cora against the published numbers: 10 seeds each of GCN, GAT and DGI-pretrained GraphSAGE, as
+# Cora against the published numbers: 10 seeds each of GCN, GAT, DGI-pretrained GraphSAGE and inductive
+# GraphSAGE with random-walk, DGI or no pretraining, as
 # deepsweep sweeps (reports in outputs/sweeps/<experiment>/sweep_report.md; README quotes them).
 cora-seeds: venv
 	for e in cora_gcn cora_gat cora_sage_pretrained; do \
 	  $(BIN)/deepsweep run -m experiment=$$e 'seed=range(0,10)' hydra.sweep.dir=outputs/sweeps/$$e; done
+	$(BIN)/deepsweep run -m experiment=cora_sage_inductive pretrain=random_walk,dgi,none 'seed=range(0,10)' \
+	  hydra.sweep.dir=outputs/sweeps/cora_sage_inductive
 
 # Memory over growing sequence length: RNN vs LSTM vs GRU on the first-bit task, 3 seeds each
 # (report in outputs/sweeps/vanishing_gradients/sweep_report.md; README quotes it).

@@ -93,3 +93,130 @@ def test_label_fraction_on_graph_masks(compose, tmp_path):
     data = PreparedData.load(tmp_path / "a" / "prepare")
     assert data.loader("train").num_labels == 4
     assert data.loader("val", label_fraction=0.5).num_labels < data.loader("val").num_labels
+
+
+def _grid_graph():
+    """A 3x3 grid, edges both ways: every node has 2 to 4 neighbours."""
+    from torch_geometric.data import Data
+
+    edges = []
+    for r in range(3):
+        for c in range(3):
+            n = 3 * r + c
+            if c < 2:
+                edges += [(n, n + 1), (n + 1, n)]
+            if r < 2:
+                edges += [(n, n + 3), (n + 3, n)]
+    return Data(x=torch.arange(9.0).unsqueeze(1), edge_index=torch.tensor(edges).t(), num_nodes=9)
+
+
+def test_neighbor_sampler_respects_fanouts_and_edges():
+    from torch_geometric.loader import NeighborLoader
+
+    from deepsweep.data.sampling import TorchNeighborSampler
+
+    torch.manual_seed(0)
+    graph = _grid_graph()
+    real = set(map(tuple, graph.edge_index.t().tolist()))
+    loader = NeighborLoader(graph, [2, 1], batch_size=3, shuffle=True,
+                            neighbor_sampler=TorchNeighborSampler(graph, [2, 1]))
+    seen = set()
+    for batch in loader:
+        assert torch.equal(batch.x.flatten().long(), batch.n_id)  # features sliced for the sampled nodes
+        assert set(map(tuple, batch.n_id[batch.edge_index].t().tolist())) <= real  # only real edges
+        in_degree = torch.bincount(batch.edge_index[1], minlength=batch.num_nodes)
+        assert (in_degree[: batch.batch_size] <= 2).all()  # hop 1: at most 2 neighbours per seed
+        first_hop = batch.num_sampled_nodes[1]
+        hop2 = in_degree[batch.batch_size : batch.batch_size + first_hop]
+        assert (hop2 <= 1).all()  # hop 2: at most 1 neighbour per node first reached at hop 1
+        assert len(set(batch.n_id.tolist())) == batch.num_nodes  # each node once
+        seen.update(batch.n_id[: batch.batch_size].tolist())
+    assert seen == set(range(9))  # an epoch seeds every node once
+
+
+def test_neighbor_sampler_with_all_neighbours_gives_the_k_hop_subgraph():
+    from torch_geometric.utils import k_hop_subgraph
+
+    from deepsweep.data.sampling import sample_neighbors
+
+    graph = _grid_graph()
+    source, target = graph.edge_index
+    row = source[target.argsort(stable=True)]  # CSC: in-neighbours grouped by target node
+    colptr = torch.zeros(10, dtype=torch.long)
+    colptr[1:] = torch.bincount(target, minlength=9).cumsum(0)
+    node, src, dst, _, per_hop, _ = sample_neighbors(colptr, row, torch.tensor([0]), [-1, -1])
+    subset, _, _, _ = k_hop_subgraph(0, 2, graph.edge_index, num_nodes=9)
+    assert sorted(node.tolist()) == sorted(subset.tolist()) == [0, 1, 2, 3, 4, 6]
+    assert per_hop == [1, 2, 3]
+    # Edges into the seed and into its first-hop nodes: all of them, as messages for 2 convs.
+    sampled = set(zip(node[src].tolist(), node[dst].tolist()))
+    expected = {(s, d) for s, d in graph.edge_index.t().tolist() if d in (0, 1, 3)}
+    assert sampled == expected
+    with pytest.raises(ValueError, match="distinct"):
+        sample_neighbors(colptr, row, torch.tensor([0, 0]), [1])
+
+
+def test_random_walks_follow_edges():
+    from deepsweep.data.sampling import random_walks
+
+    graph = _grid_graph()
+    source, target = graph.edge_index
+    order = source.argsort()
+    rowptr = torch.zeros(10, dtype=torch.long)
+    rowptr[1:] = torch.bincount(source, minlength=9).cumsum(0)
+    walks = random_walks(rowptr, target[order], torch.arange(9).repeat(20), 6)
+    assert walks.shape == (180, 7) and torch.equal(walks[:, 0], torch.arange(9).repeat(20))
+    real = set(map(tuple, graph.edge_index.t().tolist()))
+    steps = set(map(tuple, walks.unfold(1, 2, 1).reshape(-1, 2).tolist()))
+    assert steps <= real and len(steps) == len(real)  # every step is an edge; 180 walks use them all
+
+
+def test_inductive_split_hides_unseen_nodes(compose, tmp_path):
+    from deepsweep.data.loaders import PreparedData
+
+    execute("prepare", compose("data=karate", "model=sage", "pretrain=none", "data.inductive=true"), tmp_path / "a")
+    data = PreparedData.load(tmp_path / "a" / "prepare")
+    x, edge_index, y, mask = next(iter(data.loader("train")))
+    assert len(y) == 34 - 15 - 15 and int(mask.sum()) == 4  # val and test nodes are gone, with their edges
+    assert int(edge_index.max()) < len(y)
+    assert len(next(iter(data.loader("val")))[2]) == 34 - 15
+    x, edge_index, y, mask = next(iter(data.loader("test")))
+    assert len(y) == 34 and int(mask.sum()) == 15 and edge_index.shape[1] == 156
+    assert (edge_index[1].diff() >= 0).all()  # sorted by target, as the LSTM aggregator needs
+
+
+def test_neighbor_sampling_config_is_checked(compose):
+    with pytest.raises(ConfigError, match=r"data.num_neighbors: 1 hop\(s\) \[5\] for model=sage with 2 graph convs"):
+        check_compatible(compose("data=karate", "model=sage", "pretrain=none", "data.batch_size=8",
+                                 "data.num_neighbors=[5]"))
+    with pytest.raises(ConfigError, match="data.num_neighbors: .*an int >= 1, or -1"):
+        check_compatible(compose("data=karate", "model=sage", "pretrain=none", "data.batch_size=8",
+                                 "data.num_neighbors=[5,0]"))
+    check_compatible(compose("data=karate", "model=sage", "pretrain=none", "data.batch_size=8",
+                             "model.hidden_dims=[8,8]", "data.num_neighbors=[5,5,-1]"))
+
+
+def test_random_walk_loss_prefers_embeddings_that_follow_the_graph():
+    from deepsweep.tasks.graph_ssl import random_walk_loss
+
+    torch.manual_seed(0)
+    graph = _grid_graph()
+    # Two well-separated clusters that cut the grid's edges at random vs. embeddings smooth over the grid.
+    smooth = torch.stack([torch.arange(9.0) % 3, torch.arange(9.0) // 3], 1) - 1.0
+    rough = torch.randn(9, 2) * smooth.norm(dim=1, keepdim=True).mean()
+    kwargs = dict(walk_length=2, walks_per_node=50, num_negatives=5)
+    assert random_walk_loss(3 * smooth, graph.edge_index, **kwargs) < random_walk_loss(3 * rough, graph.edge_index, **kwargs)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=sage", "model.aggr=lstm", "pretrain=none"],  # the LSTM aggregator needs edges sorted by target
+    ["model=sage", "pretrain=random_walk", "data.batch_size=8", "data.inductive=true"],
+    ["model=gat", "pretrain=dgi", "data.batch_size=8"],
+])
+def test_karate_pipeline_with_sampling_and_inductive_split(compose, tmp_path, overrides):
+    cfg = compose("data=karate", *overrides, "pretrain.epochs=3", "trainer.max_epochs=5")
+    check_compatible(cfg)
+    results = {stage: execute(stage, cfg, tmp_path / "artifacts")
+               for stage in ("prepare", "pretrain", "finetune", "evaluate")}
+    assert 0.0 <= results["evaluate"]["accuracy"] <= 1.0 and "roc_auc" in results["evaluate"]
+    assert results["finetune"]["n_train_labels"] == 4  # sampled or not, training reads the 4 labelled nodes

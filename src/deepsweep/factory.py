@@ -44,6 +44,22 @@ def check_compatible(cfg: DictConfig) -> None:
             f"pretrain={cfg.pretrain.name} does not apply to {data_kind} data (data={cfg.data.name}); "
             f"pretraining for it: {matching('pretrain', 'task')}"
         )
+    if data_kind == "graph" and int(cfg.data.batch_size) > 0:
+        check_neighbor_sampling(cfg)
+
+
+def check_neighbor_sampling(cfg: DictConfig) -> None:
+    """Mini-batches of a graph sample one hop per graph conv: a hop fewer leaves the outer conv reading
+    neighbours that were never sampled, a hop more samples nodes no conv reads."""
+    fanouts = cfg.data.get("num_neighbors")
+    convs = len(cfg.model.hidden_dims) + 1  # the hidden convs and the output conv
+    if not fanouts or any(not isinstance(f, int) or (f < 1 and f != -1) for f in fanouts):
+        raise ConfigError(f"data.num_neighbors: data.batch_size={cfg.data.batch_size} samples neighbourhoods and "
+                          f"needs one fan-out per hop (an int >= 1, or -1 for all neighbours), got {fanouts}")
+    if len(fanouts) != convs:
+        raise ConfigError(f"data.num_neighbors: {len(fanouts)} hop(s) {list(fanouts)} for model={cfg.model.name} "
+                          f"with {convs} graph convs (model.hidden_dims={list(cfg.model.hidden_dims)} plus the "
+                          f"output conv); give {convs} fan-outs, e.g. {[25] + [10] * (convs - 1)}")
 
 
 def create_layers(cfg: DictConfig):

@@ -76,7 +76,7 @@ def embedding_png(embedding: torch.Tensor, labels: torch.Tensor, class_names: Se
         from sklearn.decomposition import PCA
         from sklearn.manifold import TSNE
 
-        if points.shape[1] > 50:
+        if points.shape[1] > 50 and len(points) > 50:  # PCA to 50 needs 50 points (karate has 34)
             points = PCA(n_components=50, random_state=0).fit_transform(points)
         perplexity = float(min(30, max(2, (len(points) - 1) // 3)))
         points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(points)

@@ -18,7 +18,7 @@ from deepsweep import paths
 PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 
-def graph_record(data, class_names: list[str]) -> tuple[dict[str, torch.Tensor], dict]:
+def graph_record(data, class_names: list[str], inductive: bool) -> tuple[dict[str, torch.Tensor], dict]:
     graph = {
         "x": data.x.float(),
         "edge_index": data.edge_index,
@@ -35,6 +35,7 @@ def graph_record(data, class_names: list[str]) -> tuple[dict[str, torch.Tensor],
         "sizes": {s: int(graph[f"{s}_mask"].sum()) for s in ("train", "val", "test")},
         "num_nodes": int(data.num_nodes),
         "num_edges": int(data.edge_index.shape[1]),
+        "inductive": inductive,
     }
     return graph, meta
 
@@ -48,7 +49,9 @@ class Planetoid:
     name_in_source: str = "Cora"
     split: str = "public"
     normalize_features: bool = True
+    inductive: bool = False  # training never sees the validation and test nodes (see GraphData)
     batch_size: int = 0  # full batch: every epoch is one step over the whole graph
+    num_neighbors: list[int] | None = None  # per-hop fan-outs of GraphSAGE mini-batches (batch_size > 0)
 
     def raw_dir(self) -> Path:
         raw = paths.resolve(self.root) / self.name_in_source / "raw"
@@ -69,7 +72,7 @@ class Planetoid:
         if self.normalize_features:
             # Row-normalize the bag-of-words features, as Kipf & Welling and PyG's examples do.
             data.x = data.x / data.x.sum(dim=1, keepdim=True).clamp(min=1)
-        return graph_record(data, [str(c) for c in range(dataset.num_classes)])
+        return graph_record(data, [str(c) for c in range(dataset.num_classes)], self.inductive)
 
 
 @dataclass
@@ -79,7 +82,9 @@ class Karate:
 
     kind = "graph"
     split_seed: int = 0
+    inductive: bool = False
     batch_size: int = 0
+    num_neighbors: list[int] | None = None
 
     def load(self):
         from torch_geometric.datasets import KarateClub
@@ -93,4 +98,4 @@ class Karate:
         data.test_mask = torch.zeros_like(data.train_mask)
         data.val_mask[order[0::2]] = True
         data.test_mask[order[1::2]] = True
-        return graph_record(data, [str(c) for c in range(int(data.y.max()) + 1)])
+        return graph_record(data, [str(c) for c in range(int(data.y.max()) + 1)], self.inductive)

@@ -55,7 +55,9 @@ class PreparedData:
         return tuple(self.meta["input_shape"])
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-               label_fraction: float = 1.0, exclude_class: int | None = None) -> "InMemoryLoader":
+               label_fraction: float = 1.0, exclude_class: int | None = None,
+               num_neighbors: list[int] | None = None, all_nodes: bool = False) -> "InMemoryLoader":
+        """Batches of a split; ``num_neighbors`` and ``all_nodes`` concern graphs only (see GraphData)."""
         data = getattr(self, split)
         if exclude_class is not None:  # anomaly detection: learn what the other classes look like
             data = data.subset((data.y != exclude_class).nonzero().flatten())
@@ -83,7 +85,12 @@ class PreparedData:
 
 @dataclass
 class GraphData:
-    """One graph with train/val/test node masks; every batch is the whole graph plus a split's mask."""
+    """One graph with train/val/test node masks.
+
+    Transductive (the default): every split sees the whole graph, its mask names the nodes scored.
+    Inductive (``meta["inductive"]``, from ``data.inductive``): training sees the graph without the
+    validation and test nodes, validation the graph without the test nodes, test the whole graph, so
+    no unseen node's features or edges reach training (GraphSAGE's setting, Hamilton et al. 2017)."""
 
     graph: dict
     meta: dict
@@ -97,6 +104,10 @@ class GraphData:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.meta["input_shape"])
 
+    @property
+    def inductive(self) -> bool:
+        return bool(self.meta.get("inductive", False))
+
     def mask(self, split: str, label_fraction: float = 1.0, seed: int = 0) -> torch.Tensor:
         mask = self.graph[f"{split}_mask"]
         if label_fraction == 1.0:
@@ -107,18 +118,38 @@ class GraphData:
         subset[kept] = True
         return subset
 
+    def view(self, split: str, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(x, edge_index, y, mask) of the graph ``split`` may see: whole, or inductively cut."""
+        x, edge_index, y = self.graph["x"], self.graph["edge_index"], self.graph["y"]
+        unseen = {"train": ("val", "test"), "val": ("test",), "test": ()}[split] if self.inductive else ()
+        if unseen:
+            from torch_geometric.utils import subgraph
+
+            keep = ~torch.stack([self.graph[f"{s}_mask"] for s in unseen]).any(0)
+            edge_index, _ = subgraph(keep, edge_index, relabel_nodes=True, num_nodes=len(y))
+            x, y, mask = x[keep], y[keep], mask[keep]
+        # Edges sorted by target node: the LSTM aggregator reads each node's neighbours as one sequence.
+        return x, edge_index[:, edge_index[1].argsort(stable=True)], y, mask
+
     def loader(self, split: str, batch_size: int = 0, shuffle: bool = False, seed: int = 0,
-               label_fraction: float = 1.0, exclude_class: int | None = None) -> "FullGraphLoader":
+               label_fraction: float = 1.0, exclude_class: int | None = None,
+               num_neighbors: list[int] | None = None, all_nodes: bool = False):
+        """Full batch, or with ``batch_size`` and ``num_neighbors`` GraphSAGE mini-batches: ``batch_size``
+        seed nodes of the split (``all_nodes``: of the split's whole graph, for label-free pretraining)
+        and their sampled neighbourhoods, ``num_neighbors[h]`` per node at hop h."""
         if exclude_class is not None:
             raise ValueError("pretrain.anomaly_class: anomaly detection works on tensor data, not on a graph")
-        return FullGraphLoader(self.graph, self.mask(split, label_fraction, seed))
+        view = self.view(split, self.mask(split, label_fraction, seed))
+        if batch_size and num_neighbors:
+            return SampledGraphLoader(view, batch_size, list(num_neighbors), shuffle, all_nodes)
+        return FullGraphLoader(view)
 
 
 class FullGraphLoader:
     """Full-batch training: one (x, edge_index, y, mask) batch per epoch."""
 
-    def __init__(self, graph: dict, mask: torch.Tensor) -> None:
-        self.batch = (graph["x"], graph["edge_index"], graph["y"], mask)
+    def __init__(self, view: tuple[torch.Tensor, ...]) -> None:
+        self.batch = view
 
     def __len__(self) -> int:
         return 1
@@ -129,6 +160,35 @@ class FullGraphLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         yield self.batch
+
+
+class SampledGraphLoader:
+    """torch-geometric's NeighborLoader, its batches as (x, edge_index, y, mask) with the mask on the
+    seed nodes (the first ``batch_size`` of each sampled subgraph), the layout the graph tasks read."""
+
+    def __init__(self, view: tuple[torch.Tensor, ...], batch_size: int, num_neighbors: list[int],
+                 shuffle: bool, all_nodes: bool) -> None:
+        from torch_geometric.data import Data
+        from torch_geometric.loader import NeighborLoader
+
+        from deepsweep.data.sampling import neighbor_sampler
+
+        x, edge_index, y, mask = view
+        graph = Data(x=x, edge_index=edge_index, y=y)
+        seeds = torch.arange(len(y)) if all_nodes else mask.nonzero().flatten()
+        self.num_labels = len(seeds)
+        self.loader = NeighborLoader(graph, num_neighbors, input_nodes=seeds, batch_size=batch_size,
+                                     shuffle=shuffle, neighbor_sampler=neighbor_sampler(graph, num_neighbors))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for batch in self.loader:
+            order = batch.edge_index[1].argsort(stable=True)
+            mask = torch.zeros(batch.num_nodes, dtype=torch.bool)
+            mask[: batch.batch_size] = True
+            yield batch.x, batch.edge_index[:, order], batch.y, mask
 
 
 def label_subset(split: TensorSplit, fraction: float, seed: int) -> TensorSplit:

@@ -55,7 +55,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     trainer = factory.create_trainer(cfg, epochs, logger, callbacks, str(out))
     batch = int(cfg.data.batch_size)
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
-                               label_fraction=float(cfg.finetune.label_fraction))
+                               label_fraction=float(cfg.finetune.label_fraction),
+                               num_neighbors=cfg.data.get("num_neighbors"))
     val_loader = data.loader("val", batch)
     resume.fit(trainer, task, train_loader, val_loader)
 

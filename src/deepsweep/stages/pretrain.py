@@ -57,7 +57,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     resume.fit(
         trainer,
         task,
-        data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class),
+        data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class,
+                    num_neighbors=cfg.data.get("num_neighbors"), all_nodes=True),
         data.loader("val", batch, exclude_class=anomaly_class),
     )
     if hasattr(task, "anomaly_score"):

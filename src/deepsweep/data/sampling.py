@@ -1,0 +1,118 @@
+"""Sampling on a graph in CSC/CSR form, in plain torch: GraphSAGE neighbour sampling and random walks.
+
+torch-geometric's NeighborLoader does the mini-batching (seed nodes first, relabelling, slicing node and
+edge attributes); its sampling kernels live in pyg-lib or torch-sparse, compiled packages without wheels
+for this torch. When neither is installed, :class:`TorchNeighborSampler` gives PyG's sampler the
+kernel below, so the loader, its batches and everything downstream are PyG's own. Each hop is one
+vectorized draw over the whole frontier, not a Python loop over nodes.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+try:  # torch-geometric is imported lazily by the package; this module is only imported to sample.
+    from torch_geometric.sampler import NeighborSampler, SamplerOutput
+    from torch_geometric.sampler.base import SubgraphType
+except ImportError as exc:  # pragma: no cover - torch-geometric is a dependency
+    raise ImportError("deepsweep.data.sampling needs torch-geometric") from exc
+
+
+def _segments(pointer: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each node's slice ``pointer[n]:pointer[n+1]``: the owning position in ``nodes`` of every
+    entry, the entry's index into the compressed arrays, and each node's slice length."""
+    start = pointer[nodes]
+    degree = pointer[nodes + 1] - start
+    owner = torch.repeat_interleave(torch.arange(len(nodes)), degree)
+    offset = torch.arange(int(degree.sum())) - torch.repeat_interleave(degree.cumsum(0) - degree, degree)
+    return owner, start[owner] + offset, degree
+
+
+def sample_neighbors(colptr: torch.Tensor, row: torch.Tensor, seeds: torch.Tensor, fanouts: list[int]):
+    """Directional multi-hop sampling as pyg-lib does it: from every node first reached at hop h-1, up to
+    ``fanouts[h]`` of its in-neighbours (-1: all), uniformly without replacement. Nodes are numbered in
+    the order they are reached, seeds first; a node reached twice is expanded once.
+
+    Returns (node, row, col, edge, nodes per hop, edges per hop): sampled edge e goes from local node
+    ``row[e]`` to local node ``col[e]`` and is entry ``edge[e]`` of the CSC arrays."""
+    if seeds.unique().numel() != seeds.numel():
+        raise ValueError("sample_neighbors: seed nodes must be distinct")
+    local = torch.full((colptr.numel() - 1,), -1, dtype=torch.long)
+    local[seeds] = torch.arange(len(seeds))
+    nodes, frontier = [seeds], seeds
+    rows, cols, edges = [], [], []
+    nodes_per_hop, edges_per_hop = [len(seeds)], []
+    for fanout in fanouts:
+        owner, entry, degree = _segments(colptr, frontier)
+        if fanout >= 0 and len(owner):
+            # Random keys within each node's slice (owner is sorted): the first `fanout` after sorting
+            # are a uniform sample without replacement.
+            order = (owner.double() + torch.rand(len(owner), dtype=torch.double)).argsort()
+            rank = torch.arange(len(owner)) - (degree.cumsum(0) - degree)[owner]
+            keep = order[rank < fanout]
+            owner, entry = owner[keep], entry[keep]
+        neighbor = row[entry]
+        new = neighbor[local[neighbor] < 0].unique()
+        local[new] = torch.arange(len(new)) + sum(nodes_per_hop)
+        nodes.append(new)
+        rows.append(local[neighbor])
+        cols.append(local[frontier[owner]])
+        edges.append(entry)
+        nodes_per_hop.append(len(new))
+        edges_per_hop.append(len(entry))
+        frontier = new
+    return torch.cat(nodes), torch.cat(rows), torch.cat(cols), torch.cat(edges), nodes_per_hop, edges_per_hop
+
+
+class TorchNeighborSampler(NeighborSampler):
+    """PyG's NeighborSampler with the homogeneous, directional, uniform kernel in plain torch (above)."""
+
+    def __init__(self, data, num_neighbors: list[int], **kwargs) -> None:
+        with warnings.catch_warnings():  # the "install pyg-lib" deprecation: this class is the replacement
+            warnings.simplefilter("ignore", UserWarning)
+            super().__init__(data, num_neighbors, **kwargs)
+
+    def _sample(self, seed, seed_time=None, **kwargs):
+        unsupported = {
+            "heterogeneous graphs": isinstance(seed, dict),
+            "induced subgraphs": self.subgraph_type == SubgraphType.induced,
+            "disjoint subgraphs": self.disjoint,
+            "sampling with replacement": self.replace,
+            "temporal sampling": seed_time is not None or self.node_time is not None or self.edge_time is not None,
+            "weighted sampling": self.edge_weight is not None,
+        }
+        missing = [name for name, needed in unsupported.items() if needed]
+        if missing:
+            raise NotImplementedError(f"{', '.join(missing)}: the plain-torch neighbour sampler does uniform "
+                                      "directional sampling of one node type; install pyg-lib for the rest")
+        node, row, col, edge, nodes_per_hop, edges_per_hop = sample_neighbors(
+            self.colptr, self.row, seed.long(), self.num_neighbors.get_mapped_values())
+        if self.sample_direction == "backward":
+            row, col = col, row
+        return SamplerOutput(node=node, row=row, col=col, edge=edge, batch=None,
+                             num_sampled_nodes=nodes_per_hop, num_sampled_edges=edges_per_hop)
+
+
+def neighbor_sampler(data, num_neighbors: list[int]) -> NeighborSampler:
+    """PyG's own sampler where pyg-lib or torch-sparse is installed, the plain-torch one otherwise."""
+    import torch_geometric.typing as pyg_typing
+
+    if pyg_typing.WITH_PYG_LIB or pyg_typing.WITH_TORCH_SPARSE:
+        return NeighborSampler(data, num_neighbors)
+    return TorchNeighborSampler(data, num_neighbors)
+
+
+def random_walks(rowptr: torch.Tensor, col: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:
+    """Uniform random walks (DeepWalk, GraphSAGE's unsupervised loss) over a CSR graph: one row of
+    ``length + 1`` nodes per start node. A walk that reaches a node without out-edges stays there."""
+    walk = [start]
+    current = start
+    for _ in range(length):
+        degree = rowptr[current + 1] - rowptr[current]
+        step = (torch.rand(len(current), device=current.device) * degree).long()
+        nxt = col[(rowptr[current] + step).clamp(max=max(len(col) - 1, 0))] if len(col) else current
+        current = torch.where(degree > 0, nxt, current)
+        walk.append(current)
+    return torch.stack(walk, dim=1)
