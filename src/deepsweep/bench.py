@@ -4,7 +4,10 @@ Same model (built by the same factory, same init), data already in memory, batch
 and seed; both validate once per epoch. Prints the median ratio deepsweep/raw over repeats, samples/s
 and peak RSS, and writes bench/results.json and docs/benchmarks.md. Not part of the test suite.
 
-    python -m deepsweep.bench [--repeats 3] [--quick]
+    python -m deepsweep.bench [--repeats 3] [--quick] [overrides ...]
+
+Overrides apply to every workload: ``python -m deepsweep.bench trainer=gpu`` runs both loops on the GPU
+(the raw loop on the device the trainer config names, its data moved there once).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -39,17 +43,33 @@ def tensor_data(cfg, train_subset: int | None = None) -> tuple[TensorSplit, Tens
     return t(splits.train), t(splits.val), len(splits.class_names), extra.get("vocab_size")
 
 
+def device_of(cfg) -> torch.device:
+    """The device ``cfg.trainer`` trains on, for the raw loop (Lightning picks the same one)."""
+    accelerator = str(cfg.trainer.accelerator)
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them to the end, not to the launch
+        torch.cuda.synchronize(device)
+
+
 def raw_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
     """The baseline: what a careful researcher writes by hand."""
     train, val, classes, vocab = data
+    device = device_of(cfg)
     torch.manual_seed(seed)
-    model = factory.create_model(cfg, tuple(train.x.shape[1:]), classes, vocab)
+    model = factory.create_model(cfg, tuple(train.x.shape[1:]), classes, vocab).to(device)
     opt = build(cfg.optimizer)(model.parameters())
+    train, val = TensorSplit(train.x.to(device), train.y.to(device)), TensorSplit(val.x.to(device), val.y.to(device))
     gen = torch.Generator().manual_seed(seed)
+    _synchronize(device)
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        order = torch.randperm(len(train), generator=gen)
+        order = torch.randperm(len(train), generator=gen).to(device)
         for i in range(0, len(train), batch):
             idx = order[i : i + batch]
             loss = torch.nn.functional.cross_entropy(model(train.x[idx]), train.y[idx])
@@ -60,18 +80,20 @@ def raw_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
         with torch.no_grad():
             for i in range(0, len(val), batch):
                 torch.nn.functional.cross_entropy(model(val.x[i : i + batch]), val.y[i : i + batch])
+    _synchronize(device)
     return time.perf_counter() - start
 
 
 def raw_graph_loop(cfg, graph: GraphData, epochs: int, batch: int, seed: int) -> float:
     """torch-geometric's own example (examples/gcn.py), full batch: one step on the training nodes, then
     the loss on the validation nodes, per epoch."""
-    g = graph.graph
-    x, edge_index, y = g["x"], g["edge_index"], g["y"]
-    train_mask, val_mask = g["train_mask"], g["val_mask"]
+    device = device_of(cfg)
+    x, edge_index, y, train_mask, val_mask = (graph.graph[k].to(device) for k in
+                                              ("x", "edge_index", "y", "train_mask", "val_mask"))
     torch.manual_seed(seed)
-    model = factory.create_model(cfg, graph.input_shape, graph.num_classes)
+    model = factory.create_model(cfg, graph.input_shape, graph.num_classes).to(device)
     opt = build(cfg.optimizer)(model.parameters())
+    _synchronize(device)
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
@@ -82,6 +104,7 @@ def raw_graph_loop(cfg, graph: GraphData, epochs: int, batch: int, seed: int) ->
         model.eval()
         with torch.no_grad():
             torch.nn.functional.cross_entropy(model(x, edge_index)[val_mask], y[val_mask])
+    _synchronize(device)
     return time.perf_counter() - start
 
 
@@ -108,6 +131,7 @@ def deepsweep_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
         trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), [BestWeights()], "/tmp")
         start = time.perf_counter()
         trainer.fit(task, train_loader, val_loader)
+        _synchronize(device_of(cfg))
         return time.perf_counter() - start
 
 
@@ -162,21 +186,38 @@ def startup(repeats: int) -> list[dict]:
     ]
 
 
-def sweep_throughput(jobs: int, epochs: int, pretrain_epochs: int) -> dict:
-    """The same sweep (``jobs`` seeds on digits) with 1 process, then one per core."""
+PROGRESS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[deepsweep\]\[INFO\] - sweep progress")
+
+
+def steady_jobs_per_min(log: str) -> float | None:
+    """Jobs a minute between the first and the last job's end, read from the sweep's progress lines:
+    the rate once workers run, without the sweep's fixed start and report."""
+    from datetime import datetime
+
+    ends = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f") for m in map(PROGRESS.match, log.splitlines()) if m]
+    if len(ends) < 2 or ends[-1] == ends[0]:
+        return None
+    return 60 * (len(ends) - 1) / (ends[-1] - ends[0]).total_seconds()
+
+
+def sweep_throughput(jobs: int, epochs: int, pretrain_epochs: int, overrides: list[str], parallel: int) -> dict:
+    """The same sweep (``jobs`` seeds on digits) with 1 process, then ``parallel`` (one per core or GPU)."""
     values = ",".join(str(s) for s in range(jobs))
     common = [sys.executable, "-m", "deepsweep", "run", "-m", f"seed={values}", f"trainer.max_epochs={epochs}",
-              f"pretrain.epochs={pretrain_epochs}"]
+              f"pretrain.epochs={pretrain_epochs}", *overrides]
     out: dict = {"jobs": jobs, "epochs": epochs, "pretrain_epochs": pretrain_epochs}
-    for label, n_jobs in (("sequential", 1), ("parallel", os.cpu_count() or 1)):
+    for label, n_jobs in (("sequential", 1), ("parallel", parallel)):
         folder = paths.project_root() / "bench" / f"sweep_{label}_{epochs}"
         shutil.rmtree(folder, ignore_errors=True)  # a leftover sweep dir would be resumed, not rerun
         start = time.perf_counter()
-        subprocess.run([*common, f"hydra.launcher.n_jobs={n_jobs}", f"hydra.sweep.dir={folder}"],
-                       check=True, capture_output=True, cwd=paths.project_root())
+        done = subprocess.run([*common, f"hydra.launcher.n_jobs={n_jobs}", f"hydra.sweep.dir={folder}"],
+                              check=True, capture_output=True, text=True, cwd=paths.project_root())
         out[f"{label}_s"] = time.perf_counter() - start
         out[f"{label}_jobs_per_min"] = 60 * jobs / out[f"{label}_s"]
+        out[f"{label}_steady_jobs_per_min"] = steady_jobs_per_min(done.stdout + done.stderr)
     out["speedup"] = out["sequential_s"] / out["parallel_s"]
+    steady = out["sequential_steady_jobs_per_min"], out["parallel_steady_jobs_per_min"]
+    out["steady_speedup"] = steady[1] / steady[0] if all(steady) else None
     return out
 
 
@@ -197,7 +238,8 @@ def markdown(results: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Measured by `make bench` (`python -m deepsweep.bench`) on: {results['machine']}.",
+        f"Measured by `make bench` (`python -m deepsweep.bench{''.join(' ' + o for o in results['overrides'])}`) "
+        f"on: {results['machine']}; both loops on {results['device']}.",
         "Rerun it to refresh this file; the numbers below are from that run, not edited by hand.",
         "",
         "## Training: deepsweep vs a hand-written PyTorch loop",
@@ -219,14 +261,19 @@ def markdown(results: dict) -> str:
         lines += [
             "", "## Sweep throughput", "",
             "`deepsweep run -m seed=0,...,N-1` on digits with MLflow on, joblib launcher with 1 process, then one",
-            "per core (each job then gets cores/processes torch threads).",
-            "", "| jobs | epochs (fine-tune + pretrain) | 1 process s | per core s | jobs/min, 1 process | jobs/min, per core | speed-up |",
-            "|---|---|---|---|---|---|---|",
+            "per core (each job then gets cores/processes torch threads). *Whole sweep*: from the command's start",
+            "to its end, sweep start and report included. *Steady*: jobs a minute between the first and the last",
+            "job's end, from the sweep's progress lines (the rate once the workers run).",
+            "", "| jobs | epochs (fine-tune + pretrain) | 1 process s | per core s | jobs/min, 1 process | jobs/min, per core "
+                "| speed-up, whole sweep | steady jobs/min, 1 process | steady jobs/min, per core | speed-up, steady |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
+        steady = lambda v, fmt: format(v, fmt) if v else "-"  # noqa: E731
         for s in results["sweep"]:
             lines.append(f"| {s['jobs']} | {s['epochs']} + {s['pretrain_epochs']} | {s['sequential_s']:.1f} | "
                          f"{s['parallel_s']:.1f} | {s['sequential_jobs_per_min']:.1f} | {s['parallel_jobs_per_min']:.1f} | "
-                         f"{s['speedup']:.2f}x |")
+                         f"{s['speedup']:.2f}x | {steady(s['sequential_steady_jobs_per_min'], '.1f')} | "
+                         f"{steady(s['parallel_steady_jobs_per_min'], '.1f')} | {steady(s['steady_speedup'], '.2f')}x |")
     lines += [
         "",
         "## What stands between these numbers and the targets",
@@ -256,40 +303,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, no sweep (a smoke run)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every workload, e.g. trainer=gpu")
     args = parser.parse_args()
     root = paths.project_root()
+    base = compose(args.overrides)
+    factory.check_accelerator(base)  # trainer=gpu on a machine without one: say so before any work
+    device = device_of(base)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'bench' / 'mlflow.db'}")
     (root / "bench").mkdir(exist_ok=True)
     import mlflow
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     mlflow.set_experiment("bench")
-    cfg_threads = factory.set_threads(compose([]))
+    cfg_threads = factory.set_threads(base)
+    extra = list(args.overrides)
     quick = args.quick
     training = [
-        training_workload("MLP on MNIST", ["data=mnist", "model=mlp"], 1 if quick else 2, args.repeats,
+        training_workload("MLP on MNIST", ["data=mnist", "model=mlp", *extra], 1 if quick else 2, args.repeats,
                           2000 if quick else 60000),
-        training_workload("LeNet on MNIST", ["data=mnist", "model=lenet"], 1, args.repeats, 2000 if quick else 10000),
-        training_workload("LSTM on synthetic first-bit sequences", ["data=synthetic", "model=lstm"], 1 if quick else 3,
-                          args.repeats),
-        training_workload("2-layer GCN on Cora (full batch)", ["experiment=cora_gcn"], 20 if quick else 200,
+        training_workload("LeNet on MNIST", ["data=mnist", "model=lenet", *extra], 1, args.repeats,
+                          2000 if quick else 10000),
+        training_workload("LSTM on synthetic first-bit sequences", ["data=synthetic", "model=lstm", *extra],
+                          1 if quick else 3, args.repeats),
+        training_workload("2-layer GCN on Cora (full batch)", ["experiment=cora_gcn", *extra], 20 if quick else 200,
                           args.repeats),
     ]
     for w in training:
         print(f"{w['workload']}: raw {w['raw_s']:.2f}s, deepsweep {w['deepsweep_s']:.2f}s, ratio {w['ratio']:.3f}")
+    # Parallel sweep jobs: one per core on CPU, one per GPU on GPUs (a single GPU has nothing to compare).
+    parallel = torch.cuda.device_count() if device.type == "cuda" else (os.cpu_count() or 1)
     results = {
         "machine": machine(),
+        "device": str(device),
+        "overrides": extra,
         "threads": cfg_threads,
         "repeats": args.repeats,
         "training": training,
         "startup": startup(1 if args.quick else 3),
-        "sweep": None if args.quick else [sweep_throughput(8, 5, 2), sweep_throughput(8, 30, 5)],
+        "sweep": None if args.quick or parallel < 2 else [sweep_throughput(8, 5, 2, extra, parallel),
+                                                          sweep_throughput(8, 30, 5, extra, parallel)],
     }
-    (root / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    suffix = "" if device.type == "cpu" else "_gpu"
+    (root / "bench" / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
     if not args.quick:
         (root / "docs").mkdir(exist_ok=True)
-        (root / "docs" / "benchmarks.md").write_text(text)
+        (root / "docs" / f"benchmarks{suffix}.md").write_text(text)
     print(text)
 
 

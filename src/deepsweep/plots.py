@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:  # the sweep report draws in a process that never needs torch: 1.6 s not to import
+    import torch
 
 
 def _pyplot():
