@@ -28,6 +28,9 @@ def test_loops_run_on_the_device_the_trainer_names(compose):
 def test_both_loops_train_the_same_workload(compose, trainer):
     if trainer == "gpu" and not torch.cuda.is_available():
         pytest.skip("no GPU here; the same test runs the loops on one where there is")
+    import mlflow
+
+    mlflow.set_experiment("bench")  # as bench.main does (an earlier test's experiment is not in this store)
     cfg = compose(f"trainer={trainer}")
     data = bench.tensor_data(cfg)
     assert bench.raw_loop(cfg, data, 1, 64, 0) > 0

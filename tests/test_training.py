@@ -120,3 +120,49 @@ def test_in_memory_loader_covers_every_sample_once(digits):
     seen = torch.cat([y for _, y in loader])
     assert len(loader) == -(-len(train) // 100)
     assert sorted(seen.tolist()) == sorted(train.y.tolist())
+
+
+def _fit_with_steps_per_call(cfg, train, val, epochs: int, steps: int):
+    import lightning as L
+
+    from deepsweep.data.loaders import Chunked
+
+    L.seed_everything(0, verbose=False)
+    model = factory.create_model(cfg, (1, 8, 8), 10)
+    task = ClassifyTask(model, factory.create_optimizer(cfg), factory.create_scheduler(cfg, epochs),
+                        build(cfg.regularizer), steps_per_call=steps, gradient_clip_val=cfg.trainer.gradient_clip_val)
+    trainer = factory.create_trainer(cfg, epochs, None, [], "/tmp", manual_optimization=steps > 1)
+    train_loader, val_loader = InMemoryLoader(train, 64, shuffle=True), InMemoryLoader(val, 256)
+    if steps > 1:
+        train_loader, val_loader = Chunked(train_loader, steps), Chunked(val_loader, steps)
+    trainer.fit(task, train_loader, val_loader)
+    return trainer, model
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optimizer=momentum", "scheduler=step", "scheduler.step_size=1", "regularizer=dropout", "trainer.gradient_clip_val=0.05"],
+    # mode=max on a falling val/loss: "no improvement" every epoch, so the plateau schedule must act.
+    ["optimizer=adam", "scheduler=plateau", "scheduler.patience=0", "scheduler.mode=max", "regularizer=l2"],
+])
+def test_several_steps_per_call_make_the_same_updates(compose, digits, overrides):
+    # Same batches, dropout masks, clipping and learning-rate schedule: the same weights, only fewer calls.
+    train, val = digits
+    cfg = compose(*overrides)
+    one_trainer, one = _fit_with_steps_per_call(cfg, train, val, 3, 1)
+    many_trainer, many = _fit_with_steps_per_call(cfg, train, val, 3, 5)
+    assert many_trainer.global_step == one_trainer.global_step == 3 * -(-len(train) // 64)
+    assert many_trainer.num_training_batches == -(-one_trainer.num_training_batches // 5)  # 5 batches a call
+    for (name, a), b in zip(one.state_dict().items(), many.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    lr = lambda t: t.optimizers[0].param_groups[0]["lr"]  # noqa: E731
+    assert lr(many_trainer) == lr(one_trainer) < cfg.optimizer.lr  # the schedule stepped in both
+
+
+def test_steps_per_call_falls_back_where_automatic_optimization_is_needed(compose):
+    from deepsweep.config import ConfigError
+
+    assert factory.steps_per_call(compose("trainer.steps_per_call=4")) == 4
+    assert factory.steps_per_call(compose("trainer.steps_per_call=4", "optimizer=lbfgs")) == 1
+    assert factory.steps_per_call(compose("trainer.steps_per_call=4", "trainer.strategy=ddp_spawn")) == 1
+    with pytest.raises(ConfigError, match="trainer.steps_per_call: must be >= 1, got 0"):
+        factory.steps_per_call(compose("trainer.steps_per_call=0"))

@@ -148,7 +148,22 @@ def strategy(cfg: DictConfig) -> str:
     return name
 
 
-def create_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: list, root_dir: str):
+def steps_per_call(cfg: DictConfig) -> int:
+    """``trainer.steps_per_call``, or 1 where optimizer steps need Lightning's automatic optimization:
+    L-BFGS (its line search re-evaluates the loss through a closure) and data-parallel strategies (DDP
+    expects one backward pass per forward call of the wrapped module)."""
+    steps = int(cfg.trainer.get("steps_per_call", 1))
+    if steps < 1:
+        raise ConfigError(f"trainer.steps_per_call: must be >= 1, got {steps}")
+    if cfg.optimizer.name == "lbfgs" or str(cfg.trainer.strategy) != "auto":
+        return 1
+    return steps
+
+
+def create_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: list, root_dir: str,
+                   manual_optimization: bool = False):
+    """``manual_optimization``: the task steps its optimizer itself (and clips its own gradients, which
+    Lightning refuses to do for it then)."""
     import lightning as L
 
     quiet_lightning()
@@ -159,7 +174,7 @@ def create_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: lis
         devices=t.devices,
         strategy=strategy(cfg),
         precision=t.precision,
-        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_val=None if manual_optimization else t.gradient_clip_val,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
         # Best weights are kept in memory (tasks.common.BestWeights) and saved once by the stage; the only

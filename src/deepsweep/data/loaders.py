@@ -191,6 +191,31 @@ class SampledGraphLoader:
             yield batch.x, batch.edge_index[:, order], batch.y, mask
 
 
+class Chunked:
+    """Lists of up to ``k`` consecutive batches of ``loader``: one call of a task's step takes a list
+    (ClassifyTask with ``steps_per_call``), so Lightning's per-call work is paid once per ``k`` batches."""
+
+    def __init__(self, loader, k: int) -> None:
+        self.loader, self.k = loader, k
+
+    def __len__(self) -> int:
+        return -(-len(self.loader) // self.k)
+
+    @property
+    def num_labels(self) -> int:
+        return self.loader.num_labels
+
+    def __iter__(self) -> Iterator[list]:
+        chunk = []
+        for batch in self.loader:
+            chunk.append(batch)
+            if len(chunk) == self.k:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
 def label_subset(split: TensorSplit, fraction: float, seed: int) -> TensorSplit:
     """A stratified ``fraction`` of a split (at least one example per class)."""
     if not 0.0 < fraction <= 1.0:
