@@ -166,3 +166,18 @@ def test_steps_per_call_falls_back_where_automatic_optimization_is_needed(compos
     assert factory.steps_per_call(compose("trainer.steps_per_call=4", "trainer.strategy=ddp_spawn")) == 1
     with pytest.raises(ConfigError, match="trainer.steps_per_call: must be >= 1, got 0"):
         factory.steps_per_call(compose("trainer.steps_per_call=0"))
+
+
+def test_validation_scores_match_sklearn(compose, digits):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from deepsweep.data.loaders import Chunked
+
+    train, val = digits
+    trainer, model = _fit_with_steps_per_call(compose(), train, val, 1, 4)
+    scores = trainer.validate(trainer.lightning_module, Chunked(InMemoryLoader(val, 100), 3), verbose=False)[0]
+    model.eval()
+    with torch.no_grad():
+        predicted = model(val.x).argmax(-1).numpy()
+    assert scores["val/acc"] == pytest.approx(accuracy_score(val.y.numpy(), predicted), abs=1e-6)
+    assert scores["val/f1"] == pytest.approx(f1_score(val.y.numpy(), predicted, average="macro"), abs=1e-6)

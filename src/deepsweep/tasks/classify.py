@@ -10,8 +10,6 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch.nn import functional as F
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from deepsweep.models.base import Family
 from deepsweep.nn.regularizers import Regularization
@@ -38,13 +36,9 @@ class ClassifyTask(EpochLoggingMixin, L.LightningModule):
         self.scheduler_factory = scheduler
         self.regularization = regularization or Regularization()
         self.freeze_encoder_epochs = freeze_encoder_epochs
-        metrics = MetricCollection(
-            {
-                "acc": MulticlassAccuracy(model.num_classes, average="micro"),
-                "f1": MulticlassF1Score(model.num_classes, average="macro"),
-            }
-        )
-        self.val_metrics = metrics.clone(prefix="val/")
+        # Validation keeps each batch's predicted classes and scores the epoch once at its end: two
+        # torchmetrics updates per batch cost more than a small model's validation forward pass.
+        self._val_predictions: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -89,7 +83,7 @@ class ClassifyTask(EpochLoggingMixin, L.LightningModule):
         for one in batch if isinstance(batch, list) else [batch]:
             logits, y = self.logits_and_targets(one)
             self.track("val/loss", F.cross_entropy(logits, y), len(y))
-            self.val_metrics.update(logits, y)
+            self._val_predictions.append((logits.argmax(dim=-1), y))
 
     def on_fit_start(self) -> None:
         from lightning.pytorch.plugins.precision import Precision
@@ -115,8 +109,17 @@ class ClassifyTask(EpochLoggingMixin, L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self.log_dict(self.val_metrics.compute(), sync_dist=self.trainer.world_size > 1)
-        self.val_metrics.reset()
+        if not self._val_predictions:
+            return
+        from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+        predicted, target = (torch.cat(t) for t in zip(*self._val_predictions))
+        self._val_predictions = []
+        if self.trainer.world_size > 1:  # every rank scores all ranks' shards (equal sizes: see InMemoryLoader)
+            predicted, target = self.all_gather(predicted).flatten(), self.all_gather(target).flatten()
+        k = self.model.num_classes
+        self.log_dict({"val/acc": multiclass_accuracy(predicted, target, k, average="micro"),
+                       "val/f1": multiclass_f1_score(predicted, target, k, average="macro")})
 
     def configure_optimizers(self):
         return configure_optimizers(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)

@@ -42,18 +42,20 @@ class EpochMean:
     Tasks update this every step and ``self.log`` once per epoch."""
 
     def __init__(self) -> None:
-        self.total: torch.Tensor | float = 0.0
-        self.count = 0
+        self.values: list[torch.Tensor] = []  # summed once at the epoch's end: no tensor op per step
+        self.counts: list[int] = []
 
     def update(self, value: torch.Tensor, n: int) -> None:
-        self.total = self.total + value.detach() * n
-        self.count += n
+        self.values.append(value.detach())
+        self.counts.append(n)
 
     def pop(self) -> torch.Tensor | None:
-        if self.count == 0:
+        if not self.counts:
             return None
-        mean = self.total / self.count
-        self.total, self.count = 0.0, 0
+        values = torch.stack(self.values)
+        weights = torch.tensor(self.counts, dtype=values.dtype, device=values.device)
+        mean = (values * weights).sum() / weights.sum()
+        self.values, self.counts = [], []
         return mean
 
 
