@@ -182,18 +182,18 @@ def test_stacked_autoencoder_trains_layer_by_layer_then_end_to_end(compose, tmp_
 def test_anomaly_detection_leaves_the_class_out_of_pretraining_and_scores_it(compose, tmp_path):
     cfg = compose("pretrain.anomaly_class=3", "pretrain.epochs=5", "trainer.max_epochs=1")
     seen = []
-    original = ReconstructTask.training_step
+    original = ReconstructTask.training_loss
 
-    def spy(self, batch, batch_idx):
+    def spy(self, batch):
         seen.append(batch[1])
-        return original(self, batch, batch_idx)
+        return original(self, batch)
 
-    ReconstructTask.training_step = spy
+    ReconstructTask.training_loss = spy
     try:
         for stage in ("prepare", "pretrain", "finetune", "evaluate"):
             metrics = execute(stage, cfg, tmp_path / "artifacts")
     finally:
-        ReconstructTask.training_step = original
+        ReconstructTask.training_loss = original
     assert 3 not in torch.cat(seen).tolist() and len(torch.cat(seen).unique()) == 9
     assert metrics["anomaly_roc_auc"] > 0.6  # digit 3 reconstructs worse than the digits the AE saw
     assert 0 < metrics["test_reconstruction_error"] < 0.2
@@ -206,3 +206,30 @@ def test_anomaly_class_must_be_a_class_and_needs_a_scoring_task(compose, tmp_pat
     execute("prepare", cfg, tmp_path / "artifacts")
     with pytest.raises(ConfigError, match=r"pretrain.anomaly_class: 10 is not a class of data=digits \(0..9\)"):
         execute("pretrain", cfg, tmp_path / "artifacts")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["pretrain=denoising_autoencoder", "trainer.gradient_clip_val=0.1"],  # masking noise: the RNG in step
+    ["pretrain=vae", "scheduler=step", "scheduler.step_size=1"],
+    ["pretrain=stacked_autoencoder", "pretrain.task.epochs_per_layer=1"],
+    ["data=karate", "model=gcn", "pretrain=dgi"],
+])
+def test_pretraining_with_several_steps_per_call_makes_the_same_updates(compose, tmp_path, overrides):
+    encoders = []
+    for steps in (1, 4):
+        cfg = compose(*overrides, "pretrain.epochs=3", f"trainer.steps_per_call={steps}")
+        artifacts = tmp_path / f"steps{steps}"
+        execute("prepare", cfg, artifacts)
+        execute("pretrain", cfg, artifacts)
+        encoders.append(torch.load(artifacts / "pretrain" / "encoder.pt", weights_only=True)["encoder"])
+    for name, weight in encoders[0].items():
+        assert torch.allclose(weight, encoders[1][name], atol=1e-6), name
+
+
+def test_gradient_clipping_is_refused_where_pretraining_steps_by_hand(compose, tmp_path):
+    from deepsweep.config import ConfigError
+
+    cfg = compose("pretrain=gan", "trainer.gradient_clip_val=1.0")
+    execute("prepare", cfg, tmp_path / "a")
+    with pytest.raises(ConfigError, match="trainer.gradient_clip_val: pretrain=gan steps its optimizers by hand"):
+        execute("pretrain", cfg, tmp_path / "a")

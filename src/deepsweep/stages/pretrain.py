@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from deepsweep import factory
 from deepsweep.config import ConfigError, build
-from deepsweep.data.loaders import PreparedData
+from deepsweep.data.loaders import Chunked, PreparedData
 from deepsweep.stages.checkpoints import Resume
-from deepsweep.tasks.common import BestWeights
+from deepsweep.tasks.common import BestWeights, LossTask
 from deepsweep.tracking.lightning import MlflowRunLogger
 from deepsweep.tracking.runs import log_artifact
 
@@ -29,6 +30,13 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     model = factory.create_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
     epochs = int(cfg.pretrain.epochs)
+    # One-loss objectives take several batches per call (LossTask); GANs and CD-k step by hand per batch.
+    one_loss = issubclass(get_class(cfg.pretrain.task._target_), LossTask)
+    steps = factory.steps_per_call(cfg) if one_loss else 1
+    if not one_loss and cfg.trainer.gradient_clip_val:
+        raise ConfigError(f"trainer.gradient_clip_val: pretrain={cfg.pretrain.name} steps its optimizers by hand "
+                          "and clips nothing; set it to null for this pretraining")
+    loop = {"steps_per_call": steps, "gradient_clip_val": cfg.trainer.gradient_clip_val} if one_loss else {}
     try:
         task = build(
             cfg.pretrain.task,
@@ -37,6 +45,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
             scheduler=factory.create_scheduler(cfg, epochs),
             regularization=build(cfg.regularizer),
             activation=build(cfg.activation),
+            **loop,
         )
     except ValueError as exc:  # the task's own checks name the offending pretrain.* / optimizer key
         raise ConfigError(str(exc)) from exc
@@ -52,15 +61,15 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     callbacks = [best] if getattr(task, "keep_best_weights", True) else []
     resume = Resume(cfg, out.parent, "pretrain")
     callbacks += resume.callbacks()
-    trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), callbacks, str(out))
+    trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), callbacks, str(out),
+                                     manual_optimization=not task.automatic_optimization)
     batch = int(cfg.data.batch_size)
-    resume.fit(
-        trainer,
-        task,
-        data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class,
-                    num_neighbors=cfg.data.get("num_neighbors"), all_nodes=True),
-        data.loader("val", batch, exclude_class=anomaly_class),
-    )
+    train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class,
+                               num_neighbors=cfg.data.get("num_neighbors"), all_nodes=True)
+    val_loader = data.loader("val", batch, exclude_class=anomaly_class)
+    if steps > 1:
+        train_loader, val_loader = Chunked(train_loader, steps), Chunked(val_loader, steps)
+    resume.fit(trainer, task, train_loader, val_loader)
     if hasattr(task, "anomaly_score"):
         # Per-input scores of the test split (reconstruction error, -ELBO, free energy) for the evaluate
         # stage, which alone reads the test labels.

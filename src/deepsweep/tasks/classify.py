@@ -1,22 +1,16 @@
-"""Supervised classification: cross-entropy on a family's logits, plus the regularizer's penalty.
-
-With ``steps_per_call`` > 1 each training (and validation) call receives a list of batches and makes one
-optimizer step per batch through Lightning's manual-optimization API (``manual_backward``, the wrapped
-optimizer's ``step``, ``clip_gradients``): the same updates in the same order as one batch per call,
-with Lightning's per-call hooks paid once per list."""
+"""Supervised classification: cross-entropy on a family's logits, plus the regularizer's penalty."""
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
 from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
+from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
 
 
-class ClassifyTask(EpochLoggingMixin, L.LightningModule):
+class ClassifyTask(LossTask):
     def __init__(
         self,
         model: Family,
@@ -27,14 +21,8 @@ class ClassifyTask(EpochLoggingMixin, L.LightningModule):
         steps_per_call: int = 1,
         gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
         self.model = model
-        self.steps_per_call = steps_per_call
-        self.gradient_clip_val = gradient_clip_val
-        self.automatic_optimization = steps_per_call == 1
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.regularization = regularization or Regularization()
         self.freeze_encoder_epochs = freeze_encoder_epochs
         # Validation keeps each batch's predicted classes and scores the epoch once at its end: two
         # torchmetrics updates per batch cost more than a small model's validation forward pass.
@@ -57,55 +45,16 @@ class ClassifyTask(EpochLoggingMixin, L.LightningModule):
         x, y = batch
         return self.model.encoder(x), y
 
-    def _train_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def training_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         logits, y = self.logits_and_targets(batch)
         loss = F.cross_entropy(logits, y) + self.regularization.penalty(self.model)
         self.track("train/loss", loss, len(y))
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
-        if self.automatic_optimization:  # one batch; Lightning steps the optimizer
-            return self._train_loss(batch)
-        optimizer = self.optimizers()
-        for one in batch:
-            loss = self._train_loss(one)
-            optimizer.zero_grad(set_to_none=True)
-            if self._plain_backward:
-                loss.backward()
-            else:
-                self.manual_backward(loss)
-            if self.gradient_clip_val:
-                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-            optimizer.step()
-        return None
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        for one in batch if isinstance(batch, list) else [batch]:
-            logits, y = self.logits_and_targets(one)
-            self.track("val/loss", F.cross_entropy(logits, y), len(y))
-            self._val_predictions.append((logits.argmax(dim=-1), y))
-
-    def on_fit_start(self) -> None:
-        from lightning.pytorch.plugins.precision import Precision
-        from lightning.pytorch.strategies import SingleDeviceStrategy
-
-        # 32-bit on one device: Lightning's manual_backward is loss.backward() plus two hook dispatches
-        # (on_before/after_backward) no deepsweep callback uses, 0.15 ms a step. Other precisions need
-        # its loss scaling, other strategies its gradient sync: there it is kept.
-        self._plain_backward = (type(self.trainer.precision_plugin) is Precision
-                                and type(self.trainer.strategy) is SingleDeviceStrategy)
-
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
-        if self.automatic_optimization:
-            return
-        # Lightning steps schedulers only for automatic optimization; validation has run by now, so a
-        # plateau schedule reads this epoch's val/loss as it would there.
-        scheduler = self.lr_schedulers()
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(self.trainer.callback_metrics["val/loss"])
-        elif scheduler is not None:
-            scheduler.step()
+    def validation_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
+        logits, y = self.logits_and_targets(batch)
+        self.track("val/loss", F.cross_entropy(logits, y), len(y))
+        self._val_predictions.append((logits.argmax(dim=-1), y))
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
@@ -121,8 +70,8 @@ class ClassifyTask(EpochLoggingMixin, L.LightningModule):
         self.log_dict({"val/acc": multiclass_accuracy(predicted, target, k, average="micro"),
                        "val/f1": multiclass_f1_score(predicted, target, k, average="macro")})
 
-    def configure_optimizers(self):
-        return configure_optimizers(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)
+    def optimized_parameters(self):
+        return self.model.parameters()
 
 
 class NodeClassifyTask(ClassifyTask):

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-import lightning as L
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
 from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
+from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
 
 METHODS = ("gae", "dgi", "random_walk")
 
@@ -52,7 +51,7 @@ def _mean_summary(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return torch.sigmoid(z.mean(dim=0))
 
 
-class GraphSelfSupervisedTask(EpochLoggingMixin, L.LightningModule):
+class GraphSelfSupervisedTask(LossTask):
     """``method: gae`` - graph autoencoder (Kipf & Welling 2016): inner-product decoder, reconstruct the
     edges against as many sampled non-edges. ``method: dgi`` - Deep Graph Infomax (Velickovic et al. 2019):
     tell node embeddings of the graph from those of a feature-shuffled copy, against a graph summary.
@@ -72,8 +71,10 @@ class GraphSelfSupervisedTask(EpochLoggingMixin, L.LightningModule):
         walk_length: int = 5,
         walks_per_node: int = 1,
         num_negatives: int = 5,
+        steps_per_call: int = 1,
+        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
         from torch_geometric.nn import GAE, DeepGraphInfomax
 
         if method not in METHODS:
@@ -96,9 +97,6 @@ class GraphSelfSupervisedTask(EpochLoggingMixin, L.LightningModule):
             self.objective = DeepGraphInfomax(model.feature_dim, self.encoder, _mean_summary, _shuffle_nodes)
         else:
             self.objective = GAE(self.encoder)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.regularization = regularization or Regularization()
 
     def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, edge_index = batch[0], batch[1]
@@ -109,13 +107,11 @@ class GraphSelfSupervisedTask(EpochLoggingMixin, L.LightningModule):
             return random_walk_loss(self.projection(self.encoder(x, edge_index)), edge_index, **self.walk)
         return self.objective.recon_loss(self.encoder(x, edge_index), edge_index)
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         loss = self._loss(batch) + self.regularization.penalty(self.encoder)
         self.track("train/loss", loss, 1)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+    def validation_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         self.track("val/loss", self._loss(batch), 1)
 
-    def configure_optimizers(self):
-        return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)

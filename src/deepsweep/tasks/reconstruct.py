@@ -12,7 +12,6 @@ import logging
 import math
 from typing import Callable, Sequence
 
-import lightning as L
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -21,7 +20,7 @@ from deepsweep.models.base import Family
 from deepsweep.models.mlp import dense_stack
 from deepsweep.nn.generators import create_generator
 from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
+from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
 
 NOISES = ("none", "masking", "gaussian")
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
     return x + level * torch.randn_like(x)  # gaussian
 
 
-class ReconstructTask(EpochLoggingMixin, L.LightningModule):
+class ReconstructTask(LossTask):
     """encoder (from the family) -> decoder (an MLP: feature_dim -> decoder_dims -> input size) ->
     mean squared error against the clean input."""
 
@@ -61,8 +60,10 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
         sparsity: float = 0.0,
         noise: str = "none",
         noise_level: float = 0.0,
+        steps_per_call: int = 1,
+        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
         check_noise(noise)
         if sparsity < 0:
             raise ValueError(f"pretrain.task.sparsity: must be >= 0, got {sparsity}")
@@ -79,9 +80,6 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
             log.warning("the code (%d features) is wider than the input (%d values) and nothing stops the "
                         "autoencoder from copying it: set pretrain.task.sparsity or pretrain.task.noise",
                         model.feature_dim, math.prod(self.input_shape))
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.regularization = regularization or Regularization()
         self.noise, self.noise_level, self.sparsity = noise, noise_level, sparsity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +91,7 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
         """Per-input reconstruction error: high where the input is unlike the training data."""
         return (self(x) - x).flatten(1).pow(2).mean(1)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, _ = batch
         code = self.encoder(corrupt(x, self.noise, self.noise_level))
         reconstruction = F.mse_loss(self.decoder(code), x)
@@ -104,12 +102,9 @@ class ReconstructTask(EpochLoggingMixin, L.LightningModule):
         self.track("train/reconstruction", reconstruction, len(x))
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, _ = batch
         self.track("val/loss", F.mse_loss(self(x), x), len(x))
-
-    def configure_optimizers(self):
-        return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
 
 
 class TiedDecoder(nn.Module):
@@ -134,7 +129,7 @@ class TiedDecoder(nn.Module):
         return h.view(-1, *self.output_shape)
 
 
-class StackedAutoencoderTask(EpochLoggingMixin, L.LightningModule):
+class StackedAutoencoderTask(LossTask):
     """Greedy layer-wise autoencoders (Bengio et al. 2007), then the unrolled stack end to end (Hinton &
     Salakhutdinov 2006), on an MLP's dense blocks.
 
@@ -156,8 +151,10 @@ class StackedAutoencoderTask(EpochLoggingMixin, L.LightningModule):
         epochs_per_layer: int = 5,
         noise: str = "none",
         noise_level: float = 0.0,
+        steps_per_call: int = 1,
+        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
         check_noise(noise)
         if epochs_per_layer < 1:
             raise ValueError(f"pretrain.task.epochs_per_layer: must be >= 1, got {epochs_per_layer}")
@@ -169,8 +166,6 @@ class StackedAutoencoderTask(EpochLoggingMixin, L.LightningModule):
         self.input_shape = model.input_shape
         self.epochs_per_layer = epochs_per_layer
         self.noise, self.noise_level = noise, noise_level
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.regularization = regularization or Regularization()
 
     @property
     def layer(self) -> int | None:
@@ -203,7 +198,7 @@ class StackedAutoencoderTask(EpochLoggingMixin, L.LightningModule):
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         return (self.unrolled(x) - x).flatten(1).pow(2).mean(1)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch) -> torch.Tensor:
         x = batch[0]
         layer = self.layer
         if layer is None:
@@ -214,7 +209,7 @@ class StackedAutoencoderTask(EpochLoggingMixin, L.LightningModule):
         self.track("train/loss", loss, len(x))
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_batch(self, batch) -> None:
         x = batch[0]
         layer = self.layer
         if layer is not None:
@@ -222,6 +217,4 @@ class StackedAutoencoderTask(EpochLoggingMixin, L.LightningModule):
         # Reconstruction of the input through the whole stack: comparable from the first epoch to the last.
         self.track("val/loss", F.mse_loss(self.unrolled(x), x), len(x))
 
-    def configure_optimizers(self):
-        # One optimizer for all: blocks outside the current phase get no gradient and so are not stepped.
-        return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
+    # One optimizer for all (LossTask's): blocks outside the current phase get no gradient and so are not stepped.

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-import lightning as L
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
 from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
+from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
 
 METHODS = ("next_step", "masked_token")
 MASK_ID, FIRST_WORD_ID = 1, 3  # ids 0-2 are <pad>, <mask>, <unk> (deepsweep.data.sequences.SPECIALS)
@@ -34,7 +33,7 @@ def mask_tokens(x: torch.Tensor, mask_prob: float, vocab_size: int) -> tuple[tor
     return corrupted, picked
 
 
-class SequencePretrainTask(EpochLoggingMixin, L.LightningModule):
+class SequencePretrainTask(LossTask):
     kind = "sequence"
 
     def __init__(
@@ -46,8 +45,10 @@ class SequencePretrainTask(EpochLoggingMixin, L.LightningModule):
         activation: Callable[[], nn.Module] | None = None,
         method: str = "next_step",
         mask_prob: float = 0.15,
+        steps_per_call: int = 1,
+        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
         if method not in METHODS:
             raise ValueError(f"pretrain.task.method: unknown method {method!r}; allowed: {', '.join(METHODS)}")
         vocab = getattr(model, "vocab_size", None)
@@ -61,9 +62,6 @@ class SequencePretrainTask(EpochLoggingMixin, L.LightningModule):
         self.method, self.mask_prob, self.vocab_size = method, mask_prob, vocab
         outputs = vocab if vocab is not None else model.input_shape[-1]
         self.predict = nn.Linear(model.feature_dim, outputs)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.regularization = regularization or Regularization()
 
     def _loss(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "masked_token":
@@ -79,15 +77,13 @@ class SequencePretrainTask(EpochLoggingMixin, L.LightningModule):
             return F.cross_entropy(out[target_valid], x[:, 1:][target_valid])
         return F.mse_loss(out, x[:, 1:])
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, _ = batch
         loss = self._loss(x) + self.regularization.penalty(self.encoder)
         self.track("train/loss", loss, len(x))
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, _ = batch
         self.track("val/loss", self._loss(x), len(x))
 
-    def configure_optimizers(self):
-        return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)

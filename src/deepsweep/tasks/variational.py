@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-import lightning as L
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -17,7 +16,7 @@ from torch.nn import functional as F
 from deepsweep.models.base import Family
 from deepsweep.nn.generators import create_generator
 from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, configure_optimizers
+from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -27,7 +26,7 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
 
 
-class VariationalTask(EpochLoggingMixin, L.LightningModule):
+class VariationalTask(LossTask):
     kind = "tensor"
 
     def __init__(
@@ -41,8 +40,10 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
         beta: float = 1.0,
         decoder_dims: Sequence[int] = (128,),
         likelihood: str = "bernoulli",
+        steps_per_call: int = 1,
+        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"pretrain.task.likelihood: unknown {likelihood!r}; allowed: {', '.join(LIKELIHOODS)}")
         self.encoder = model.encoder
@@ -53,9 +54,6 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
         self.decoder = create_generator("dense", latent_dim, self.input_shape, decoder_dims, activation,
                                         batch_norm=False, output="linear")
         self.latent_dim, self.beta, self.likelihood = latent_dim, beta, likelihood
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.regularization = regularization or Regularization()
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
@@ -85,7 +83,7 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
         mu, logvar = self.encode(x)
         return self.reconstruction_nll(mu, x) + self.beta * gaussian_kl(mu, logvar)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch) -> torch.Tensor:
         x = batch[0]
         recon, kl = self.losses(x)
         loss = recon + self.beta * kl + self.regularization.penalty(self.encoder)
@@ -94,14 +92,12 @@ class VariationalTask(EpochLoggingMixin, L.LightningModule):
         self.track("train/kl", kl, len(x))
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_batch(self, batch) -> None:
         x = batch[0]
         recon, kl = self.losses(x)
         self.track("val/loss", recon + self.beta * kl, len(x))
         self.track("val/reconstruction", recon, len(x))
 
-    def configure_optimizers(self):
-        return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
 
     def save_figures(self, out: Path, x: torch.Tensor) -> list[Path]:
         """Samples from the prior and a latent interpolation between two inputs, as PNG grids."""
