@@ -288,7 +288,7 @@ def markdown(results: dict) -> str:
         "- Per-step overhead. Lightning dispatches ~25 hooks around every training step (`trainer/call.py`, each",
         "  through its profiler context and `nn.Module.__setattr__`), about 0.5 ms on this CPU: more than half",
         "  of the MLP's whole 1.2 ms step, which is why the MLP ratio was 1.54 with one batch per step.",
-        "  `trainer.steps_per_call` (default 16) hands the supervised task 16 batches per call and steps the",
+        "  `trainer.steps_per_call` (default 16) hands every one-loss task 16 batches per call and steps the",
         "  optimizer once per batch through Lightning's manual optimization (the same updates: tested), so",
         "  those hooks run once per 16 batches; validation keeps each batch's predicted classes and scores",
         "  the epoch once instead of two torchmetrics updates per batch. What is left per step (cProfile of",

@@ -193,7 +193,8 @@ class SampledGraphLoader:
 
 class Chunked:
     """Lists of up to ``k`` consecutive batches of ``loader``: one call of a task's step takes a list
-    (ClassifyTask with ``steps_per_call``), so Lightning's per-call work is paid once per ``k`` batches."""
+    (a ``tasks.common.LossTask`` with ``steps_per_call``), so Lightning's per-call work is paid once per ``k``
+    batches."""
 
     def __init__(self, loader, k: int) -> None:
         self.loader, self.k = loader, k
