@@ -155,7 +155,10 @@ class LossTask(EpochLoggingMixin, L.LightningModule):
             scheduler.step()
 
     def configure_optimizers(self):
-        return configure_optimizers(self.optimized_parameters(), self.optimizer_factory, self.scheduler_factory)
+        config = configure_optimizers(self.optimized_parameters(), self.optimizer_factory, self.scheduler_factory)
+        if not self.automatic_optimization and isinstance(config, dict):
+            config["lr_scheduler"].pop("monitor")  # stepped by on_train_epoch_end, which reads val/loss itself
+        return config
 
 
 class BestWeights(L.Callback):
