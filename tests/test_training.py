@@ -125,17 +125,12 @@ def test_in_memory_loader_covers_every_sample_once(digits):
 def _fit_with_steps_per_call(cfg, train, val, epochs: int, steps: int):
     import lightning as L
 
-    from deepsweep.data.loaders import Chunked
-
     L.seed_everything(0, verbose=False)
     model = factory.create_model(cfg, (1, 8, 8), 10)
     task = ClassifyTask(model, factory.create_optimizer(cfg), factory.create_scheduler(cfg, epochs),
                         build(cfg.regularizer), steps_per_call=steps, gradient_clip_val=cfg.trainer.gradient_clip_val)
-    trainer = factory.create_trainer(cfg, epochs, None, [], "/tmp", manual_optimization=steps > 1)
-    train_loader, val_loader = InMemoryLoader(train, 64, shuffle=True), InMemoryLoader(val, 256)
-    if steps > 1:
-        train_loader, val_loader = Chunked(train_loader, steps), Chunked(val_loader, steps)
-    trainer.fit(task, train_loader, val_loader)
+    trainer = factory.create_trainer(cfg, epochs, None, [], "/tmp", manual_optimization=not task.automatic_optimization)
+    trainer.fit(task, task.batches(InMemoryLoader(train, 64, shuffle=True)), task.batches(InMemoryLoader(val, 256)))
     return trainer, model
 
 

@@ -29,7 +29,7 @@ import torch
 
 from deepsweep import factory, paths
 from deepsweep.config import build, compose
-from deepsweep.data.loaders import Chunked, GraphData, InMemoryLoader, TensorSplit
+from deepsweep.data.loaders import GraphData, InMemoryLoader, TensorSplit
 from deepsweep.data.sources import load_splits
 
 
@@ -125,17 +125,14 @@ def deepsweep_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
         train, val, classes, vocab = data
         model = factory.create_model(cfg, tuple(train.x.shape[1:]), classes, vocab)
         train_loader, val_loader = InMemoryLoader(train, batch, shuffle=True, seed=seed), InMemoryLoader(val, batch)
-    steps = factory.steps_per_call(cfg)
-    if steps > 1:
-        train_loader, val_loader = Chunked(train_loader, steps), Chunked(val_loader, steps)
     task = task_for("graph" if isinstance(data, GraphData) else "tensor")(
-        model, factory.create_optimizer(cfg), None, build(cfg.regularizer), steps_per_call=steps,
+        model, factory.create_optimizer(cfg), None, build(cfg.regularizer), steps_per_call=factory.steps_per_call(cfg),
         gradient_clip_val=cfg.trainer.gradient_clip_val)
     with mlflow.start_run(run_name="bench") as run:
         trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), [BestWeights()], "/tmp",
-                                         manual_optimization=steps > 1)
+                                         manual_optimization=not task.automatic_optimization)
         start = time.perf_counter()
-        trainer.fit(task, train_loader, val_loader)
+        trainer.fit(task, task.batches(train_loader), task.batches(val_loader))
         _synchronize(device_of(cfg))
         return time.perf_counter() - start
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from deepsweep import factory
 from deepsweep.config import build
-from deepsweep.data.loaders import Chunked, PreparedData
+from deepsweep.data.loaders import PreparedData
 from deepsweep.stages.checkpoints import Resume
 from deepsweep.stages.pretrain import ENCODER_FILE, load_encoder
 from deepsweep.tasks.classify import task_for
@@ -36,14 +36,13 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
 
     epochs = int(cfg.trainer.max_epochs)
     regularization = build(cfg.regularizer)
-    steps = factory.steps_per_call(cfg)
     task = task_for(data.kind)(
         model,
         optimizer=factory.create_optimizer(cfg),
         scheduler=factory.create_scheduler(cfg, epochs),
         regularization=regularization,
         freeze_encoder_epochs=int(cfg.finetune.freeze_encoder_epochs),
-        steps_per_call=steps,
+        steps_per_call=factory.steps_per_call(cfg),
         gradient_clip_val=cfg.trainer.gradient_clip_val,
     )
     best = BestWeights()
@@ -55,14 +54,13 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     resume = Resume(cfg, out.parent, "finetune")
     callbacks += resume.callbacks()
     logger = MlflowRunLogger(run.info.run_id)
-    trainer = factory.create_trainer(cfg, epochs, logger, callbacks, str(out), manual_optimization=steps > 1)
+    trainer = factory.create_trainer(cfg, epochs, logger, callbacks, str(out),
+                                     manual_optimization=not task.automatic_optimization)
     batch = int(cfg.data.batch_size)
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
                                label_fraction=float(cfg.finetune.label_fraction),
                                num_neighbors=cfg.data.get("num_neighbors"))
-    val_loader = data.loader("val", batch)
-    if steps > 1:
-        train_loader, val_loader = Chunked(train_loader, steps), Chunked(val_loader, steps)
+    train_loader, val_loader = task.batches(train_loader), task.batches(data.loader("val", batch))
     resume.fit(trainer, task, train_loader, val_loader)
 
     torch.save({"model": cfg.model.name, "state_dict": model.state_dict()}, out / MODEL_FILE)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from deepsweep import factory
 from deepsweep.config import ConfigError, build
-from deepsweep.data.loaders import Chunked, PreparedData
+from deepsweep.data.loaders import PreparedData
 from deepsweep.stages.checkpoints import Resume
 from deepsweep.tasks.common import BestWeights, LossTask
 from deepsweep.tracking.lightning import MlflowRunLogger
@@ -32,11 +32,11 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     epochs = int(cfg.pretrain.epochs)
     # One-loss objectives take several batches per call (LossTask); GANs and CD-k step by hand per batch.
     one_loss = issubclass(get_class(cfg.pretrain.task._target_), LossTask)
-    steps = factory.steps_per_call(cfg) if one_loss else 1
     if not one_loss and cfg.trainer.gradient_clip_val:
         raise ConfigError(f"trainer.gradient_clip_val: pretrain={cfg.pretrain.name} steps its optimizers by hand "
                           "and clips nothing; set it to null for this pretraining")
-    loop = {"steps_per_call": steps, "gradient_clip_val": cfg.trainer.gradient_clip_val} if one_loss else {}
+    loop = ({"steps_per_call": factory.steps_per_call(cfg), "gradient_clip_val": cfg.trainer.gradient_clip_val}
+            if one_loss else {})
     try:
         task = build(
             cfg.pretrain.task,
@@ -67,8 +67,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class,
                                num_neighbors=cfg.data.get("num_neighbors"), all_nodes=True)
     val_loader = data.loader("val", batch, exclude_class=anomaly_class)
-    if steps > 1:
-        train_loader, val_loader = Chunked(train_loader, steps), Chunked(val_loader, steps)
+    if one_loss:
+        train_loader, val_loader = task.batches(train_loader), task.batches(val_loader)
     resume.fit(trainer, task, train_loader, val_loader)
     if hasattr(task, "anomaly_score"):
         # Per-input scores of the test split (reconstruction error, -ELBO, free energy) for the evaluate

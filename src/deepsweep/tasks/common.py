@@ -18,14 +18,18 @@ def configure_optimizers(
     params: Iterable[torch.nn.Parameter],
     optimizer: OptimizerFactory,
     scheduler: SchedulerFactory | None,
-    monitor: str = "val/loss",
+    monitor: str | None = "val/loss",
 ) -> Any:
+    """``monitor``: the metric ReduceLROnPlateau steps on; None where the task steps its schedule itself."""
     opt = optimizer(params)
     if scheduler is None:
         return opt
     sched = scheduler(opt)
     # ReduceLROnPlateau steps on a metric; every other schedule steps once per epoch.
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "monitor": monitor}}
+    schedule = {"scheduler": sched, "interval": "epoch"}
+    if monitor is not None:
+        schedule["monitor"] = monitor
+    return {"optimizer": opt, "lr_scheduler": schedule}
 
 
 def check_stepwise_optimizer(optimizer: OptimizerFactory | None, task: str) -> None:
@@ -86,7 +90,7 @@ class LossTask(EpochLoggingMixin, L.LightningModule):
     """A task that minimizes one loss with one optimizer: every task but the adversarial and CD-k ones.
     Subclasses give ``training_loss(batch)`` (penalties included, tracked) and ``validation_batch(batch)``.
 
-    With ``steps_per_call`` > 1 each call receives a list of batches (``data.loaders.Chunked``) and makes
+    With ``steps_per_call`` > 1 each call receives a list of batches (``batches(loader)``) and makes
     one optimizer step per batch through Lightning's manual-optimization API (the wrapped optimizer's
     ``step``, so ``global_step`` counts; ``clip_gradients``; schedulers stepped at the epoch's end): the
     same updates in the same order as one batch per call, with Lightning's ~25 per-call hooks (about
@@ -100,8 +104,15 @@ class LossTask(EpochLoggingMixin, L.LightningModule):
         self.scheduler_factory = scheduler
         self.regularization = regularization or Regularization()
         self.gradient_clip_val = gradient_clip_val
+        self.steps_per_call = steps_per_call
         self.automatic_optimization = steps_per_call == 1
         self._plain_backward = False
+
+    def batches(self, loader):
+        """``loader`` as this task's steps read it: lists of ``steps_per_call`` batches when that is above 1."""
+        from deepsweep.data.loaders import Chunked
+
+        return Chunked(loader, self.steps_per_call) if self.steps_per_call > 1 else loader
 
     def training_loss(self, batch) -> torch.Tensor:
         raise NotImplementedError
@@ -155,10 +166,9 @@ class LossTask(EpochLoggingMixin, L.LightningModule):
             scheduler.step()
 
     def configure_optimizers(self):
-        config = configure_optimizers(self.optimized_parameters(), self.optimizer_factory, self.scheduler_factory)
-        if not self.automatic_optimization and isinstance(config, dict):
-            config["lr_scheduler"].pop("monitor")  # stepped by on_train_epoch_end, which reads val/loss itself
-        return config
+        # Manual optimization: on_train_epoch_end steps the schedule and reads val/loss itself.
+        return configure_optimizers(self.optimized_parameters(), self.optimizer_factory, self.scheduler_factory,
+                                    monitor="val/loss" if self.automatic_optimization else None)
 
 
 class BestWeights(L.Callback):

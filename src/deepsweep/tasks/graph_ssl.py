@@ -95,7 +95,7 @@ class GraphSelfSupervisedTask(LossTask):
             self.projection = nn.Linear(model.feature_dim, model.feature_dim)
         if method == "dgi":
             self.objective = DeepGraphInfomax(model.feature_dim, self.encoder, _mean_summary, _shuffle_nodes)
-        else:
+        elif method == "gae":
             self.objective = GAE(self.encoder)
 
     def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -114,4 +114,3 @@ class GraphSelfSupervisedTask(LossTask):
 
     def validation_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         self.track("val/loss", self._loss(batch), 1)
-

@@ -86,4 +86,3 @@ class SequencePretrainTask(LossTask):
     def validation_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, _ = batch
         self.track("val/loss", self._loss(x), len(x))
-

@@ -98,7 +98,6 @@ class VariationalTask(LossTask):
         self.track("val/loss", recon + self.beta * kl, len(x))
         self.track("val/reconstruction", recon, len(x))
 
-
     def save_figures(self, out: Path, x: torch.Tensor) -> list[Path]:
         """Samples from the prior and a latent interpolation between two inputs, as PNG grids."""
         from deepsweep.plots import image_grid_png

@@ -33,12 +33,16 @@ def tracking_uri(cfg: DictConfig) -> str:
     return uri
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of an SQLite store URI; None for any other store."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifacts of an SQLite store live beside the database file (``mlartifacts/``), whatever the cwd
     that created the experiment; a server store chooses its own."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
-    return None
+    db = _sqlite_file(uri)
+    return (db.parent / "mlartifacts").as_uri() if db is not None else None
 
 
 @contextlib.contextmanager
@@ -46,12 +50,12 @@ def _store_lock(uri: str) -> Iterator[None]:
     """Serialize first access to an SQLite store across processes: MLflow creates and migrates the schema
     on first use, and two processes doing it at once (parallel sweep jobs or DVC queue workers on a fresh
     database) break alembic's version bookkeeping."""
-    if not uri.startswith("sqlite:///"):
+    db = _sqlite_file(uri)
+    if db is None:
         yield
         return
     import fcntl
 
-    db = Path(uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
