@@ -220,3 +220,36 @@ def test_karate_pipeline_with_sampling_and_inductive_split(compose, tmp_path, ov
                for stage in ("prepare", "pretrain", "finetune", "evaluate")}
     assert 0.0 <= results["evaluate"]["accuracy"] <= 1.0 and "roc_auc" in results["evaluate"]
     assert results["finetune"]["n_train_labels"] == 4  # sampled or not, training reads the 4 labelled nodes
+
+
+def test_graph_batch_size_gives_sampled_mini_batches(compose, tmp_path, monkeypatch):
+    from deepsweep.data import loaders
+    from deepsweep.data.loaders import PreparedData
+
+    execute("prepare", compose("data=karate", "model=sage", "pretrain=none"), tmp_path / "a")
+    data = PreparedData.load(tmp_path / "a" / "prepare")
+    batches = list(data.loader("train", 8, shuffle=True, num_neighbors=[5, 5], all_nodes=True))
+    assert len(batches) == 5 and sum(int(b[3].sum()) for b in batches) == 34  # every node seeds once
+    assert len(list(data.loader("train", 8, num_neighbors=[5, 5]))) == 1  # the 4 labelled nodes
+    assert len(data.loader("train", 0, num_neighbors=[5, 5])) == 1  # batch_size 0: the full graph
+
+    made = []  # the stages hand data.num_neighbors to the loader, pretraining seeding from every node
+    original = loaders.SampledGraphLoader.__init__
+
+    def spy(self, view, batch_size, num_neighbors, shuffle, all_nodes):
+        made.append((batch_size, num_neighbors, all_nodes))
+        original(self, view, batch_size, num_neighbors, shuffle, all_nodes)
+
+    monkeypatch.setattr(loaders.SampledGraphLoader, "__init__", spy)
+    cfg = compose("data=karate", "model=sage", "pretrain=dgi", "data.batch_size=8", "data.num_neighbors=[3,2]",
+                  "pretrain.epochs=1", "trainer.max_epochs=1")
+    for stage in ("pretrain", "finetune"):
+        execute(stage, cfg, tmp_path / "a")
+    assert made == [(8, [3, 2], True), (8, [3, 2], False)]
+
+
+def test_random_walk_settings_are_checked_by_name(compose, tmp_path):
+    cfg = compose("data=karate", "model=sage", "pretrain=random_walk", "pretrain.task.walk_length=0")
+    execute("prepare", cfg, tmp_path / "a")
+    with pytest.raises(ConfigError, match="pretrain.task.walk_length: must be >= 1, got 0"):
+        execute("pretrain", cfg, tmp_path / "a")
