@@ -131,14 +131,35 @@ def deepsweep_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
     with mlflow.start_run(run_name="bench") as run:
         trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), [BestWeights()], "/tmp",
                                          manual_optimization=not task.automatic_optimization)
+        # Like the raw loop, the data moves to the device before the clock starts.
+        train_loader, val_loader = factory.place_on_device(trainer, task.batches(train_loader),
+                                                           task.batches(val_loader))
         start = time.perf_counter()
-        trainer.fit(task, task.batches(train_loader), task.batches(val_loader))
+        trainer.fit(task, train_loader, val_loader)
         _synchronize(device_of(cfg))
         return time.perf_counter() - start
 
 
+def profile(name: str, loops: dict, folder: Path, top: int = 35) -> Path:
+    """cProfile of one run of each loop, the functions that take most time of their own first: what
+    deepsweep spends beyond the raw loop is read off the difference."""
+    import cProfile
+    import io
+    import pstats
+
+    text = io.StringIO()
+    for label, run in loops.items():
+        profiler = cProfile.Profile()
+        profiler.runcall(run)
+        text.write(f"=== {name}: {label} loop ===\n")
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    path = folder / f"profile_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.txt"
+    path.write_text(text.getvalue())
+    return path
+
+
 def training_workload(name: str, overrides: list[str], epochs: int, repeats: int,
-                      train_subset: int | None = None) -> dict:
+                      train_subset: int | None = None, profile_to: Path | None = None) -> dict:
     cfg = compose(overrides)
     if build(cfg.data).kind == "graph":
         graph, meta = build(cfg.data).load()
@@ -154,6 +175,9 @@ def training_workload(name: str, overrides: list[str], epochs: int, repeats: int
     for r in range(repeats):
         raw_s.append(raw(cfg, data, epochs, batch, r))
         ours.append(deepsweep_loop(cfg, data, epochs, batch, r))
+    if profile_to is not None:
+        profile(name, {"raw": lambda: raw(cfg, data, epochs, batch, 0),
+                       "deepsweep": lambda: deepsweep_loop(cfg, data, epochs, batch, 0)}, profile_to)
     samples = epochs * samples_per_epoch
     return {
         "workload": name,
@@ -313,6 +337,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, no sweep (a smoke run)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one run of each loop per workload (bench/profile[_gpu]/*.txt)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every workload, e.g. trainer=gpu")
     args = parser.parse_args()
     root = paths.project_root()
@@ -328,15 +354,20 @@ def main() -> None:
     cfg_threads = factory.set_threads(base)
     extra = list(args.overrides)
     quick = args.quick
+    suffix = "" if device.type == "cpu" else "_gpu"
+    profile_to = None
+    if args.profile:
+        profile_to = root / "bench" / f"profile{suffix}"
+        profile_to.mkdir(parents=True, exist_ok=True)
     training = [
         training_workload("MLP on MNIST", ["data=mnist", "model=mlp", *extra], 1 if quick else 2, args.repeats,
-                          2000 if quick else 60000),
+                          2000 if quick else 60000, profile_to),
         training_workload("LeNet on MNIST", ["data=mnist", "model=lenet", *extra], 1, args.repeats,
-                          2000 if quick else 10000),
+                          2000 if quick else 10000, profile_to),
         training_workload("LSTM on synthetic first-bit sequences", ["data=synthetic", "model=lstm", *extra],
-                          1 if quick else 3, args.repeats),
+                          1 if quick else 3, args.repeats, profile_to=profile_to),
         training_workload("2-layer GCN on Cora (full batch)", ["experiment=cora_gcn", *extra], 20 if quick else 200,
-                          args.repeats),
+                          args.repeats, profile_to=profile_to),
     ]
     for w in training:
         print(f"{w['workload']}: raw {w['raw_s']:.2f}s, deepsweep {w['deepsweep_s']:.2f}s, ratio {w['ratio']:.3f}")
@@ -353,7 +384,6 @@ def main() -> None:
         "sweep": None if args.quick or parallel < 2 else [sweep_throughput(8, 5, 2, extra, parallel),
                                                           sweep_throughput(8, 30, 5, extra, parallel)],
     }
-    suffix = "" if device.type == "cpu" else "_gpu"
     (root / "bench" / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
     if not args.quick:

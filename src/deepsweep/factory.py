@@ -131,6 +131,19 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
+def place_on_device(trainer, *loaders):
+    """``loaders`` with their in-memory data moved once to the trainer's accelerator, where it trains on
+    one (a GPU): Lightning would otherwise copy every batch from host memory, which on a small model
+    costs more than its step. Data-parallel strategies, the CPU and data too big for the device keep
+    the data where it is (Lightning moves each batch, as before)."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    device = trainer.strategy.root_device if isinstance(trainer.strategy, SingleDeviceStrategy) else None
+    if device is None or device.type == "cpu":
+        return loaders
+    return tuple(loader.to(device) for loader in loaders)
+
+
 def strategy(cfg: DictConfig) -> str:
     """trainer.strategy, checked: data-parallel training must keep the stage in this process (ddp_spawn)."""
     name = str(cfg.trainer.get("strategy") or "auto")

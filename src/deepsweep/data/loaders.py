@@ -161,6 +161,12 @@ class FullGraphLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         yield self.batch
 
+    def to(self, device: torch.device) -> "FullGraphLoader":
+        """The graph moved to ``device`` once, instead of Lightning copying it there every step."""
+        if fits_on(device, sum(t.nbytes for t in self.batch)):
+            self.batch = tuple(t.to(device) for t in self.batch)
+        return self
+
 
 class SampledGraphLoader:
     """torch-geometric's NeighborLoader, its batches as (x, edge_index, y, mask) with the mask on the
@@ -190,6 +196,9 @@ class SampledGraphLoader:
             mask[: batch.batch_size] = True
             yield batch.x, batch.edge_index[:, order], batch.y, mask
 
+    def to(self, device: torch.device) -> "SampledGraphLoader":
+        return self  # sampled on the CPU; Lightning moves each (small) sampled batch
+
 
 class Chunked:
     """Lists of up to ``k`` consecutive batches of ``loader``: one call of a task's step takes a list
@@ -206,6 +215,10 @@ class Chunked:
     def num_labels(self) -> int:
         return self.loader.num_labels
 
+    def to(self, device: torch.device) -> "Chunked":
+        self.loader = self.loader.to(device)
+        return self
+
     def __iter__(self) -> Iterator[list]:
         chunk = []
         for batch in self.loader:
@@ -215,6 +228,15 @@ class Chunked:
                 chunk = []
         if chunk:
             yield chunk
+
+
+def fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether ``nbytes`` of data may live on ``device`` for a whole fit: at most a quarter of its free
+    memory on a GPU, the rest left to the model, its activations and the optimizer."""
+    if device.type != "cuda":
+        return device.type != "cpu"  # another accelerator (mps): no free-memory query, try it
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= free // 4
 
 
 def label_subset(split: TensorSplit, fraction: float, seed: int) -> TensorSplit:
@@ -246,6 +268,14 @@ class InMemoryLoader:
     def __len__(self) -> int:
         return -(-self._shard_size() // self.batch_size)
 
+    def to(self, device: torch.device) -> "InMemoryLoader":
+        """The split moved to ``device`` once, so batches are sliced there: on a GPU, a copy of every
+        batch from host memory costs more than a small model's step (the same draws: the shuffle
+        order still comes from the CPU generator)."""
+        if fits_on(device, self.split.x.nbytes + self.split.y.nbytes):
+            self.split = TensorSplit(self.split.x.to(device), self.split.y.to(device))
+        return self
+
     @property
     def num_labels(self) -> int:
         return len(self.split)
@@ -273,6 +303,7 @@ class InMemoryLoader:
         order = torch.randperm(len(y), generator=self.generator) if self.shuffle else torch.arange(len(y))
         if world > 1:
             order = order.repeat(2)[: self._shard_size() * world][rank::world]
+        order = order.to(x.device)  # one copy per epoch, not one index copy per batch
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             yield x[index], y[index]

@@ -60,7 +60,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
                                label_fraction=float(cfg.finetune.label_fraction),
                                num_neighbors=cfg.data.get("num_neighbors"))
-    train_loader, val_loader = task.batches(train_loader), task.batches(data.loader("val", batch))
+    train_loader, val_loader = factory.place_on_device(trainer, task.batches(train_loader),
+                                                       task.batches(data.loader("val", batch)))
     resume.fit(trainer, task, train_loader, val_loader)
 
     torch.save({"model": cfg.model.name, "state_dict": model.state_dict()}, out / MODEL_FILE)

@@ -69,6 +69,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
     val_loader = data.loader("val", batch, exclude_class=anomaly_class)
     if one_loss:
         train_loader, val_loader = task.batches(train_loader), task.batches(val_loader)
+    train_loader, val_loader = factory.place_on_device(trainer, train_loader, val_loader)
     resume.fit(trainer, task, train_loader, val_loader)
     if hasattr(task, "anomaly_score"):
         # Per-input scores of the test split (reconstruction error, -ELBO, free energy) for the evaluate

@@ -133,7 +133,7 @@ class AdversarialTask(EpochLoggingMixin, L.LightningModule):
         n = len(real)
 
         fake = self.generate(n, y).detach()
-        d_loss = self.discriminator_loss(real, fake, y) + self.regularization.penalty(self.encoder)
+        d_loss = self.regularization.penalized(self.discriminator_loss(real, fake, y), self.encoder)
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         opt_d.step()

@@ -47,7 +47,7 @@ class ClassifyTask(LossTask):
 
     def training_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         logits, y = self.logits_and_targets(batch)
-        loss = F.cross_entropy(logits, y) + self.regularization.penalty(self.model)
+        loss = self.regularization.penalized(F.cross_entropy(logits, y), self.model)
         self.track("train/loss", loss, len(y))
         return loss
 

@@ -108,7 +108,7 @@ class GraphSelfSupervisedTask(LossTask):
         return self.objective.recon_loss(self.encoder(x, edge_index), edge_index)
 
     def training_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        loss = self._loss(batch) + self.regularization.penalty(self.encoder)
+        loss = self.regularization.penalized(self._loss(batch), self.encoder)
         self.track("train/loss", loss, 1)
         return loss
 

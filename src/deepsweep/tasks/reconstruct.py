@@ -95,7 +95,7 @@ class ReconstructTask(LossTask):
         x, _ = batch
         code = self.encoder(corrupt(x, self.noise, self.noise_level))
         reconstruction = F.mse_loss(self.decoder(code), x)
-        loss = reconstruction + self.regularization.penalty(self.encoder)
+        loss = self.regularization.penalized(reconstruction, self.encoder)
         if self.sparsity > 0:  # L1 on the code: few active units per input
             loss = loss + self.sparsity * code.abs().sum(1).mean()
         self.track("train/loss", loss, len(x))
@@ -205,7 +205,7 @@ class StackedAutoencoderTask(LossTask):
             loss = F.mse_loss(self.unrolled(corrupt(x, self.noise, self.noise_level)), x)
         else:
             loss = self.layer_loss(x, layer, noisy=True)
-        loss = loss + self.regularization.penalty(self.encoder)
+        loss = self.regularization.penalized(loss, self.encoder)
         self.track("train/loss", loss, len(x))
         return loss
 

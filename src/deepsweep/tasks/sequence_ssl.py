@@ -79,7 +79,7 @@ class SequencePretrainTask(LossTask):
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, _ = batch
-        loss = self._loss(x) + self.regularization.penalty(self.encoder)
+        loss = self.regularization.penalized(self._loss(x), self.encoder)
         self.track("train/loss", loss, len(x))
         return loss
 

@@ -86,7 +86,7 @@ class VariationalTask(LossTask):
     def training_loss(self, batch) -> torch.Tensor:
         x = batch[0]
         recon, kl = self.losses(x)
-        loss = recon + self.beta * kl + self.regularization.penalty(self.encoder)
+        loss = self.regularization.penalized(recon + self.beta * kl, self.encoder)
         self.track("train/loss", loss, len(x))
         self.track("train/reconstruction", recon, len(x))
         self.track("train/kl", kl, len(x))
