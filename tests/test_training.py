@@ -176,3 +176,46 @@ def test_validation_scores_match_sklearn(compose, digits):
         predicted = model(val.x).argmax(-1).numpy()
     assert scores["val/acc"] == pytest.approx(accuracy_score(val.y.numpy(), predicted), abs=1e-6)
     assert scores["val/f1"] == pytest.approx(f1_score(val.y.numpy(), predicted, average="macro"), abs=1e-6)
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_direct_epoch_logging_records_what_self_log_would(compose, digits, monkeypatch, steps):
+    """log_epoch's direct path (one fitting process) against Lightning's self.log: the same MLflow
+    history, the same callback metrics, and early stopping, best weights and a plateau schedule that
+    read them act the same. Turning the direct path into a no-op makes every assertion here fail."""
+    import lightning as L
+    import mlflow
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from deepsweep.tasks.common import EpochLoggingMixin
+    from deepsweep.tracking.lightning import MlflowRunLogger
+
+    train, val = digits
+    cfg = compose("optimizer=adam", "scheduler=plateau", "scheduler.patience=0", "scheduler.mode=max")
+    mlflow.set_experiment("logging")  # this test's own store holds no experiment an earlier test set
+
+    def run(direct: bool):
+        monkeypatch.setattr(EpochLoggingMixin, "direct_epoch_logging", direct)
+        L.seed_everything(0, verbose=False)
+        model = factory.create_model(cfg, (1, 8, 8), 10)
+        task = ClassifyTask(model, factory.create_optimizer(cfg), factory.create_scheduler(cfg, 6),
+                            build(cfg.regularizer), steps_per_call=steps)
+        best = BestWeights()
+        # mode=max on a falling loss: stops after 2 epochs without a rise, so stopping must read val/loss.
+        stop = EarlyStopping("val/loss", patience=2, mode="max")
+        with mlflow.start_run() as active:
+            trainer = factory.create_trainer(cfg, 6, MlflowRunLogger(active.info.run_id), [best, stop], "/tmp",
+                                             manual_optimization=not task.automatic_optimization)
+            trainer.fit(task, task.batches(InMemoryLoader(train, 64, shuffle=True)),
+                        task.batches(InMemoryLoader(val, 256)))
+        client = mlflow.MlflowClient()
+        history = {key: [(m.step, round(m.value, 5)) for m in client.get_metric_history(active.info.run_id, key)]
+                   for key in ("train/loss", "val/loss", "val/acc", "val/f1")}
+        callback = {k: round(float(v), 5) for k, v in trainer.callback_metrics.items()}
+        return history, callback, best.result(trainer), trainer.current_epoch, trainer.optimizers[0].param_groups[0]["lr"]
+
+    direct, lightning = run(True), run(False)
+    assert direct == lightning
+    history, _, _, epochs, lr = direct
+    assert 0 < epochs < 6 and lr < cfg.optimizer.lr  # early stopping and the plateau schedule acted
+    assert [step for step, _ in history["val/acc"]] == list(range(epochs))

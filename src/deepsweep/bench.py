@@ -141,7 +141,7 @@ def deepsweep_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
 
 
 def profile(name: str, loops: dict, folder: Path, top: int = 35) -> Path:
-    """cProfile of one run of each loop, the functions that take most time of their own first: what
+    """cProfile of one run of each loop, by time in the function itself, then with what it calls: what
     deepsweep spends beyond the raw loop is read off the difference."""
     import cProfile
     import io
@@ -152,7 +152,9 @@ def profile(name: str, loops: dict, folder: Path, top: int = 35) -> Path:
         profiler = cProfile.Profile()
         profiler.runcall(run)
         text.write(f"=== {name}: {label} loop ===\n")
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("tottime").print_stats(top)
+        stats.sort_stats("cumulative").print_stats(top)
     path = folder / f"profile_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.txt"
     path.write_text(text.getvalue())
     return path

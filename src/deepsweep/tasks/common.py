@@ -68,16 +68,39 @@ class EpochMean:
 class EpochLoggingMixin:
     """``self.track("train/loss", loss, n)`` every step; the means are logged at each epoch's end."""
 
+    # Off only in the test that compares both paths of log_epoch.
+    direct_epoch_logging = True
+
     def track(self, name: str, value: torch.Tensor, n: int) -> None:
         means = self.__dict__.setdefault("_epoch_means", {})
         means.setdefault(name, EpochMean()).update(value, n)
 
+    def log_epoch(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Log one epoch's values. While one process fits, they go straight where ``self.log`` would put
+        them: the trainer's callback metrics (early stopping, best weights and plateau schedules read them
+        there) and its logger, the epoch as step. ``self.log`` costs about 0.5 ms a value on CPU (it moves
+        its result state to the value's device on every call), a third of a full-batch GCN epoch on Cora
+        on a GPU. Data-parallel fits (values averaged over ranks) and ``trainer.validate`` (whose return
+        value is built from logged results) keep ``self.log``."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        trainer = self.trainer
+        if not self.direct_epoch_logging or trainer.world_size > 1 or trainer.state.fn != TrainerFn.FITTING:
+            self.log_dict(metrics, sync_dist=trainer.world_size > 1)
+            return
+        metrics = {name: value.detach() for name, value in metrics.items()}
+        trainer.callback_metrics.update(metrics)
+        if trainer.logger is not None:
+            scalars = torch.stack([v.float() for v in metrics.values()]).tolist()  # one device sync for all
+            trainer.logger.log_metrics({**dict(zip(metrics, scalars)), "epoch": trainer.current_epoch},
+                                       step=trainer.global_step)
+
     def _log_epoch_means(self, prefix: str) -> None:
-        for name, mean in self.__dict__.get("_epoch_means", {}).items():
-            if name.startswith(prefix):
-                value = mean.pop()
-                if value is not None:  # averaged over DDP ranks, each of which saw its own shard
-                    self.log(name, value, sync_dist=self.trainer.world_size > 1)
+        means = {name: mean.pop() for name, mean in self.__dict__.get("_epoch_means", {}).items()
+                 if name.startswith(prefix)}
+        means = {name: value for name, value in means.items() if value is not None}
+        if means:  # averaged over DDP ranks, each of which saw its own shard
+            self.log_epoch(means)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_means("train/")
