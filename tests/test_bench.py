@@ -35,3 +35,12 @@ def test_both_loops_train_the_same_workload(compose, trainer):
     data = bench.tensor_data(cfg)
     assert bench.raw_loop(cfg, data, 1, 64, 0) > 0
     assert bench.deepsweep_loop(cfg, data, 1, 64, 0) > 0
+
+
+def test_profile_writes_both_loops_sorted_both_ways(tmp_path):
+    path = bench.profile("Tiny MLP", {"raw": lambda: sum(range(1000)), "deepsweep": lambda: sorted(range(1000))},
+                         tmp_path)
+    text = path.read_text()
+    assert path.name == "profile_tiny_mlp.txt"
+    assert "=== Tiny MLP: raw loop ===" in text and "=== Tiny MLP: deepsweep loop ===" in text
+    assert text.count("Ordered by: internal time") == 2 and text.count("Ordered by: cumulative time") == 2

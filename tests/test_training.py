@@ -219,3 +219,20 @@ def test_direct_epoch_logging_records_what_self_log_would(compose, digits, monke
     history, _, _, epochs, lr = direct
     assert 0 < epochs < 6 and lr < cfg.optimizer.lr  # early stopping and the plateau schedule acted
     assert [step for step, _ in history["val/acc"]] == list(range(epochs))
+
+
+def test_data_moves_to_the_trainers_gpu_once_and_stays_put_on_cpu(compose, digits):
+    from deepsweep.data.loaders import Chunked
+
+    train, _ = digits
+    cpu_trainer = factory.create_trainer(compose(), 1, None, [], "/tmp")
+    loader = InMemoryLoader(train, 64, shuffle=True, seed=3)
+    assert factory.place_on_device(cpu_trainer, loader) == (loader,) and loader.split is train
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU here; on one, the moved loader must give the same batches on the device")
+    gpu_trainer = factory.create_trainer(compose("trainer=gpu"), 1, None, [], "/tmp")
+    (moved,) = factory.place_on_device(gpu_trainer, Chunked(InMemoryLoader(train, 64, shuffle=True, seed=3), 4))
+    assert moved.loader.split.x.is_cuda
+    on_device = [b for chunk in moved for b in chunk]
+    for (x, y), (gx, gy) in zip(InMemoryLoader(train, 64, shuffle=True, seed=3), on_device, strict=True):
+        assert gx.is_cuda and torch.equal(x, gx.cpu()) and torch.equal(y, gy.cpu())
