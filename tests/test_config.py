@@ -103,6 +103,14 @@ def test_gpu_trainer_without_gpu_fails_early(tmp_path):
         execute("prepare", compose(["trainer=gpu"]), tmp_path / "artifacts")
 
 
+def test_bad_steps_per_call_stops_before_the_first_stage_writes(tmp_path):
+    from deepsweep.stages.pipeline import execute
+
+    with pytest.raises(ConfigError, match="trainer.steps_per_call: must be >= 1, got 0"):
+        execute("prepare", compose(["trainer.steps_per_call=0"]), tmp_path / "artifacts")
+    assert not (tmp_path / "artifacts" / "prepare").exists()
+
+
 def test_ready_made_pipelines_match_the_root_stages_and_validate():
     import yaml
 

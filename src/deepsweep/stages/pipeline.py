@@ -47,7 +47,7 @@ def _lineage(inputs: dict[str, Path]) -> tuple[str | None, dict[str, str]]:
 def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None = None) -> dict[str, float]:
     """Run stage ``name``: read upstream outputs under ``artifacts/``, write ``artifacts/<name>/`` atomically,
     record one MLflow run (FAILED, with the error, if the stage raises)."""
-    from deepsweep.factory import check_accelerator, check_compatible
+    from deepsweep.factory import check_accelerator, check_compatible, steps_per_call
     from deepsweep.launch import fingerprint
     from deepsweep.tracking.runs import PARENT_RUN_ENV, start_run
 
@@ -55,6 +55,7 @@ def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None
         raise ValueError(f"unknown stage {name!r}; allowed: {', '.join(STAGES)}")
     check_accelerator(cfg)
     check_compatible(cfg)
+    steps_per_call(cfg)  # checks trainer.steps_per_call here, not first in the pretrain stage
     artifacts = Path(artifacts)
     inputs = {dep: artifacts / dep for dep in STAGES[name]}
     inherited, upstream = _lineage(inputs)
