@@ -21,13 +21,13 @@ except ImportError as exc:  # pragma: no cover - torch-geometric is a dependency
 
 
 def _segments(pointer: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each node's slice ``pointer[n]:pointer[n+1]``: the owning position in ``nodes`` of every
-    entry, the entry's index into the compressed arrays, and each node's slice length."""
+    """For each node's slice ``pointer[n]:pointer[n+1]``, laid end to end: the owning position in
+    ``nodes`` of every entry, the entry's index into the compressed arrays, and its offset in its slice."""
     start = pointer[nodes]
     degree = pointer[nodes + 1] - start
     owner = torch.repeat_interleave(torch.arange(len(nodes)), degree)
     offset = torch.arange(int(degree.sum())) - torch.repeat_interleave(degree.cumsum(0) - degree, degree)
-    return owner, start[owner] + offset, degree
+    return owner, start[owner] + offset, offset
 
 
 def sample_neighbors(colptr: torch.Tensor, row: torch.Tensor, seeds: torch.Tensor, fanouts: list[int]):
@@ -45,13 +45,12 @@ def sample_neighbors(colptr: torch.Tensor, row: torch.Tensor, seeds: torch.Tenso
     rows, cols, edges = [], [], []
     nodes_per_hop, edges_per_hop = [len(seeds)], []
     for fanout in fanouts:
-        owner, entry, degree = _segments(colptr, frontier)
+        owner, entry, offset = _segments(colptr, frontier)
         if fanout >= 0 and len(owner):
-            # Random keys within each node's slice (owner is sorted): the first `fanout` after sorting
-            # are a uniform sample without replacement.
+            # Random keys within each node's slice (owner is sorted): sorting keeps the slices in place
+            # and shuffles each, so the first `fanout` of a slice are a uniform sample without replacement.
             order = (owner.double() + torch.rand(len(owner), dtype=torch.double)).argsort()
-            rank = torch.arange(len(owner)) - (degree.cumsum(0) - degree)[owner]
-            keep = order[rank < fanout]
+            keep = order[offset < fanout]
             owner, entry = owner[keep], entry[keep]
         neighbor = row[entry]
         new = neighbor[local[neighbor] < 0].unique()

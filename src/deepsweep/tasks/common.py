@@ -45,7 +45,7 @@ class EpochMean:
 
     Lightning's ``self.log(..., on_epoch=True)`` does the same but costs about half a millisecond per call on CPU
     (it moves its accumulator state on every call): more than a small model's whole training step.
-    Tasks update this every step and ``self.log`` once per epoch."""
+    Tasks update this every step and log it once per epoch (``EpochLoggingMixin.log_epoch``)."""
 
     def __init__(self) -> None:
         self.values: list[torch.Tensor] = []  # summed once at the epoch's end: no tensor op per step
@@ -80,8 +80,9 @@ class EpochLoggingMixin:
         them: the trainer's callback metrics (early stopping, best weights and plateau schedules read them
         there) and its logger, the epoch as step. ``self.log`` costs about 0.5 ms a value on CPU (it moves
         its result state to the value's device on every call): the four values of a classifier's epoch
-        cost a third of a full-batch GCN epoch on Cora on a GPU. Data-parallel fits (values averaged over ranks) and ``trainer.validate`` (whose return
-        value is built from logged results) keep ``self.log``."""
+        cost a third of a full-batch GCN epoch on Cora on a GPU. Data-parallel fits (values averaged
+        over ranks) and ``trainer.validate`` (whose return value is built from logged results) keep
+        ``self.log``."""
         from lightning.pytorch.trainer.states import TrainerFn
 
         trainer = self.trainer

@@ -33,15 +33,16 @@ def random_walk_loss(z: torch.Tensor, edge_index: torch.Tensor, walk_length: int
     n = len(z)
     source, target = edge_index
     order = source.argsort()
+    degree = torch.bincount(source, minlength=n)
     rowptr = torch.zeros(n + 1, dtype=torch.long, device=z.device)
-    rowptr[1:] = torch.bincount(source, minlength=n).cumsum(0)
+    rowptr[1:] = degree.cumsum(0)
     walks = random_walks(rowptr, target[order], torch.arange(n, device=z.device).repeat(walks_per_node), walk_length)
     anchor = walks[:, :1].expand(-1, walk_length).reshape(-1)
     context = walks[:, 1:].reshape(-1)
     keep = anchor != context  # a walk stuck on an isolated node, or back at its start, says nothing
     anchor, context = anchor[keep], context[keep]
     positive = (z[anchor] * z[context]).sum(-1)
-    noise = torch.bincount(source, minlength=n).float().pow(0.75) + 1e-6  # word2vec's smoothed unigram
+    noise = degree.float().pow(0.75) + 1e-6  # word2vec's smoothed unigram
     negatives = torch.multinomial(noise, len(anchor) * num_negatives, replacement=True)
     negative = (z[anchor].repeat_interleave(num_negatives, 0) * z[negatives]).sum(-1)
     return -F.logsigmoid(positive).mean() - F.logsigmoid(-negative).view(-1, num_negatives).sum(1).mean()
