@@ -46,15 +46,11 @@ ui: venv
 params: venv
 	$(BIN)/deepsweep params
 
-# Rewrite every ready-made pipeline from the root dvc.yaml (paths from its folder) and its experiment's
-# composed params: run after changing dvc.yaml or conf/. A new one: mkdir pipelines/<experiment>; make pipelines
+# Rewrite the root dvc.yaml's code deps and every ready-made pipeline (dvc.yaml from the root's stages, params.yaml
+# from its experiment): run after changing dvc.yaml, conf/ or the package's imports. A new one:
+# mkdir pipelines/<experiment>; touch pipelines/<experiment>/dvc.yaml; make pipelines
 pipelines: venv
-	for dir in pipelines/*/; do name=$$(basename $$dir); { \
-	  echo "# Experiment conf/experiment/$$name.yaml as a DVC pipeline (same stages as the root dvc.yaml, paths"; \
-	  echo "# relative to this folder). params.yaml: deepsweep params experiment=$$name -o pipelines/$$name/params.yaml"; \
-	  echo "# Run: dvc repro pipelines/$$name/dvc.yaml"; \
-	  sed -n '/^stages:/,$$p' dvc.yaml | sed 's#- src/#- ../../src/#'; } > $$dir/dvc.yaml; \
-	  $(BIN)/deepsweep params experiment=$$name -o $$dir/params.yaml; done
+	$(BIN)/deepsweep pipelines
 
 clean:
 	rm -rf artifacts outputs multirun mlruns mlartifacts mlflow.db dvc_plots

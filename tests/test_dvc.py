@@ -16,8 +16,10 @@ from conftest import deepsweep_cli
 pytestmark = pytest.mark.slow
 
 
-def dvc(project: Path, *args: str) -> str:
+def dvc(project: Path, *args: str, tracking_env: bool = True) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DEEPSWEEP_ROOT": ""}
+    if not tracking_env:  # as a user runs it: the default store, at the project root
+        env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -48,6 +50,22 @@ def test_repro_runs_then_skips_then_reruns_downstream(project_copy):
     params.write_text(params.read_text().replace("  epochs: 1", "  epochs: 2"))
     assert ran(dvc(project_copy, "repro")) == ["pretrain", "finetune", "evaluate"]
 
+    # Code is a dependency too: an edit to a module every stage runs makes every stage stale, one to the
+    # evaluate stage's own module only that stage.
+    def stale() -> list[str]:
+        status = json.loads(dvc(project_copy, "status", "dvc.yaml", "--json"))
+        return sorted(name.split(":")[-1] for name, changes in status.items() if changes)
+
+    factory = project_copy / "src/deepsweep/factory.py"
+    original = factory.read_text()
+    factory.write_text(original + "\n# edited\n")
+    assert stale() == ["evaluate", "finetune", "prepare", "pretrain"]
+    factory.write_text(original)
+    assert stale() == []
+    evaluate = project_copy / "src/deepsweep/stages/evaluate.py"
+    evaluate.write_text(evaluate.read_text() + "\n# edited\n")
+    assert stale() == ["evaluate"]
+
 
 def test_exp_run_with_set_param(project_copy):
     for cmd in (["git", "add", "-A"],):
@@ -66,12 +84,12 @@ def test_queued_experiments_run_on_parallel_queue_workers(project_copy):
 
     for lr in ("0.01", "0.003"):
         out = dvc(project_copy, "exp", "run", "--queue", "-S", f"optimizer.lr={lr}", "-S", "trainer.max_epochs=1",
-                  "-S", "pretrain.epochs=1", "-S", "model.hidden_dims=[32]")
+                  "-S", "pretrain.epochs=1", "-S", "model.hidden_dims=[32]", tracking_env=False)
         assert "Queued experiment" in out, out
-    dvc(project_copy, "queue", "start", "-j", "2")
+    dvc(project_copy, "queue", "start", "-j", "2", tracking_env=False)
     deadline = time.monotonic() + 500
     while time.monotonic() < deadline:
-        status = dvc(project_copy, "queue", "status")
+        status = dvc(project_copy, "queue", "status", tracking_env=False)
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(3)
@@ -87,3 +105,11 @@ def test_queued_experiments_run_on_parallel_queue_workers(project_copy):
             results.append((lr, metrics.get("accuracy")))
     assert sorted(lr for lr, _ in results) == [0.003, 0.01], shown
     assert all(acc is not None and acc > 0.3 for _, acc in results), results
+    # With no tracking setting, the queue workers' runs land in the project's own store (not in DVC's
+    # temporary workspace copies, which are deleted): 4 stages of each experiment.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project_copy / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("deepsweep").experiment_id])
+    assert sorted(r.data.params["optimizer.lr"] for r in runs if r.info.run_name == "evaluate") == ["0.003", "0.01"]
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -10,6 +10,8 @@ names the key and what is allowed.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -38,6 +40,11 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what is allowed."""
 
 
+def _invalid(errors: list[str]) -> ConfigError:
+    """One problem: one line. Several: one line each."""
+    return ConfigError(errors[0] if len(errors) == 1 else "invalid config:\n  " + "\n  ".join(errors))
+
+
 def options(group: str) -> list[str]:
     """The options of a config group: the YAML files in conf/<group>/."""
     folder = paths.conf_dir() / group
@@ -58,11 +65,20 @@ def _hydra_context() -> Iterator[None]:
 
 
 def compose(overrides: Iterable[str] = ()) -> DictConfig:
-    """Compose conf/config.yaml with Hydra command-line style overrides (``model=lenet``, ``seed=1``)."""
-    from hydra import compose as hydra_compose
+    """Compose conf/config.yaml with Hydra command-line style overrides (``model=lenet``, ``seed=1``).
 
-    with _hydra_context():
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    Hydra's own composition errors (an unknown option, a key not in the config, override syntax) become
+    ConfigError with Hydra's message, so every entry point reports them as one line."""
+    from hydra import compose as hydra_compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with _hydra_context():
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = " ".join(str(exc).split("\nConfig search path")[0].split())  # Hydra's messages span lines
+        raise ConfigError(message) from None
     OmegaConf.set_struct(cfg, False)
     cfg.pop("hydra", None)
     return cfg
@@ -80,7 +96,7 @@ def _type_name(value: Any) -> str:
 
 def _compatible(expected: Any, value: Any) -> bool:
     if expected is None or value is None:
-        # A null default means "unset": any value may set it, and any field may be unset with null.
+        # Null is judged in _check: where the default is null, the field is unset and any scalar may set it.
         return True
     if isinstance(expected, bool):
         return isinstance(value, bool)
@@ -91,34 +107,76 @@ def _compatible(expected: Any, value: Any) -> bool:
     return isinstance(value, type(expected))
 
 
-def _check(reference: Any, value: Any, key: str, source: str, errors: list[str]) -> None:
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _check(reference: Any, value: Any, key: str, source: str, errors: list[str], whole: Mapping[str, Any]) -> None:
+    """Compare ``value`` with the option file's default ``reference`` at ``key``: its shape and type, then the
+    range rule of the key (deepsweep.constraints). ``whole`` is the full config, for rules that read another key."""
+    from deepsweep.constraints import numeric, rule_for
+
     if isinstance(reference, Mapping):
         if not isinstance(value, Mapping):
-            errors.append(f"{key}: expected a mapping, got {_type_name(value)} {value!r}")
+            errors.append(f"{key}: expected a mapping, got {_type_name(value)} {_show(value)}")
             return
         for k in value:
             if k not in reference:
-                allowed = ", ".join(sorted(str(r) for r in reference))
+                allowed = ", ".join(sorted(str(r) for r in reference if not str(r).startswith("_")))
                 errors.append(f"{key}.{k}: unknown key (not in {source}); allowed keys: {allowed}")
         for k, ref in reference.items():
             if k not in value:
                 errors.append(f"{key}.{k}: missing (default in {source}: {ref!r})")
+            elif str(k) in ("_target_", "_partial_", "_args_"):
+                # What gets built comes only from the option files: a params file or an override that names
+                # another callable would run code the config groups never offered.
+                if value[k] != ref:
+                    errors.append(f"{key}.{k}: {_show(value[k])} is not allowed; what is built comes only from "
+                                  f"{source} ({ref!r}): choose another option of the group instead")
             else:
-                _check(ref, value[k], f"{key}.{k}", source, errors)
+                _check(ref, value[k], f"{key}.{k}", source, errors, whole)
+        return
+    rule = rule_for(key)
+    if value is None:
+        if reference is not None and not (rule and rule.nullable):
+            allowed = rule.allowed if rule else f"a {_type_name(reference)}"
+            errors.append(f"{key}: null is not allowed here; allowed: {allowed} (default in {source}: {reference!r})")
+        return
+    if reference is None and isinstance(value, (Mapping, list)):
+        errors.append(f"{key}: expected a single value or null (default in {source}: null), "
+                      f"got {_type_name(value)} {_show(value)}")
         return
     if isinstance(reference, list):
         if not isinstance(value, list):
-            errors.append(f"{key}: expected a list like {reference!r}, got {_type_name(value)} {value!r}")
+            errors.append(f"{key}: expected a list like {reference!r}, got {_type_name(value)} {_show(value)}")
             return
         if reference:
+            before = len(errors)
             for i, item in enumerate(value):
-                _check(reference[0], item, f"{key}[{i}]", source, errors)
-        return
-    if not _compatible(reference, value):
+                if isinstance(reference[0], (Mapping, list)):
+                    _check(reference[0], item, f"{key}[{i}]", source, errors, whole)
+                elif not _compatible(reference[0], item):
+                    errors.append(f"{key}[{i}]: expected {_type_name(reference[0])} (default in {source}: "
+                                  f"{reference!r}), got {_type_name(item)} {_show(item)}")
+            if len(errors) > before:
+                return
+    elif not _compatible(reference, value):
         errors.append(
             f"{key}: expected {_type_name(reference)} (default in {source}: {reference!r}), "
-            f"got {_type_name(value)} {value!r}"
+            f"got {_type_name(value)} {_show(value)}"
         )
+        return
+    # Rules are about numbers: a name or a flag under a pattern such as model.* is the type check's alone.
+    numbers = numeric(reference) or numeric(value) or (isinstance(reference, list) and value == [])
+    if rule is not None and numbers and not rule.accepts(value, whole):
+        errors.append(f"{key}: {_show(value)} is out of range; allowed: {rule.allowed}")
+
+
+@functools.lru_cache(maxsize=64)
+def _reference(conf_dir: str, choices: tuple[str, ...]) -> dict:
+    """The composed defaults of the chosen options: the schema a config is checked against (cached: a sweep
+    or a test checks many configs of the same options, and composing costs ~0.13 s)."""
+    return OmegaConf.to_container(compose(list(choices)), resolve=True)
 
 
 def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
@@ -144,9 +202,9 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
         if key not in GROUPS and key not in TOP_LEVEL:
             errors.append(f"{key}: unknown top-level key; allowed: {', '.join(GROUPS + TOP_LEVEL)}")
     if errors:
-        raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
+        raise _invalid(errors)
 
-    reference = OmegaConf.to_container(compose(choices), resolve=True)
+    reference = copy.deepcopy(_reference(str(paths.conf_dir()), tuple(choices)))
     value = OmegaConf.to_container(cfg, resolve=True)
     # pretrain.optimizer overrides fields of whichever optimizer is chosen: checked against that one.
     reference["pretrain"].pop("optimizer", None)
@@ -160,12 +218,14 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
             errors.append(f"pretrain.optimizer.{key}: optimizer={value['optimizer']['name']} has no field {key!r}; "
                           f"its fields: {', '.join(fields)}")
         else:
-            _check(fields[key], field_value, f"pretrain.optimizer.{key}", f"conf/optimizer/{value['optimizer']['name']}.yaml", errors)
+            if field_value is not None:  # null: as the optimizer group says
+                _check(fields[key], field_value, f"pretrain.optimizer.{key}",
+                       f"conf/optimizer/{value['optimizer']['name']}.yaml", errors, value)
     for group in GROUPS:
-        _check(reference[group], value[group], group, f"conf/{group}/{value[group]['name']}.yaml", errors)
+        _check(reference[group], value[group], group, f"conf/{group}/{value[group]['name']}.yaml", errors, value)
     for key in TOP_LEVEL:
         if key in value:
-            _check(reference[key], value[key], key, "conf/config.yaml", errors)
+            _check(reference[key], value[key], key, "conf/config.yaml", errors, value)
     from deepsweep.stages.pipeline import STAGES  # light: omegaconf and the standard library
 
     metric = cfg.get("optimized_metric")
@@ -173,8 +233,16 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
         errors.append(f"optimized_metric: {metric!r} is not a stage metric; use <stage>.<metric> with stage one of "
                       f"{', '.join(STAGES)} (e.g. finetune.best_val_acc, evaluate.roc_auc)")
     if errors:
-        raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
+        raise _invalid(errors)
     return cfg
+
+
+def params_text(overrides: list[str]) -> str:
+    """A params file: conf/ composed with ``overrides``, resolved and validated, with a header naming the command."""
+    cfg = validate(compose(overrides))
+    text = "# Generated by `deepsweep params" + "".join(f" {o}" for o in overrides) + "`; edit freely or\n"
+    text += "# regenerate. DVC stages read this file; `dvc exp run -S key=value` changes it.\n"
+    return text + OmegaConf.to_yaml(cfg, resolve=True)
 
 
 def load_params(path: str | Path) -> DictConfig:

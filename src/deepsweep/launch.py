@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from deepsweep.provenance import fingerprint  # noqa: F401  (what a job computes: config, code, data, libraries)
+
 FINGERPRINT_TAG = "deepsweep.fingerprint"
-# Keys that change where results go or how they are shown, never what a job computes.
-NOT_FINGERPRINTED = ("logger", "trainer.enable_progress_bar", "trainer.num_threads", "trainer.devices")
 
 
 def job_threads(launcher: DictConfig | None, cpu_count: int | None = None) -> int:
@@ -52,11 +51,16 @@ def gpu_slot(num_gpus: int, jobs_per_gpu: int = 1, lock_dir: str | os.PathLike |
     if num_gpus < 1:
         raise ValueError("gpu_slot: no GPU to hand out")
     lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"deepsweep-gpu-slots-{os.getuid()}")
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # In a shared /tmp another user could have made this folder first, or planted links in it.
+    info = lock_dir.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{lock_dir}: GPU slot folder is not a folder of this user; remove it or set TMPDIR")
     slots = num_gpus * max(1, jobs_per_gpu)
     while True:
         for slot in range(slots):
-            handle = open(lock_dir / f"slot{slot}.lock", "w")
+            fd = os.open(lock_dir / f"slot{slot}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            handle = os.fdopen(fd, "w")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -69,19 +73,6 @@ def gpu_slot(num_gpus: int, jobs_per_gpu: int = 1, lock_dir: str | os.PathLike |
                 handle.close()
             return
         time.sleep(poll_s)
-
-
-def fingerprint(cfg: DictConfig) -> str:
-    """A digest of what a job computes: the resolved config (seed included) minus where it logs."""
-    data: Any = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_FINGERPRINTED:
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def previous_runs(parent_run_id: str, digest: str) -> list[Any]:

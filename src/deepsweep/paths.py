@@ -30,11 +30,27 @@ def project_root() -> Path:
     return _PACKAGE_REPO_ROOT
 
 
+def home_root() -> Path:
+    """The project that owns this run's records and data: the project root, except inside a workspace DVC
+    made for a queued or temp experiment (``<project>/.dvc/tmp/exps/<id>/``, a copy of the tracked files
+    only), where it is the project that workspace was copied from. So ``dvc exp run --queue`` jobs log to
+    the project's own MLflow store and read the same data paths as ``dvc repro``."""
+    root = project_root()
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 4] == (".dvc", "tmp", "exps", parts[i + 3]) and i > 0:
+            original = Path(*parts[:i])
+            if _looks_like_root(original):
+                return original
+    return root
+
+
 def conf_dir() -> Path:
     return project_root() / "conf"
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A config path made absolute: relative paths count from the project root, ~ is expanded."""
+    """A config path made absolute: relative paths count from the project's home root (``home_root``),
+    ~ is expanded."""
     p = Path(os.path.expanduser(str(path)))
-    return p if p.is_absolute() else (project_root() / p).resolve()
+    return p if p.is_absolute() else (home_root() / p).resolve()

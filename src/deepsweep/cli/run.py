@@ -55,6 +55,25 @@ def _own_gpu(cfg: DictConfig, launcher: DictConfig):
         yield
 
 
+def _stop_single_run(exc: Exception) -> None:
+    """A single run's known failures leave Hydra as themselves, not inside its error report: SystemExit
+    passes through Hydra's job runner, and ``deepsweep run`` prints them as one line."""
+    from deepsweep.config import ConfigError
+    from deepsweep.errors import DataFileError, FolderInUse, NonFiniteError
+
+    if isinstance(exc, (ConfigError, FileNotFoundError, DataFileError, NonFiniteError, FolderInUse)):
+        raise _Reported(exc)
+    raise exc
+
+
+class _Reported(SystemExit):
+    """Carries a known failure through Hydra (which reports every Exception with a traceback)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 @hydra.main(version_base="1.3", config_path=str(paths.conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
@@ -89,10 +108,14 @@ def main(cfg: DictConfig) -> float:
                               parent_run_id=parent, resume=multirun)
     except Exception as exc:
         if not multirun:
-            raise
+            _stop_single_run(exc)
         # One failing sweep job must not stop the others: its MLflow run is already marked FAILED
         # with the error, and the sweep report lists it.
         log.error("sweep job %s failed: %s: %s", hydra_cfg.job.num, type(exc).__name__, exc)
+        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+            # The Optuna sweeper records a raising job as a FAILED trial (up to its max_failure_rate) but
+            # crashes on a NaN return (hydra-optuna-sweeper 1.2: study.tell is called twice).
+            raise
         return float("nan")
     for key, value in summary.items():
         print(f"{key} = {value:.4f}")

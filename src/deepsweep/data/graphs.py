@@ -64,10 +64,16 @@ class Planetoid:
     def load(self):
         from torch_geometric.datasets import Planetoid as PygPlanetoid
 
+        from deepsweep.errors import DataFileError
+
         raw = self.raw_dir()
         with tempfile.TemporaryDirectory() as scratch:
             shutil.copytree(raw, Path(scratch) / self.name_in_source / "raw")
-            dataset = PygPlanetoid(scratch, self.name_in_source, split=self.split)
+            try:
+                dataset = PygPlanetoid(scratch, self.name_in_source, split=self.split)
+            except Exception as exc:  # pickle, numpy or scipy errors from a corrupt file: which one, PyG does not say
+                raise DataFileError(f"{raw}: a Planetoid file cannot be read ({type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())[:200]}); fetch the files again") from None
             data = dataset[0]
         if self.normalize_features:
             # Row-normalize the bag-of-words features, as Kipf & Welling and PyG's examples do.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepsweep import paths
+from deepsweep.errors import DataFileError
 from deepsweep.data.sources import Split, Splits, _stratified_split
 
 PAD, MASK, UNK = "<pad>", "<mask>", "<unk>"
@@ -61,10 +62,14 @@ class SmsSpam:
         if not path.is_file():
             raise FileNotFoundError(f"data.root: {path} not found (the SMS Spam Collection file)")
         labels, texts = [], []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFileError(f"{path}:{n}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             label, sep, text = line.partition("\t")
             if not sep or label not in ("ham", "spam"):
-                raise ValueError(f"{path}:{n}: expected '<ham|spam>\\t<text>', got {line[:60]!r}")
+                raise DataFileError(f"{path}:{n}: expected '<ham|spam>\\t<text>', got {line[:60]!r}")
             labels.append(int(label == "spam"))
             texts.append(text)
         y = np.array(labels, dtype=np.int64)
@@ -92,7 +97,20 @@ class Ecg200:
         path = paths.resolve(self.root) / name
         if not path.is_file():
             raise FileNotFoundError(f"data.root: {path} not found (ECG200 in the UCR text format)")
-        table = np.loadtxt(path, dtype=np.float32)
+        rows = []
+        for n, line in enumerate(path.read_bytes().splitlines(), 1):
+            try:
+                values = [float(v) for v in line.decode("ascii").split()]
+            except (UnicodeDecodeError, ValueError):
+                raise DataFileError(f"{path}:{n}: expected a label and numbers separated by spaces, "
+                                    f"got {line[:60]!r}") from None
+            if values:
+                if rows and len(values) != len(rows[0]):
+                    raise DataFileError(f"{path}:{n}: {len(values)} values where line 1 has {len(rows[0])}")
+                rows.append(values)
+        if not rows:
+            raise DataFileError(f"{path}: empty file")
+        table = np.asarray(rows, dtype=np.float32)
         return table[:, 1:, None], (table[:, 0] > 0).astype(np.int64)  # label 1 = normal, -1 = infarction
 
     def load(self) -> tuple[Splits, dict]:

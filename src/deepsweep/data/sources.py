@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deepsweep import paths
+from deepsweep.errors import DataFileError
 
 
 @dataclass
@@ -83,17 +84,29 @@ IDX_FILES = {
 
 def read_idx(path: Path) -> np.ndarray:
     """Read a (gzip-compressed) IDX file: MNIST's own format, as published by LeCun et al."""
+    import zlib
+
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataFileError(f"{path}: not a complete gzip file ({exc}); fetch it again") from None
+    if len(data) < 4:
+        raise DataFileError(f"{path}: {len(data)} bytes, too short for an IDX header")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+        raise DataFileError(f"{path}: not an unsigned-byte IDX file (header {data[:4].hex()}; expected 0000080N)")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but holds {array.size} values (truncated file?)")
+        raise DataFileError(f"{path}: header says shape {shape} but holds {array.size} values (truncated file?)")
     return array.reshape(shape)
+
+
+def _paired(images: np.ndarray, labels: np.ndarray, image_file: Path, label_file: Path) -> None:
+    if len(images) != len(labels):
+        raise DataFileError(f"{image_file}: {len(images)} images but {label_file.name} has {len(labels)} labels")
 
 
 @dataclass
@@ -130,6 +143,8 @@ class IdxImages:
         y_train = read_idx(files["train_labels"]).astype(np.int64)
         x_test = read_idx(files["test_images"]).astype(np.float32)[:, None] / 255.0
         y_test = read_idx(files["test_labels"]).astype(np.int64)
+        _paired(x_train, y_train, files["train_images"], files["train_labels"])
+        _paired(x_test, y_test, files["test_images"], files["test_labels"])
         if self.train_subset is not None and self.train_subset < len(y_train):
             _, kept = _stratified_split(x_train, y_train, self.train_subset / len(y_train), seed)
             x_train, y_train = kept.x, kept.y

@@ -5,7 +5,7 @@ Off by default (``trainer.checkpoint_every_n_epochs: 0``): the small models deep
 train an epoch faster than a checkpoint is written. When on, Lightning writes ``last.ckpt`` every N
 epochs into ``<stage>.resume/`` beside the stage's output, tagged with the config's fingerprint; a
 rerun of the same config (``dvc repro`` again, or a resumed sweep) fits from there. A finished stage
-deletes it: its output is then the thing to keep."""
+deletes it once its output is committed: that output is then the thing to keep."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ class Resume:
         self.folder = Path(artifacts) / f"{stage}.resume"
         self.fingerprint = fingerprint(cfg)
 
-    def callbacks(self) -> list:
-        """The checkpoint writer for the trainer; a checkpoint another config left here is removed first."""
+    def callbacks(self, *loaders) -> list:
+        """The checkpoint writer for the trainer, and the keeper of every random stream the fit draws from
+        (``loaders``' shuffling included); a checkpoint another config left here is removed first."""
         if not self.every:
             return []
         from lightning.pytorch.callbacks import ModelCheckpoint
@@ -41,7 +42,8 @@ class Resume:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / FINGERPRINT).write_text(self.fingerprint)
         # No monitor and top-1: the newest epoch, overwritten in place as last.ckpt.
-        return [ModelCheckpoint(dirpath=self.folder, filename="last", monitor=None, save_top_k=1,
+        return [random_states(*loaders),
+                ModelCheckpoint(dirpath=self.folder, filename="last", monitor=None, save_top_k=1,
                                 every_n_epochs=self.every, enable_version_counter=False)]
 
     def checkpoint(self) -> str | None:
@@ -60,7 +62,59 @@ class Resume:
 
             mlflow.set_tag("deepsweep.resumed_from", checkpoint)
         trainer.fit(task, *loaders, ckpt_path=checkpoint)
-        self.done()
+        # Kept until the stage's output is committed (stages.pipeline calls discard_checkpoint).
 
     def done(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def discard_checkpoint(artifacts: Path, stage: str) -> None:
+    """Remove a stage's resume checkpoint: called once its output is committed, never before."""
+    shutil.rmtree(Path(artifacts) / f"{stage}.resume", ignore_errors=True)
+
+
+def _generator(loader):
+    """The shuffling generator of a loader, through its wrappers (Chunked, device placement)."""
+    while loader is not None:
+        generator = getattr(loader, "generator", None)
+        if generator is not None:
+            return generator
+        loader = getattr(loader, "loader", None)
+    return None
+
+
+def random_states(*loaders):
+    """A callback whose state, saved in every resume checkpoint, is every random stream a fit draws from:
+    torch's (CPU and CUDA: dropout, noise, sampling), NumPy's, Python's and the loaders' shuffling
+    generators. Restored before the resumed fit's first epoch, so the epochs after the checkpoint draw what
+    they would have drawn had the fit never stopped: a resumed fit ends with the same weights as an
+    uninterrupted one (tests/faults/test_resume.py, bit for bit on CPU)."""
+    import random
+
+    import lightning as L
+    import numpy as np
+    import torch
+
+    generators = [g for g in (_generator(loader) for loader in loaders) if g is not None]
+
+    class RandomStates(L.Callback):
+        def state_dict(self) -> dict:
+            # Plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True).
+            kind, keys, pos, has_gauss, cached = np.random.get_state()
+            numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+            return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": list(random.getstate()),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "loaders": [g.get_state() for g in generators]}
+
+        def load_state_dict(self, state: dict) -> None:
+            torch.set_rng_state(state["torch"])
+            kind, keys, pos, has_gauss, cached = state["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            version, internal, gauss_next = state["python"]
+            random.setstate((version, tuple(internal), gauss_next))
+            if state["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+            for generator, saved in zip(generators, state["loaders"]):
+                generator.set_state(saved)
+
+    return RandomStates()

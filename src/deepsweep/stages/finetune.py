@@ -51,15 +51,15 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
         callbacks.append(EarlyStopping("val/loss", patience=regularization.early_stopping_patience, mode="min"))
     if cfg.scheduler.name != "none":
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    resume = Resume(cfg, out.parent, "finetune")
-    callbacks += resume.callbacks()
-    logger = MlflowRunLogger(run.info.run_id)
-    trainer = factory.create_trainer(cfg, epochs, logger, callbacks, str(out),
-                                     manual_optimization=not task.automatic_optimization)
     batch = int(cfg.data.batch_size)
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
                                label_fraction=float(cfg.finetune.label_fraction),
                                num_neighbors=cfg.data.get("num_neighbors"))
+    resume = Resume(cfg, out.parent, "finetune")
+    callbacks += resume.callbacks(train_loader)
+    logger = MlflowRunLogger(run.info.run_id)
+    trainer = factory.create_trainer(cfg, epochs, logger, callbacks, str(out),
+                                     manual_optimization=not task.automatic_optimization)
     train_loader, val_loader = factory.place_on_device(trainer, task.batches(train_loader),
                                                        task.batches(data.loader("val", batch)))
     resume.fit(trainer, task, train_loader, val_loader)

@@ -11,6 +11,7 @@ inherits the pipeline id, so the MLflow runs of one pipeline share the tag ``dee
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import uuid
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from deepsweep.utils.io import atomic_dir, read_json, write_json
+from deepsweep.errors import NonFiniteError
+from deepsweep.utils.io import atomic_dir, folder_lock, read_json, write_json
 
 # stage -> the stages whose outputs it reads, in run order.
 STAGES: dict[str, tuple[str, ...]] = {
@@ -31,7 +33,9 @@ RUN_FILE = "run.json"
 
 
 def _lineage(inputs: dict[str, Path]) -> tuple[str | None, dict[str, str]]:
-    pipeline_id, upstream = None, {}
+    """The pipeline id the inputs share, and their run ids as tags. Inputs of different pipelines (two
+    runs writing one folder, or an upstream stage rerun by hand without what follows it) stop the stage."""
+    pipeline_ids, upstream = {}, {}
     for dep, folder in inputs.items():
         record = folder / RUN_FILE
         if not record.is_file():
@@ -39,17 +43,26 @@ def _lineage(inputs: dict[str, Path]) -> tuple[str | None, dict[str, str]]:
                 f"{folder}: output of stage '{dep}' is missing; run it first (dvc repro {dep}, or the whole pipeline)"
             )
         info = read_json(record)
-        pipeline_id = pipeline_id or info.get("pipeline_id")
+        pipeline_ids[dep] = info.get("pipeline_id")
         upstream[f"deepsweep.upstream.{dep}"] = info.get("run_id", "")
-    return pipeline_id, upstream
+    if len(set(pipeline_ids.values())) > 1:
+        shown = ", ".join(f"{dep}: {pid}" for dep, pid in pipeline_ids.items())
+        raise FileNotFoundError(f"{next(iter(inputs.values())).parent}: the inputs come from different pipeline runs "
+                                f"({shown}); rerun the stages after the first that differs (dvc repro)")
+    return next(iter(pipeline_ids.values()), None), upstream
+
+
+def check_finite_metrics(metrics: dict[str, float]) -> None:
+    """A stage's summary never holds NaN or inf: metrics.json, DVC and MLflow would show it as a result."""
+    bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
+    if bad:
+        raise NonFiniteError("non-finite result " + ", ".join(f"{k} = {v}" for k, v in sorted(bad.items())))
 
 
 def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None = None) -> dict[str, float]:
     """Run stage ``name``: read upstream outputs under ``artifacts/``, write ``artifacts/<name>/`` atomically,
     record one MLflow run (FAILED, with the error, if the stage raises)."""
     from deepsweep.factory import check_accelerator, check_compatible, steps_per_call
-    from deepsweep.launch import fingerprint
-    from deepsweep.tracking.runs import PARENT_RUN_ENV, start_run
 
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; allowed: {', '.join(STAGES)}")
@@ -57,6 +70,15 @@ def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None
     check_compatible(cfg)
     steps_per_call(cfg)  # checks trainer.steps_per_call here, not first in the pretrain stage
     artifacts = Path(artifacts)
+    with folder_lock(artifacts):
+        return _execute_locked(name, cfg, artifacts, pipeline_id)
+
+
+def _execute_locked(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None) -> dict[str, float]:
+    from deepsweep.launch import fingerprint
+    from deepsweep.stages.checkpoints import discard_checkpoint
+    from deepsweep.tracking.runs import PARENT_RUN_ENV, start_run
+
     inputs = {dep: artifacts / dep for dep in STAGES[name]}
     inherited, upstream = _lineage(inputs)
     pipeline_id = pipeline_id or inherited or uuid.uuid4().hex
@@ -64,9 +86,16 @@ def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None
     stage = importlib.import_module(f"deepsweep.stages.{name}")
     with start_run(cfg, run_name=name, tags=tags, parent_run_id=os.environ.get(PARENT_RUN_ENV)) as run:
         with atomic_dir(artifacts / name) as out:
-            metrics = stage.run(cfg, out, inputs, run)
+            try:
+                metrics = stage.run(cfg, out, inputs, run)
+                check_finite_metrics(metrics)
+            except NonFiniteError as exc:
+                raise NonFiniteError(f"stage {name}: {exc}") from None
             write_json(out / RUN_FILE, {"stage": name, "run_id": run.info.run_id, "pipeline_id": pipeline_id,
                                         "fingerprint": fingerprint(cfg), "metrics": metrics})
+        # Only now that the output is in place may the resume checkpoint go: a kill before this line
+        # resumes from it.
+        discard_checkpoint(artifacts, name)
     return metrics
 
 
@@ -93,7 +122,7 @@ def run_all(cfg: DictConfig, workdir: Path, run_name: str = "pipeline", tags: di
     from deepsweep.tracking.runs import start_run
 
     summary: dict[str, Any] = {}
-    with start_run(cfg, run_name=run_name, tags={"deepsweep.stage": "pipeline", **(tags or {})},
+    with folder_lock(workdir), start_run(cfg, run_name=run_name, tags={"deepsweep.stage": "pipeline", **(tags or {})},
                    parent_run_id=parent_run_id) as run:
         mlflow.set_tag("deepsweep.pipeline_id", run.info.run_id)
         for name in STAGES:

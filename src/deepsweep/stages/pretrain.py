@@ -59,14 +59,14 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dic
                               f"(0..{data.num_classes - 1})")
     best = BestWeights()
     callbacks = [best] if getattr(task, "keep_best_weights", True) else []
-    resume = Resume(cfg, out.parent, "pretrain")
-    callbacks += resume.callbacks()
-    trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), callbacks, str(out),
-                                     manual_optimization=not task.automatic_optimization)
     batch = int(cfg.data.batch_size)
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class,
                                num_neighbors=cfg.data.get("num_neighbors"), all_nodes=True)
     val_loader = data.loader("val", batch, exclude_class=anomaly_class)
+    resume = Resume(cfg, out.parent, "pretrain")
+    callbacks += resume.callbacks(train_loader)
+    trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), callbacks, str(out),
+                                     manual_optimization=not task.automatic_optimization)
     if one_loss:
         train_loader, val_loader = task.batches(train_loader), task.batches(val_loader)
     train_loader, val_loader = factory.place_on_device(trainer, train_loader, val_loader)

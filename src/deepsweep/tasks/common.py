@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
 
+from deepsweep.errors import NonFiniteError
 from deepsweep.nn.regularizers import Regularization
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -65,6 +67,17 @@ class EpochMean:
         return mean
 
 
+def check_finite(values: dict[str, float], epoch: int, step: int) -> None:
+    """Stop fitting at the first NaN or infinite epoch value: every number after it would be noise, and a
+    sweep must show the job as failed rather than rank it. Checked once per epoch, on values already on
+    the host for logging, so it costs no extra device sync."""
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if bad:
+        shown = ", ".join(f"{name} = {value}" for name, value in bad.items())
+        raise NonFiniteError(f"non-finite value at epoch {epoch}, step {step}: {shown} (lower the learning "
+                             "rate, clip gradients with trainer.gradient_clip_val, or check the data)")
+
+
 class EpochLoggingMixin:
     """``self.track("train/loss", loss, n)`` every step; the means are logged at each epoch's end."""
 
@@ -86,13 +99,14 @@ class EpochLoggingMixin:
         from lightning.pytorch.trainer.states import TrainerFn
 
         trainer = self.trainer
+        metrics = {name: value.detach() for name, value in metrics.items()}
+        scalars = torch.stack([v.float() for v in metrics.values()]).tolist()  # one device sync for all
+        check_finite(dict(zip(metrics, scalars)), trainer.current_epoch, trainer.global_step)
         if not self.direct_epoch_logging or trainer.world_size > 1 or trainer.state.fn != TrainerFn.FITTING:
             self.log_dict(metrics, sync_dist=trainer.world_size > 1)
             return
-        metrics = {name: value.detach() for name, value in metrics.items()}
         trainer.callback_metrics.update(metrics)
         if trainer.logger is not None:
-            scalars = torch.stack([v.float() for v in metrics.values()]).tolist()  # one device sync for all
             trainer.logger.log_metrics({**dict(zip(metrics, scalars)), "epoch": trainer.current_epoch},
                                        step=trainer.global_step)
 
@@ -228,6 +242,8 @@ class BestWeights(L.Callback):
         if score is None:
             return
         score = float(score)
+        if not math.isfinite(score):  # never keep the weights of a diverged epoch (log_epoch stops the fit)
+            return
         if self.best_score is None or score < self.best_score:
             self.best_score, self.best_epoch = score, trainer.current_epoch
             # A tensor-by-tensor copy: deepcopy's generic machinery costs more than the copy on small models.

@@ -70,8 +70,10 @@ class MlflowRunLogger(Logger):
 
     def flush(self) -> None:
         """Write the buffered metrics (MLflow takes at most 1000 per batch)."""
+        from deepsweep.tracking.runs import retry_locked
+
         for start in range(0, len(self._pending), 1000):
-            self.client.log_batch(self.run_id, metrics=self._pending[start : start + 1000], synchronous=True)
+            retry_locked(self.client.log_batch, self.run_id, metrics=self._pending[start : start + 1000], synchronous=True)
         self._pending = []
         self._last_flush = time.monotonic()
 

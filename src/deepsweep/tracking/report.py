@@ -3,6 +3,8 @@ marked; written next to the sweep and logged to the parent run."""
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 RANK_METRIC = "finetune.best_val_acc"
@@ -63,15 +65,36 @@ def render(rows: list[dict], rank_metric: str = RANK_METRIC) -> tuple[str, str]:
     shown = _shown(rank_metric)
     header = ["", "run", "status", *varying, *shown, "error"]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    csv_lines = [",".join(header[1:])]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header[1:])
     for i, r in enumerate(rows):
-        cells = [r["run_name"], r["status"], *(r["params"].get(k, "") for k in varying)]
+        cells = [str(r["run_name"]), r["status"], *(str(r["params"].get(k, "")) for k in varying)]
         cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in shown]
-        cells.append(r["error"].splitlines()[0][:120].replace("|", "/") if r["error"] else "")
+        cells.append(r["error"].splitlines()[0][:120] if r["error"] else "")
         mark = "best" if i == 0 and r["status"] == "FINISHED" else ""
-        md.append("| " + " | ".join([mark, *cells]) + " |")
-        csv_lines.append(",".join(f'"{c}"' for c in cells))
-    return "\n".join(md) + "\n", "\n".join(csv_lines) + "\n"
+        md.append("| " + " | ".join([mark, *(markdown_cell(c) for c in cells)]) + " |")
+        writer.writerow([spreadsheet_cell(c) for c in cells])
+    return "\n".join(md) + "\n", buffer.getvalue()
+
+
+def markdown_cell(text: str) -> str:
+    """A table cell that cannot break the table or inject markup: pipes, newlines and HTML escaped."""
+    import html
+
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with =, +, -, @ (a formula) gets a leading
+    quote, unless it is a plain number (a negative metric)."""
+    text = str(text)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
 
 
 def group_by_config(rows: list[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -20,14 +23,29 @@ from deepsweep.config import flatten
 PARENT_RUN_ENV = "DEEPSWEEP_PARENT_RUN_ID"
 
 
+def retry_locked(call: Any, *args: Any, attempts: int = 8, first_wait_s: float = 0.05, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, retried with exponential backoff (and jitter) while SQLite answers
+    "database is locked": parallel jobs writing one SQLite store wait their turn instead of losing a write.
+    SQLite itself waits 5 s for a lock before giving up; this adds up to ~25 s more over 8 attempts."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:  # MlflowException or SQLAlchemy's OperationalError, depending on the call
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(first_wait_s * 2**attempt * (1 + random.random()))
+    return None
+
+
 def tracking_uri(cfg: DictConfig) -> str:
-    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else an SQLite file at the project root.
+    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else an SQLite file at the project root (the original
+    project's, for a DVC queued experiment: paths.home_root).
 
     Always absolute: Lightning, Hydra and DVC may each run code from another cwd, and a relative
     store would scatter runs over several databases."""
     uri = cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        return f"sqlite:///{paths.project_root() / 'mlflow.db'}"
+        return f"sqlite:///{paths.home_root() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{paths.resolve(uri[len('sqlite:///'):])}"
     return uri
@@ -65,8 +83,74 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def redact(uri: str | None) -> str | None:
+    """A URI with its password replaced by ***: params, tags and logs never hold a credential."""
+    if not uri or "@" not in uri:
+        return uri
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot), so a reused pid is not taken for the original."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tags() -> dict[str, str]:
+    """Which process writes a run: the next process that opens the store can tell a live run from one
+    whose process was killed (kill -9, the OOM killer) and so never ended it."""
+    pid = os.getpid()
+    return {"deepsweep.host": socket.gethostname(), "deepsweep.pid": str(pid),
+            "deepsweep.pid_start": _process_start(pid)}
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not start or _process_start(pid) == start
+
+
+def mark_dead_runs(client: Any, experiment_ids: list[str]) -> list[str]:
+    """End as KILLED every RUNNING run of this host whose process is gone, with the reason in
+    ``deepsweep.error``. Returns their ids. Runs of other hosts (a cluster's nodes) are left alone."""
+    host = socket.gethostname()
+    runs = client.search_runs(experiment_ids, filter_string=f"attributes.status = 'RUNNING' and tags.`deepsweep.host` = '{host}'")
+    marked = []
+    for run in runs:
+        tags = run.data.tags
+        try:
+            pid = int(tags.get("deepsweep.pid", ""))
+        except ValueError:
+            continue
+        if _alive(pid, tags.get("deepsweep.pid_start", "")):
+            continue
+        client.set_tag(run.info.run_id, "deepsweep.error",
+                       f"process {pid} on {host} ended without ending this run (killed: kill -9, the OOM killer or "
+                       f"a power loss); marked KILLED by process {os.getpid()}")
+        client.set_terminated(run.info.run_id, "KILLED")
+        marked.append(run.info.run_id)
+    return marked
+
+
+_READY: set[tuple[str, str]] = set()  # (store, experiment) pairs this process has set up
+
+
 def setup(cfg: DictConfig) -> str:
-    """Point MLflow at the configured store and experiment (created if new); return the experiment id."""
+    """Point MLflow at the configured store and experiment (created if new); return the experiment id.
+
+    Once per process and store, runs left RUNNING by dead processes of this host are marked KILLED."""
     import mlflow
 
     uri = tracking_uri(cfg)
@@ -81,6 +165,9 @@ def setup(cfg: DictConfig) -> str:
             else client.create_experiment(name, artifact_location=artifact_location(uri))
         )
     mlflow.set_experiment(experiment_id=experiment_id)
+    if (uri, experiment_id) not in _READY:
+        _READY.add((uri, experiment_id))
+        mark_dead_runs(client, [experiment_id])
     return experiment_id
 
 
@@ -108,19 +195,24 @@ def git_tags() -> dict[str, str]:
 
 
 def config_tags(cfg: DictConfig) -> dict[str, str]:
+    """What the run is (family, data, pretraining) and what it was computed from (provenance digests)."""
+    from deepsweep import provenance
+
     return {
         "deepsweep.family": str(cfg.model.name),
         "deepsweep.dataset": str(cfg.data.name),
         "deepsweep.pretrain": str(cfg.pretrain.name),
+        **provenance.tags(cfg),
     }
 
 
 def log_params(params: Mapping[str, Any]) -> None:
     import mlflow
 
+    params = {k: redact(v) if k == "logger.tracking_uri" else v for k, v in params.items()}
     items = [(k, "null" if v is None else str(v)) for k, v in params.items()]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        mlflow.log_params(dict(items[i : i + 100]))
+        retry_locked(mlflow.log_params, dict(items[i : i + 100]))
 
 
 @contextlib.contextmanager
@@ -138,7 +230,7 @@ def start_run(
 
     setup(cfg)
     nested = mlflow.active_run() is not None
-    all_tags = {**git_tags(), **config_tags(cfg), **(tags or {})}
+    all_tags = {**git_tags(), **config_tags(cfg), **process_tags(), **(tags or {})}
     with mlflow.start_run(
         run_name=run_name,
         nested=nested,
@@ -147,7 +239,8 @@ def start_run(
     ) as run:
         try:
             log_params(flatten(cfg))
-            mlflow.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
+            text, uri = OmegaConf.to_yaml(cfg), cfg.logger.get("tracking_uri")
+            mlflow.log_text(text.replace(uri, redact(uri)) if uri else text, "config.yaml")
             yield run
         except BaseException as exc:
             mlflow.set_tag("deepsweep.error", f"{type(exc).__name__}: {exc}"[:4000])

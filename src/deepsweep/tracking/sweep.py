@@ -61,7 +61,7 @@ class MlflowSweepCallback(Callback):
         import mlflow
 
         from deepsweep.tracking.report import METRIC_TAG
-        from deepsweep.tracking.runs import git_tags, setup
+        from deepsweep.tracking.runs import git_tags, process_tags, setup
 
         experiment_id = setup(config)
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -72,12 +72,14 @@ class MlflowSweepCallback(Callback):
             # The same sweep folder again: the same parent run, whose finished jobs are skipped.
             client.update_run(run_id, status="RUNNING")
             client.set_tag(run_id, "deepsweep.resumed", "true")
+            for key, value in process_tags().items():  # this process now holds it
+                client.set_tag(run_id, key, value)
         else:
             overrides = " ".join(config.hydra.overrides.task)
             run_id = client.create_run(
                 experiment_id,
                 run_name=f"sweep {sweep_dir.name}",
-                tags={**git_tags(), "deepsweep.stage": "sweep", "deepsweep.sweep_dir": str(sweep_dir.resolve()),
+                tags={**git_tags(), **process_tags(), "deepsweep.stage": "sweep", "deepsweep.sweep_dir": str(sweep_dir.resolve()),
                       "deepsweep.overrides": overrides, METRIC_TAG: str(config.optimized_metric)},
             ).info.run_id
             (sweep_dir / PARENT_FILE).write_text(run_id)
@@ -90,6 +92,10 @@ class MlflowSweepCallback(Callback):
         # Progress while the sweep runs: jobs report from their own processes, so count marker files.
         import logging
 
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:  # Hydra calls job hooks for a single run too
+            return
         done_dir = Path(config.hydra.sweep.dir) / DONE_DIR
         done_dir.mkdir(parents=True, exist_ok=True)
         num = config.hydra.job.num

@@ -7,12 +7,18 @@ leave the previous output (or nothing) there, never a half-written file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+LOCK_FILE = ".deepsweep.lock"
+_HELD: dict[Path, int] = {}  # folders this process has locked, and how many times (re-entrant)
 
 
 @contextlib.contextmanager
@@ -21,6 +27,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the permissions of any new folder
     try:
         yield tmp
     except BaseException:
@@ -36,6 +43,62 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove what ``atomic_dir`` leaves when its process is killed (``.<name>.*.tmp``, ``.<name>.old``).
+    Only safe while holding the folder's lock: then no other writer can own them."""
+    removed = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.name.startswith(".") and (entry.name.endswith(".tmp") or entry.name.endswith(".old")):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``folder`` as its one writer for the duration; another process gets FolderInUse naming this one.
+
+    An exclusive ``flock`` on ``<folder>/.deepsweep.lock`` (opened without following a symlink): the OS
+    drops it when the process dies, so a killed run never leaves its folder locked, and the next holder
+    removes the temp folders the killed one left. Re-entrant within one process (a pipeline run locks
+    its folder, then each of its stages)."""
+    from deepsweep.errors import FolderInUse
+
+    folder = Path(folder).resolve()
+    if folder in _HELD:
+        _HELD[folder] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[folder] -= 1
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 1000).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise FolderInUse(f"{folder}: in use by {holder}; wait for it to end, or write elsewhere "
+                          "(hydra.run.dir=..., deepsweep stage --artifacts ...)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:300]})".encode())
+    _HELD[folder] = 1
+    try:
+        remove_stale_temps(folder)
+        yield folder
+    finally:
+        del _HELD[folder]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON through a temporary file and a rename."""
     path = Path(path)
@@ -44,6 +107,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     os.replace(tmp, path)
 
 

@@ -1,0 +1,175 @@
+"""What values each config field accepts, beyond its type: ranges, non-empty lists, where null means something.
+
+``config.validate`` checks types against the chosen option files; this table adds what a type cannot say
+(a learning rate is a float *above 0*, a dropout probability lies in [0, 1)). Every numeric field of every
+option file has a rule here: ``tests/test_config.py`` composes every option and fails on a field without
+one, so a new field cannot slip through unchecked.
+
+A rule is keyed by a pattern over the full dotted key (``fnmatch``: ``*.lr`` matches ``optimizer.lr`` and
+``pretrain.optimizer.lr``); the first matching rule wins, so specific keys come before general ones.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``allowed``: what the error message says is allowed; ``check(value, cfg)``: whether ``value`` is."""
+
+    allowed: str
+    check: Callable[[Any, Mapping[str, Any]], bool]
+    nullable: bool = False  # null is a meaningful value here even where the default is not null
+
+    def accepts(self, value: Any, cfg: Mapping[str, Any]) -> bool:
+        if value is None:
+            return True  # whether null may stand here is decided by the default (config._check)
+        try:
+            return bool(self.check(value, cfg))
+        except (TypeError, ValueError):
+            return False
+
+
+def real(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Rule:
+    """A finite number within the given bounds."""
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    if low is not None and high is not None:
+        allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    else:
+        allowed = "a finite number" + (f" {parts[0]}" if parts else "")
+
+    def check(value: Any, _cfg: Mapping[str, Any]) -> bool:
+        if not _number(value) or not math.isfinite(value):
+            return False
+        if low is not None and (value <= low if low_open else value < low):
+            return False
+        if high is not None and (value >= high if high_open else value > high):
+            return False
+        return True
+
+    return Rule(allowed, check)
+
+
+def integer(low: int, allowed: str | None = None) -> Rule:
+    return Rule(allowed or f"an integer >= {low}", lambda v, _cfg: _integer(v) and v >= low)
+
+
+def widths(empty_ok: bool = False) -> Rule:
+    """A list of layer widths (units, channels, blocks): positive integers."""
+    what = "a list of integers >= 1" + ("" if empty_ok else ", not empty")
+    return Rule(what, lambda v, _cfg: isinstance(v, list) and (empty_ok or len(v) > 0)
+                and all(_integer(w) and w >= 1 for w in v))
+
+
+def _graph(cfg: Mapping[str, Any]) -> bool:
+    return str(cfg.get("data", {}).get("name")) in ("cora", "karate")
+
+
+PROBABILITY = real(0, 1, high_open=True)
+FRACTION = real(0, 1, low_open=True, high_open=True)
+POSITIVE = real(0, low_open=True)
+NON_NEGATIVE = real(0)
+COUNT = integer(1)
+ANY_NUMBER = real()
+
+# First match wins: specific keys before the general patterns below them.
+RULES: tuple[tuple[str, Rule], ...] = (
+    ("seed", integer(0, "an integer >= 0 (null is not a seed: runs would not repeat)")),
+    # data
+    ("data.batch_size", Rule("an integer >= 1 (0 = the whole graph at once, for graph data only)",
+                             lambda v, cfg: _integer(v) and (v >= 1 or (v == 0 and _graph(cfg))))),
+    ("data.num_neighbors", Rule("a non-empty list of integers >= 1 (or -1: every neighbour), one per hop",
+                                lambda v, _cfg: isinstance(v, list) and len(v) > 0
+                                and all(_integer(n) and (n >= 1 or n == -1) for n in v))),
+    ("data.val_fraction", FRACTION),
+    ("data.test_fraction", FRACTION),
+    ("data.split_seed", integer(0)),
+    ("data.*", COUNT),  # length, max_len, max_vocab, min_freq, num_samples, train_subset
+    # model
+    ("model.hidden_dims", widths()),
+    ("model.channels", widths()),
+    ("model.blocks_per_stage", widths()),
+    ("model.fc_dims", widths(empty_ok=True)),
+    ("model.attention_dropout", PROBABILITY),
+    ("model.dropout", PROBABILITY),
+    ("model.forget_bias", ANY_NUMBER),
+    ("model.*", COUNT),  # heads, hidden_size, num_layers, kernel_size, d_model, tbptt_steps, ...
+    # activation, init
+    ("activation.negative_slope", NON_NEGATIVE),
+    ("activation.*", ANY_NUMBER),
+    ("init.*", POSITIVE),  # std, bound, gain
+    # regularizer
+    ("regularizer.dropout", PROBABILITY),
+    ("regularizer.early_stopping_patience", COUNT),
+    ("regularizer.*", NON_NEGATIVE),  # l1, l2
+    # optimizer (and the pretrain stage's fields of it)
+    ("*.lr", POSITIVE),
+    ("*.betas", Rule("two numbers in [0, 1), e.g. [0.9, 0.999]",
+                     lambda v, _cfg: isinstance(v, list) and len(v) == 2 and all(PROBABILITY.accepts(b, _cfg) for b in v))),
+    ("*.momentum", PROBABILITY),
+    ("*.alpha", PROBABILITY),
+    ("*.rho", PROBABILITY),
+    ("*.weight_decay", NON_NEGATIVE),
+    ("*.history_size", COUNT),
+    ("*.max_iter", COUNT),
+    ("*.eps", POSITIVE),
+    # scheduler
+    ("scheduler.gamma", real(0, 1, low_open=True)),
+    ("scheduler.factor", FRACTION),
+    ("scheduler.eta_min", NON_NEGATIVE),
+    ("scheduler.*", COUNT),  # step_size, patience, T_max
+    # pretrain
+    ("pretrain.epochs", Rule("an integer >= 1 (0 only with pretrain=none)",
+                             lambda v, cfg: _integer(v) and (v >= 1 or (v == 0 and cfg["pretrain"].get("name") == "none")))),
+    ("pretrain.anomaly_class", integer(0, "an integer >= 0 (a class of the data), or null for off")),
+    ("pretrain.task.decoder_dims", widths(empty_ok=True)),
+    ("pretrain.task.generator_dims", widths()),
+    ("pretrain.task.mask_prob", FRACTION),
+    ("pretrain.task.label_smoothing", PROBABILITY),
+    ("pretrain.task.noise_level", NON_NEGATIVE),
+    ("pretrain.task.clip_value", POSITIVE),
+    ("pretrain.task.beta", NON_NEGATIVE),
+    ("pretrain.task.gradient_penalty", NON_NEGATIVE),
+    ("pretrain.task.sparsity", NON_NEGATIVE),
+    ("pretrain.task.*", COUNT),  # latent_dim, cd_k, n_critic, epochs_per_layer, walk_length, ...
+    # finetune
+    ("finetune.label_fraction", real(0, 1, low_open=True)),
+    ("finetune.freeze_encoder_epochs", integer(0)),
+    # trainer
+    ("trainer.max_epochs", COUNT),
+    ("trainer.devices", Rule("an integer >= 1, or a list of device indices >= 0",
+                             lambda v, _cfg: (_integer(v) and v >= 1) or (isinstance(v, list) and len(v) > 0
+                                                                           and all(_integer(d) and d >= 0 for d in v)))),
+    ("trainer.gradient_clip_val", POSITIVE),
+    ("trainer.checkpoint_every_n_epochs", integer(0, "an integer >= 0 (0 = off)")),
+    ("trainer.*", COUNT),  # steps_per_call, num_threads, jobs_per_gpu
+)
+
+
+def rule_for(key: str) -> Rule | None:
+    """The rule of a dotted key (list items share their list's rule); None when no pattern matches."""
+    for pattern, rule in RULES:
+        if fnmatch.fnmatchcase(key, pattern):
+            return rule
+    return None
+
+
+def numeric(value: Any) -> bool:
+    """Whether a value is a number or a list of numbers: the fields every one of which needs a rule."""
+    return _number(value) or (isinstance(value, list) and bool(value) and all(_number(v) for v in value))

@@ -1,0 +1,96 @@
+"""Bad input generated from the config schema: every numeric field of every option file, given a value of the
+wrong type, a value out of its range and null; unknown keys; values that would make Hydra build something the
+option files never offered. Shared by the fuzz test and by the generator of docs/errors.md."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from deepsweep.config import GROUPS, compose, flatten, options
+from deepsweep.constraints import numeric, rule_for
+
+# Candidates tried in order for an out-of-range value: the first the field's rule refuses is used.
+OUT_OF_RANGE = (-1, 0, -0.5, 1.5, 1, [], [0], [-1, 2], float("inf"))
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str  # what class of bad input (a heading of docs/errors.md)
+    overrides: tuple[str, ...]
+    key: str  # the key the one-line message must name
+
+
+def _hydra_value(value) -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return str(value).replace(" ", "")
+
+
+def _fields() -> dict[str, tuple[str, object]]:
+    """Every numeric field: full key -> (the group=option override that brings it, its default)."""
+    found: dict[str, tuple[str, object]] = {}
+    defaults = flatten(compose([]))
+    for group in GROUPS:
+        for option in options(group):
+            choice = f"{group}={option}"
+            for key, value in flatten(compose([choice])).items():
+                if key.startswith(f"{group}.") and numeric(value) and key not in found:
+                    found[key] = ("" if defaults.get(f"{group}.name") == option else choice, value)
+    found["seed"] = ("", 0)
+    return found
+
+
+# Kinds whose overrides are plain key=value on top of the defaults of one option (checked without Hydra's
+# full composition per case, which costs ~0.2 s: the fuzz covers every field in seconds).
+FIELD_KINDS = ("out of range", "wrong type", "null where null means nothing")
+
+
+def apply(overrides: tuple[str, ...]):
+    """The config the overrides give: Hydra's composition for the option choice, the field value on top."""
+    from omegaconf import OmegaConf
+
+    choices = [o for o in overrides if "." not in o.split("=")[0]]
+    fields = [o for o in overrides if o not in choices]
+    return OmegaConf.merge(_composed(tuple(choices)), OmegaConf.from_dotlist(fields))
+
+
+_CACHE: dict = {}
+
+
+def _composed(choices: tuple[str, ...]):
+    if choices not in _CACHE:
+        _CACHE[choices] = compose(list(choices))
+    return _CACHE[choices]
+
+
+def cases() -> list[Case]:
+    result: list[Case] = []
+    fields = _fields()
+    for key, (choice, default) in sorted(fields.items()):
+        base = (choice,) if choice else ()
+        cfg = _composed(base)
+        rule = rule_for(key)
+        bad = next((v for v in OUT_OF_RANGE if type(v) is type(default) or (isinstance(default, float) and isinstance(v, int))
+                    or (isinstance(default, list) and isinstance(v, list))
+                    if not rule.accepts(v, cfg)), None)
+        if bad is not None:
+            result.append(Case("out of range", (*base, f"{key}={_hydra_value(bad)}"), key))
+        result.append(Case("wrong type", (*base, f"{key}=fast"), key))
+        if not key.startswith("pretrain.optimizer.") and (key != "pretrain.epochs" or choice):
+            result.append(Case("null where null means nothing", (*base, f"{key}=null"), key))
+    result += [
+        Case("unknown key", ("+model.hiden_dims=[3]",), "model.hiden_dims"),
+        Case("unknown key", ("model.hiden_dims=[3]",), "hiden_dims"),
+        Case("unknown key", ("+seeed=1",), "seeed"),
+        Case("unknown option", ("model=resnet50",), "model/resnet50"),
+        Case("unknown option", ("optimizer=fastest",), "optimizer/fastest"),
+        Case("something to build that no option file offers", ("pretrain.task._target_=os.system",), "pretrain.task._target_"),
+        Case("something to build that no option file offers", ("model._target_=builtins.eval",), "model._target_"),
+        Case("something to build that no option file offers",
+             ("pretrain.anomaly_class={_target_:os.system}",), "pretrain.anomaly_class"),
+        Case("something to build that no option file offers", ("+data.extra={_target_:os.system}",), "data.extra"),
+        Case("cross-field", ("data.batch_size=0",), "data.batch_size"),
+        Case("cross-field", ("pretrain=autoencoder", "pretrain.epochs=0"), "pretrain.epochs"),
+    ]
+    return result

@@ -1,0 +1,112 @@
+"""kill -9 at three points of each training and evaluation stage, then the stage again (the command dvc.yaml
+runs): no partial output is ever in place, every killed run is marked KILLED by the next process, and the final
+metrics.json is byte for byte the one an uninterrupted pipeline writes (CPU, one thread)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = ["pretrain.epochs=8", "trainer.max_epochs=8", "trainer.num_threads=1", "logger.log_checkpoints=false"]
+KILLED_STAGES = ("pretrain", "finetune", "evaluate")
+KILL_FRACTIONS = (0.1, 0.4, 0.7)  # of the stage's uninterrupted MLflow run duration, from its first output write
+
+
+def stage(name: str, params: Path, artifacts: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "deepsweep", "stage", name, "--params", str(params),
+                             "--artifacts", str(artifacts)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def temps(artifacts: Path, name: str) -> set[str]:
+    """The stage's temporary output folders (atomic_dir's), present now."""
+    return {p.name for p in artifacts.iterdir() if p.name.startswith(f".{name}.") and p.name.endswith(".tmp")} \
+        if artifacts.is_dir() else set()
+
+
+def run_stage(name: str, params: Path, artifacts: Path, env: dict) -> None:
+    proc = stage(name, params, artifacts, env)
+    assert proc.wait() == 0, proc.stderr.read()[-3000:]
+
+
+def kill_at(name: str, params: Path, artifacts: Path, env: dict, delay: float) -> bool:
+    """Start the stage, kill -9 it ``delay`` s after it starts writing its output; False if it finished first."""
+    before = temps(artifacts, name)  # a killed attempt's leftovers, which this one removes on start
+    proc = stage(name, params, artifacts, env)
+    deadline = None
+    while proc.poll() is None:
+        if deadline is None and temps(artifacts, name) - before:
+            deadline = time.monotonic() + delay
+        if deadline is not None and time.monotonic() >= deadline:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def stage_seconds(client, experiment: str, workdir: Path) -> dict[str, float]:
+    """Each stage's MLflow run duration in the uninterrupted pipeline: the span a kill should land in."""
+    runs = client.search_runs([experiment], "tags.`deepsweep.stage` != 'pipeline'")
+    return {r.info.run_name: (r.info.end_time - r.info.start_time) / 1000 for r in runs}
+
+
+def test_killed_stages_leave_nothing_partial_and_the_rerun_matches(tmp_path):
+    import mlflow
+
+    from deepsweep.config import params_text
+
+    params = tmp_path / "params.yaml"
+    params.write_text(params_text(OVERRIDES))
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "DEEPSWEEP_ROOT": str(ROOT)}
+    client = mlflow.MlflowClient(tracking_uri=store)
+
+    # The uninterrupted pipeline, in one process (the same stages as the stage commands, one start-up).
+    clean = tmp_path / "uninterrupted"
+    done = subprocess.run([sys.executable, "-m", "deepsweep", "run", *OVERRIDES, f"hydra.run.dir={clean}"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    experiment = client.get_experiment_by_name("deepsweep").experiment_id
+    seconds = stage_seconds(client, experiment, clean)
+
+    faulty = tmp_path / "killed"
+    run_stage("prepare", params, faulty, env)
+    kills = landed = 0
+    for name in KILLED_STAGES:
+        for fraction in KILL_FRACTIONS:
+            if not kill_at(name, params, faulty, env, fraction * seconds[name]):
+                continue
+            kills += 1
+            if (faulty / name).exists():
+                # The kill came after the output's rename: what is in place is whole.
+                assert (faulty / name / "run.json").is_file()
+            else:
+                landed += 1  # killed mid-stage: nothing of it is in place, only its temp folder
+        run_stage(name, params, faulty, env)
+        assert not any(p.name.endswith(".tmp") for p in faulty.iterdir())
+    assert landed >= 2 * len(KILLED_STAGES), f"only {landed} of {kills} kills landed before their stage's output"
+
+    metrics = "evaluate/metrics.json"
+    assert (faulty / metrics).read_bytes() == (clean / metrics).read_bytes()
+
+    runs = client.search_runs([experiment], max_results=1000)
+    statuses = [r.info.status for r in runs]
+    # Every kill mid-stage left a run that the next process marked KILLED; a kill after the output's rename
+    # may have come after the run ended too (then it is FINISHED, and rightly so). None stays RUNNING.
+    assert landed <= statuses.count("KILLED") <= kills and "RUNNING" not in statuses
+    # The pipeline run and its 4 stages, prepare and the 3 final stages; plus post-rename kills that ended their run.
+    assert 5 + 4 <= statuses.count("FINISHED") <= 5 + 4 + kills - statuses.count("KILLED")
+    assert len(runs) == 5 + 4 + kills
+    print(f"\nfault suite: {kills} kills ({landed} mid-stage), {len(runs)} runs recorded, "
+          f"{statuses.count('KILLED')} marked KILLED, 0 lost")

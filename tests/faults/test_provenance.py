@@ -1,0 +1,115 @@
+"""A result is reused only when config, code, data and library versions are the same: every dvc.yaml declares
+the package files each stage may run and the raw data it reads; the fingerprint covers all four; MLflow runs
+carry the parts as tags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from deepsweep import provenance
+
+DVC_FILES = [ROOT / "dvc.yaml", *sorted((ROOT / "pipelines").glob("*/dvc.yaml"))]
+
+
+@pytest.mark.parametrize("dvc_file", DVC_FILES, ids=[str(p.relative_to(ROOT)) for p in DVC_FILES])
+def test_every_module_a_stage_runs_is_a_dependency_of_it(dvc_file):
+    stages = yaml.safe_load(dvc_file.read_text())["stages"]
+    for name, stage in stages.items():
+        missing = provenance.uncovered(name, stage["deps"], dvc_file.parent)
+        assert not missing, f"{dvc_file}: stage {name} runs {missing} but does not depend on them (make pipelines)"
+
+
+def test_the_import_closure_sees_lazy_imports():
+    # pretrain imports lightning-heavy task modules inside functions; finetune's own module is not pretrain's.
+    pretrain = {p.relative_to(provenance.PACKAGE_DIR).as_posix() for p in provenance.stage_modules("pretrain")}
+    assert {"stages/pretrain.py", "tasks/common.py", "tasks/reconstruct.py", "tracking/lightning.py", "factory.py"} <= pretrain
+    assert "stages/finetune.py" not in pretrain and "stages/evaluate.py" not in pretrain
+    # A missing dependency is reported by file.
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["pretrain"]["deps"]
+    assert provenance.uncovered("pretrain", [d for d in deps if d != "src/deepsweep/factory.py"], ROOT) == [
+        "src/deepsweep/factory.py"]
+
+
+def test_pipelines_with_raw_data_depend_on_it():
+    stages = yaml.safe_load((ROOT / "pipelines/mnist_lenet/dvc.yaml").read_text())["stages"]
+    data = [d for d in stages["prepare"]["deps"] if "shared/data" in d]
+    assert data and (ROOT / "pipelines/mnist_lenet" / data[0]).resolve() == (ROOT.parent / "shared/data/mnist/raw").resolve()
+
+
+def test_fingerprint_covers_config_code_data_and_versions(compose, monkeypatch, tmp_path):
+    base = provenance.fingerprint(compose())
+    assert provenance.fingerprint(compose("logger.tracking_uri=sqlite:////elsewhere.db")) == base
+    assert provenance.fingerprint(compose("seed=1")) != base
+    monkeypatch.setattr(provenance, "source_digest", lambda: "edited-code")
+    assert provenance.fingerprint(compose()) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(provenance, "library_versions", lambda: "torch=9.9")
+    assert provenance.fingerprint(compose()) != base
+    monkeypatch.undo()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.csv").write_text("1,2\n")
+    with_data = compose("data=ecg200", f"data.root={raw}")
+    before = provenance.fingerprint(with_data)
+    (raw / "a.csv").write_text("1,3\n")
+    provenance._files_digest.cache_clear()
+    assert provenance.fingerprint(with_data) != before
+
+
+def test_a_package_edit_changes_the_source_digest(tmp_path, monkeypatch):
+    package = tmp_path / "deepsweep"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+    provenance.source_digest.cache_clear()
+    try:
+        first = provenance.source_digest()
+        (package / "a.py").write_text("x = 2\n")
+        provenance.source_digest.cache_clear()
+        assert provenance.source_digest() != first
+    finally:
+        provenance.source_digest.cache_clear()
+
+
+def test_every_run_carries_the_provenance_tags(compose):
+    import mlflow
+
+    from deepsweep.tracking.runs import start_run
+
+    cfg = compose()
+    with start_run(cfg, run_name="tagged") as run:
+        pass
+    tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags["deepsweep.fingerprint"] == provenance.fingerprint(cfg)
+    assert tags["deepsweep.source_digest"] == provenance.source_digest()
+    assert tags["deepsweep.data_digest"] == "bundled"
+    assert "torch=" in tags["deepsweep.versions"] and "lightning=" in tags["deepsweep.versions"]
+
+
+def test_a_resumed_sweep_reruns_a_job_whose_code_changed(compose, monkeypatch, tmp_path):
+    from deepsweep.stages.pipeline import RUN_FILE, finished_stage
+    from deepsweep.utils.io import write_json
+
+    cfg = compose()
+    write_json(tmp_path / "prepare" / RUN_FILE, {"fingerprint": provenance.fingerprint(cfg), "metrics": {"a": 1.0}})
+    assert finished_stage(cfg, tmp_path / "prepare") == {"a": 1.0}
+    monkeypatch.setattr(provenance, "source_digest", lambda: "edited-code")
+    assert finished_stage(cfg, tmp_path / "prepare") is None
+
+
+def test_tracking_uri_credentials_never_reach_params():
+    import mlflow
+
+    from deepsweep.tracking.runs import log_params, redact
+
+    assert redact("postgresql://me:s3cret@db:5432/mlflow") == "postgresql://me:***@db:5432/mlflow"
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    mlflow.set_experiment("credentials")
+    with mlflow.start_run() as run:
+        log_params({"logger.tracking_uri": "https://me:s3cret@mlflow.example:443", "seed": 0})
+    params = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    assert params["logger.tracking_uri"] == "https://me:***@mlflow.example:443"

@@ -1,0 +1,126 @@
+"""The tracking store never loses a run: concurrent writers on one fresh SQLite store, retries on a locked
+database; reports and outputs safe to open."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT
+
+WRITER = """
+    import sys, time
+    import mlflow
+    from mlflow.entities import Metric
+    from deepsweep.config import compose
+    from deepsweep.tracking.runs import retry_locked, start_run
+    with start_run(compose([]), run_name=sys.argv[1]) as run:
+        client = mlflow.MlflowClient()
+        for epoch in range(20):  # one write per epoch, as the run logger writes at most: the most contention
+            metric = Metric("train/loss", 1.0 / (epoch + 1), int(time.time() * 1000), epoch)
+            retry_locked(client.log_batch, run.info.run_id, metrics=[metric], synchronous=True)
+"""
+
+JOBS, ROUNDS = 8, 3
+
+
+@pytest.mark.slow
+def test_concurrent_writers_on_a_fresh_sqlite_store_lose_nothing(tmp_path):
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'fresh.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "DEEPSWEEP_ROOT": str(ROOT)}
+    for round_ in range(ROUNDS):
+        procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), f"r{round_}j{job}"], env=env,
+                                  stderr=subprocess.PIPE, text=True) for job in range(JOBS)]
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(errors)[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("deepsweep").experiment_id], max_results=1000)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"r{r}j{j}" for r in range(ROUNDS) for j in range(JOBS))
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 20
+
+
+def test_a_locked_database_is_retried_then_reported(monkeypatch):
+    from deepsweep.tracking import runs
+
+    monkeypatch.setattr(runs.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky(value):
+        calls.append(value)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return value
+
+    assert runs.retry_locked(flaky, 5) == 5 and len(calls) == 3
+
+    def always_locked():
+        raise RuntimeError("database is locked")
+
+    with pytest.raises(RuntimeError, match="database is locked"):
+        runs.retry_locked(always_locked, attempts=4)
+
+    def other_error():
+        calls.append("other")
+        raise ValueError("no such table")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        runs.retry_locked(other_error)
+    assert calls == ["other"]  # not retried
+
+
+def test_report_cells_cannot_run_formulas_or_break_tables():
+    import csv
+    import io
+
+    from deepsweep.tracking.report import render
+
+    rows = [{"run_name": "=HYPERLINK(\"http://x\")", "status": "FAILED", "params": {"a": "1"},
+             "metrics": {"finetune.best_val_acc": -0.5}, "error": "ValueError: <b>a|b</b>, \"quoted\"\nsecond line"},
+            {"run_name": "ok", "status": "FINISHED", "params": {"a": "2"},
+             "metrics": {"finetune.best_val_acc": 0.9}, "error": ""}]
+    md, csv_text = render(rows, "finetune.best_val_acc")
+    parsed = list(csv.reader(io.StringIO(csv_text)))
+    assert all(len(row) == len(parsed[0]) for row in parsed)
+    failed = next(row for row in parsed if "FAILED" in row)
+    assert failed[0] == "'=HYPERLINK(\"http://x\")"
+    assert "-0.5000" in failed  # a negative number stays a number
+    assert 'ValueError: <b>a|b</b>, "quoted"' in failed  # the CSV keeps the text, quoted by the csv module
+    line = next(line for line in md.splitlines() if "FAILED" in line)
+    assert "&lt;b&gt;a\\|b&lt;/b&gt;" in line and "<b>" not in line
+
+
+def test_outputs_get_the_permissions_of_any_new_file(tmp_path):
+    from deepsweep.utils.io import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "stage") as out:
+            write_json(out / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "stage").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "stage" / "metrics.json").stat().st_mode) == 0o644
+
+
+def test_gpu_slot_folder_must_be_the_users_own(tmp_path):
+    from deepsweep.launch import gpu_slot
+
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "slots"
+    link.symlink_to(target)
+    with pytest.raises(PermissionError, match="not a folder of this user"):
+        with gpu_slot(1, lock_dir=link):
+            pass
+    with gpu_slot(1, lock_dir=tmp_path / "own") as index:
+        assert index == 0

@@ -1,0 +1,147 @@
+"""One writer per output folder; a killed process's leftovers (temp folders, RUNNING runs) are cleaned and
+marked by the next process; a stage refuses inputs of different pipeline runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT, deepsweep_cli
+from deepsweep.errors import FolderInUse
+from deepsweep.utils.io import folder_lock, write_json
+
+
+def child(code: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "DEEPSWEEP_ROOT": str(ROOT)})
+
+
+HOLD = """
+    import sys, time
+    from deepsweep.utils.io import folder_lock
+    with folder_lock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_folder_and_the_holder(tmp_path, compose):
+    from deepsweep.stages.pipeline import execute, run_all
+
+    folder = tmp_path / "run"
+    holder = child(HOLD, str(folder))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUse, match=rf"{folder}: in use by process {holder.pid} on "):
+            with folder_lock(folder):
+                pass
+        # The whole pipeline and a single stage refuse before writing or recording anything.
+        with pytest.raises(FolderInUse):
+            run_all(compose(), folder)
+        with pytest.raises(FolderInUse):
+            execute("prepare", compose(), folder)
+        assert sorted(p.name for p in folder.iterdir()) == [".deepsweep.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    # The OS drops the lock of a killed process: the folder is free again.
+    with folder_lock(folder):
+        pass
+
+
+def test_default_run_folders_differ_for_runs_started_together(tmp_path):
+    args = ("run", "--cfg", "hydra", "--resolve", "-p", "hydra.run.dir")
+    procs = [subprocess.Popen([sys.executable, "-m", "deepsweep", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    dirs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(d.startswith("outputs/runs/") for d in dirs), dirs
+    assert dirs[0] != dirs[1]
+
+
+KILLED_IN_ATOMIC_DIR = """
+    import os, signal, sys
+    from pathlib import Path
+    from deepsweep.utils.io import atomic_dir, folder_lock
+    with folder_lock(sys.argv[1]):
+        with atomic_dir(Path(sys.argv[1]) / "prepare") as out:
+            (out / "half.txt").write_text("half-written")
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_next_writer_removes_what_a_killed_one_left(tmp_path, compose):
+    from deepsweep.stages.pipeline import execute
+
+    artifacts = tmp_path / "artifacts"
+    victim = child(KILLED_IN_ATOMIC_DIR, str(artifacts))
+    victim.wait(timeout=120)
+    assert victim.returncode == -signal.SIGKILL
+    leftovers = [p for p in artifacts.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers and not (artifacts / "prepare").exists()  # no partial output in place
+    execute("prepare", compose(), artifacts)
+    assert not any(p.name.endswith(".tmp") for p in artifacts.iterdir())
+    assert (artifacts / "prepare" / "run.json").is_file()
+
+
+KILLED_IN_RUN = """
+    import os, signal, sys
+    from deepsweep.config import compose
+    from deepsweep.tracking.runs import start_run
+    with start_run(compose([]), run_name="victim"):
+        print("started", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_run_whose_process_was_killed_is_marked_by_the_next_process(tmp_path, compose):
+    import mlflow
+
+    from deepsweep.tracking import runs
+
+    victim = child(KILLED_IN_RUN)
+    out, _ = victim.communicate(timeout=120)
+    assert "started" in out and victim.returncode == -signal.SIGKILL
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("deepsweep").experiment_id
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "RUNNING"  # what the kill left
+    runs._READY.clear()  # a new process: the first to open the store
+    runs.setup(compose())
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED"
+    assert f"process {victim.pid} on " in run.data.tags["deepsweep.error"]
+    # A live process's run is left alone.
+    with runs.start_run(compose(), run_name="alive") as alive:
+        assert runs.mark_dead_runs(client, [experiment]) == []
+        assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+def test_inputs_of_different_pipeline_runs_stop_the_stage(tmp_path, compose):
+    from deepsweep.stages.pipeline import execute
+
+    artifacts = tmp_path / "artifacts"
+    for stage, pipeline in (("prepare", "aaa"), ("pretrain", "bbb")):
+        write_json(artifacts / stage / "run.json", {"stage": stage, "run_id": stage, "pipeline_id": pipeline})
+    with pytest.raises(FileNotFoundError, match="inputs come from different pipeline runs.*prepare: aaa, pretrain: bbb"):
+        execute("finetune", compose(), artifacts)
+    assert not (artifacts / "finetune").exists()
+
+
+def test_two_runs_in_one_folder_through_the_cli(tmp_path):
+    """Two `deepsweep run` given the same folder: one runs, the other stops at once with one line."""
+    folder = tmp_path / "shared_run"
+    holder = child(HOLD, str(folder))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = deepsweep_cli("run", f"hydra.run.dir={folder}", cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"deepsweep: error: {folder}: in use by process {holder.pid}")
+    assert "Traceback" not in result.stderr
