@@ -124,15 +124,20 @@ def run_all(cfg: DictConfig, workdir: Path, run_name: str = "pipeline", tags: di
     summary: dict[str, Any] = {}
     with folder_lock(workdir), start_run(cfg, run_name=run_name, tags={"deepsweep.stage": "pipeline", **(tags or {})},
                    parent_run_id=parent_run_id) as run:
-        mlflow.set_tag("deepsweep.pipeline_id", run.info.run_id)
+        pipeline_id = run.info.run_id
+        mlflow.set_tag("deepsweep.pipeline_id", pipeline_id)
         for name in STAGES:
             metrics = finished_stage(cfg, workdir / name) if resume else None
             if metrics is not None:
-                mlflow.set_tag(f"deepsweep.resumed.{name}", read_json(workdir / name / RUN_FILE)["run_id"])
+                kept = read_json(workdir / name / RUN_FILE)
+                mlflow.set_tag(f"deepsweep.resumed.{name}", kept["run_id"])
+                # The stages rerun after kept ones belong to the kept ones' pipeline: one lineage.
+                pipeline_id = kept.get("pipeline_id") or pipeline_id
             else:
                 resume = False  # what follows a rerun stage reads its new outputs: rerun it too
-                metrics = execute(name, cfg, workdir, pipeline_id=run.info.run_id)
+                metrics = execute(name, cfg, workdir, pipeline_id=pipeline_id)
             stage_summary = {f"{name}.{k.replace('/', '_')}": v for k, v in metrics.items()}
             mlflow.log_metrics(stage_summary)
             summary.update(stage_summary)
+        mlflow.set_tag("deepsweep.pipeline_id", pipeline_id)
     return summary
