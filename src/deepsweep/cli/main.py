@@ -5,6 +5,7 @@
     deepsweep params [overrides] [-o FILE]    compose conf/ with overrides into a params file for DVC
     deepsweep options [GROUP]                 list the config groups and their options
     deepsweep pipelines [--check]             regenerate (or check) dvc.yaml code deps and pipelines/*
+    deepsweep results [--quick] [TABLE...]    rerun what README's result tables quote and rewrite them
 
 A bad value or file stops before any work with one line naming it (exit code 2); a run whose loss or
 metrics turn NaN stops with one line too (exit code 1). ``--debug`` shows the traceback instead.
@@ -61,6 +62,12 @@ def _cmd_pipelines(args: argparse.Namespace) -> int:
     for path in pipelines.write():
         print(f"wrote {path}")
     return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from deepsweep import results
+
+    return results.main(args.tables, quick=args.quick)
 
 
 def _cmd_options(args: argparse.Namespace) -> int:
@@ -219,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pipelines", help="regenerate the root dvc.yaml's code deps and pipelines/*/{dvc,params}.yaml")
     p.add_argument("--check", action="store_true", help="list the files that differ, change nothing (exit 1 if any)")
     p.set_defaults(func=_cmd_pipelines)
+    p = sub.add_parser("results", help="rerun what README's result tables quote and rewrite them (--quick: check a few rows)")
+    p.add_argument("tables", nargs="*", help="tables to redo (default: all): pipelines, pretrained, pretraining, "
+                                              "anomaly, vanishing, cora, cora_inductive")
+    p.add_argument("--quick", action="store_true", help="rerun the quick rows and check them against README; "
+                                                        "change nothing (exit 1 if a cell differs)")
+    p.set_defaults(func=_cmd_results)
     p = sub.add_parser("options", help="list config groups and their options")
     p.add_argument("group", nargs="?")
     p.set_defaults(func=_cmd_options)

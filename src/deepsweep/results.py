@@ -1,0 +1,376 @@
+"""``deepsweep results``: rerun what the README's result tables quote and rewrite those tables from the outputs.
+
+Each table sits in README.md between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` and is written
+only here, with the commit, the machine and the wall time of what produced it: no README number is typed by
+hand. Ready-made pipelines run through ``dvc repro -f`` (which also rewrites their committed ``dvc.lock`` and
+``metrics.json``), baselines through ``deepsweep run``, sweeps through their ``make`` targets.
+
+``--quick`` reruns the rows marked quick (a few minutes) and checks them against the README instead of
+rewriting it: exit code 1 names every cell that differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from deepsweep import paths
+
+README = "README.md"
+TRIPLE = ("accuracy", "f1_macro", "roc_auc")
+
+
+def _root() -> Path:
+    return paths.project_root()
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _run(cmd: list[str]) -> float:
+    """Run a command from the project root (its output shown); return its wall time in seconds."""
+    print("$", " ".join(cmd), flush=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    start = time.monotonic()
+    subprocess.run(cmd, cwd=_root(), env=env, check=True)
+    return time.monotonic() - start
+
+
+def _metrics(folder: Path) -> dict[str, float]:
+    return json.loads((folder / "evaluate" / "metrics.json").read_text())
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+# --- rows of single runs ---------------------------------------------------------------------------------
+
+@dataclass
+class Pipeline:
+    """A ready-made pipeline (``pipelines/<name>/``; "" for the root one), rerun with ``dvc repro -f``."""
+
+    label: str
+    name: str
+    quick: bool = False
+
+    @property
+    def command(self) -> str:
+        return "make run" if not self.name else f"dvc repro pipelines/{self.name}/dvc.yaml"
+
+    def run(self) -> tuple[dict[str, float], float]:
+        target = "dvc.yaml" if not self.name else f"pipelines/{self.name}/dvc.yaml"
+        seconds = _run([_bin("dvc"), "repro", "-f", target])
+        folder = _root() / ("artifacts" if not self.name else f"pipelines/{self.name}/artifacts")
+        return _metrics(folder), seconds
+
+
+@dataclass
+class Baseline:
+    """``deepsweep run experiment=<name> <overrides>``: a variant of a pipeline (e.g. without pretraining)."""
+
+    label: str
+    name: str
+    overrides: tuple[str, ...] = ("pretrain=none",)
+    quick: bool = False
+
+    @property
+    def command(self) -> str:
+        return f"deepsweep run experiment={self.name} {' '.join(self.overrides)}"
+
+    def run(self) -> tuple[dict[str, float], float]:
+        folder = _root() / "outputs" / "results" / "_".join([self.name, *self.overrides]).replace("=", "-")
+        shutil.rmtree(folder, ignore_errors=True)
+        seconds = _run([_bin("deepsweep"), "run", f"experiment={self.name}", *self.overrides,
+                        f"hydra.run.dir={folder}"])
+        return _metrics(folder), seconds
+
+
+def _triple(m: dict[str, float]) -> list[str]:
+    return [f"{m[k]:.4f}" for k in TRIPLE]
+
+
+# --- rows of sweeps: mean +/- std over seeds ------------------------------------------------------------
+
+@dataclass
+class Sweep:
+    """A sweep the README quotes: its ``make`` target (or a deepsweep run -m) writing into ``outputs/sweeps/``."""
+
+    folder: str  # outputs/sweeps/<folder>
+    command: list[str]
+
+    def run(self) -> float:
+        shutil.rmtree(_root() / "outputs" / "sweeps" / self.folder, ignore_errors=True)  # a fresh sweep, not a resume
+        return _run(self.command)
+
+    def rows(self) -> list[dict]:
+        import mlflow
+
+        from deepsweep.tracking.report import sweep_rows
+        from deepsweep.tracking.runs import tracking_uri
+        from deepsweep.tracking.sweep import PARENT_FILE
+        from omegaconf import OmegaConf
+
+        mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": None}})))
+        parent = (_root() / "outputs" / "sweeps" / self.folder / PARENT_FILE).read_text().strip()
+        rows = [r for r in sweep_rows(parent) if r["status"] == "FINISHED"]
+        if not rows:
+            raise RuntimeError(f"sweep {self.folder}: no finished job")
+        return rows
+
+
+def _stat(rows: list[dict], metric: str, digits: int) -> str:
+    values = [r["metrics"][metric] for r in rows if metric in r["metrics"]]
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} +/- {spread:.{digits}f}"
+
+
+def _where(rows: list[dict], **params: str) -> list[dict]:
+    return [r for r in rows if all(r["params"].get(k) == v for k, v in params.items())]
+
+
+# --- tables --------------------------------------------------------------------------------------------
+
+@dataclass
+class Table:
+    name: str
+    header: list[str]
+    build: Callable[[bool], tuple[list[list[str]], str]]  # quick -> (rows, caption)
+    quick_rows: int = 0  # how many leading rows --quick reruns (their metric cells are checked)
+    note: str = ""
+    sweeps: list[Sweep] = field(default_factory=list)
+
+
+def _single_rows(items: list, quick: bool, cells: Callable[[object, dict[str, float]], list[str]]) -> list[list[str]]:
+    rows = []
+    for item in items:
+        if quick and not item.quick:
+            continue
+        metrics, seconds = item.run()
+        rows.append([item.label, *cells(item, metrics), _seconds(seconds), f"`{item.command}`"])
+    return rows
+
+
+PIPELINES = [
+    Pipeline("digits, MLP, autoencoder pretraining (default)", "", quick=True),
+    Pipeline("ECG200, GRU, next-value pretraining", "ecg_gru", quick=True),
+    Baseline("ECG200, GRU, no pretraining", "ecg_gru", quick=True),
+    Pipeline("MNIST (20k train), LeNet, autoencoder pretraining", "mnist_lenet"),
+    Pipeline("SMS Spam, LSTM, next-token pretraining", "sms_spam_lstm"),
+    Pipeline("SMS Spam, Transformer, masked-token pretraining", "sms_spam_transformer"),
+    Pipeline("Cora, 2-layer GCN", "cora_gcn"),
+    Pipeline("Cora, GAT (8 heads, patience 100)", "cora_gat"),
+    Pipeline("Cora, GraphSAGE-mean, DGI pretraining", "cora_sage_pretrained"),
+    Pipeline("Cora inductive, GraphSAGE, random-walk pretraining", "cora_sage_inductive"),
+]
+
+PRETRAINED = [
+    ("digits, DAE, 10% labels", "digits_dae", True),
+    ("MNIST 20k, sigmoid MLP, DBN, 1% labels", "mnist_dbn", False),
+    ("MNIST 20k, DCGAN discriminator, 1% labels", "mnist_dcgan", False),
+]
+
+
+def _pipelines(quick: bool) -> tuple[list[list[str]], str]:
+    return _single_rows(PIPELINES, quick, lambda item, m: _triple(m)), ""
+
+
+def _pretrained(quick: bool) -> tuple[list[list[str]], str]:
+    rows = []
+    for label, name, is_quick in PRETRAINED:
+        if quick and not is_quick:
+            continue
+        with_pretraining, seconds = Pipeline(label, name).run()
+        without, _ = Baseline(label, name).run()
+        rows.append([label, " / ".join(_triple(with_pretraining)), f"{with_pretraining['probe_accuracy']:.4f}",
+                     " / ".join(_triple(without)), f"{without['probe_accuracy']:.4f}", _seconds(seconds),
+                     f"`dvc repro pipelines/{name}/dvc.yaml`"])
+    return rows, ""
+
+
+PRETRAIN_METHODS = ("none", "autoencoder", "denoising_autoencoder", "sparse_autoencoder", "tied_autoencoder",
+                    "stacked_autoencoder", "vae", "dbn", "gan", "wgan_gp", "cgan")
+PRETRAINING = Sweep("pretraining", ["make", "pretraining"])
+
+
+def _pretraining(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = PRETRAINING.run()
+    rows = PRETRAINING.rows()
+    metrics = ("probe_accuracy", "probe_f1_macro", "probe_roc_auc", "accuracy", "f1_macro", "roc_auc")
+    table = [[f"`{m}`", *(_stat(_where(rows, **{"pretrain.name": m}), f"evaluate.{k}", 3) for k in metrics)]
+             for m in PRETRAIN_METHODS]
+    return table, f"`make pretraining`: {len(rows)} jobs, {_seconds(seconds)}"
+
+
+ANOMALY = Sweep("anomaly", ["make", "anomaly"])
+
+
+def _anomaly(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = ANOMALY.run()
+    rows = ANOMALY.rows()
+    table = []
+    for method in ("autoencoder", "denoising_autoencoder", "vae", "dbn"):
+        values = []
+        for digit in range(10):
+            found = _where(rows, **{"pretrain.name": method, "pretrain.anomaly_class": str(digit)})
+            values.append(found[0]["metrics"]["evaluate.anomaly_roc_auc"] if found else float("nan"))
+        table.append([f"`{method}`", *(f"{v:.2f}" for v in values), f"{statistics.mean(values):.3f}"])
+    return table, f"`make anomaly`: {len(rows)} jobs, {_seconds(seconds)}"
+
+
+VANISHING = Sweep("vanishing_gradients", ["make", "vanishing"])
+FORGET_BIAS = Sweep("vanishing_forget_bias", [
+    _bin("deepsweep"), "run", "-m", "experiment=vanishing_gradients", "model=lstm,gru", "model.forget_bias=1.0",
+    "data.length=10,25,50,100", "seed=0,1,2", "hydra.sweep.dir=outputs/sweeps/vanishing_forget_bias"])
+
+
+def _vanishing(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = VANISHING.run() + FORGET_BIAS.run()
+    plain, biased = VANISHING.rows(), FORGET_BIAS.rows()
+    table = []
+    for length in ("10", "25", "50", "100"):
+        cells = [_stat(_where(plain, **{"model.name": m, "data.length": length}), "evaluate.accuracy", 3)
+                 for m in ("rnn", "lstm", "gru")]
+        cells += [_stat(_where(biased, **{"model.name": m, "data.length": length}), "evaluate.accuracy", 3)
+                  for m in ("lstm", "gru")]
+        table.append([length, *cells])
+    return table, (f"`make vanishing` and the `forget_bias=1` sweep: {len(plain) + len(biased)} jobs, "
+                   f"{_seconds(seconds)}")
+
+
+PUBLISHED = {"cora_gcn": "81.5 +/- 0.6 (Kipf & Welling; PyG)", "cora_gat": "83.0 +/- 0.7 (Velickovic et al.)",
+             "cora_sage_pretrained": "-"}
+CORA = [Sweep(e, [_bin("deepsweep"), "run", "-m", f"experiment={e}", "seed=range(0,10)",
+                  f"hydra.sweep.dir=outputs/sweeps/{e}"]) for e in PUBLISHED]
+CORA_INDUCTIVE = Sweep("cora_sage_inductive", [
+    _bin("deepsweep"), "run", "-m", "experiment=cora_sage_inductive", "pretrain=random_walk,dgi,none",
+    "seed=range(0,10)", "hydra.sweep.dir=outputs/sweeps/cora_sage_inductive"])
+
+
+def _cora(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = sum(sweep.run() for sweep in CORA)
+    table = []
+    for sweep in CORA:
+        rows = sweep.rows()
+        table.append([f"`{sweep.folder}`", *(_stat(rows, f"evaluate.{k}", 4) for k in TRIPLE), PUBLISHED[sweep.folder]])
+    return table, f"`make cora-seeds` (first three sweeps): {_seconds(seconds)}"
+
+
+def _cora_inductive(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = CORA_INDUCTIVE.run()
+    rows = CORA_INDUCTIVE.rows()
+    table = [[f"`{m}`", *(_stat(_where(rows, **{"pretrain.name": m}), f"evaluate.{k}", 4) for k in TRIPLE),
+              _stat(_where(rows, **{"pretrain.name": m}), "evaluate.probe_accuracy", 3)]
+             for m in ("random_walk", "dgi", "none")]
+    return table, f"`make cora-seeds` (the inductive sweep): {len(rows)} jobs, {_seconds(seconds)}"
+
+
+TABLES = [
+    Table("pipelines", ["pipeline", "accuracy", "macro F1", "ROC-AUC", "wall time", "command"], _pipelines,
+          quick_rows=3),
+    Table("pretrained", ["pipeline", "pretrained: accuracy / F1 / ROC-AUC", "probe accuracy",
+                         "no pretraining (`pretrain=none`): accuracy / F1 / ROC-AUC", "probe accuracy",
+                         "wall time", "command"], _pretrained, quick_rows=1),
+    Table("pretraining", ["pretrain", "probe accuracy", "probe macro F1", "probe ROC-AUC", "fine-tuned accuracy",
+                          "fine-tuned macro F1", "fine-tuned ROC-AUC"], _pretraining),
+    Table("anomaly", ["pretrain", *map(str, range(10)), "mean"], _anomaly),
+    Table("vanishing", ["length", "RNN (Elman)", "LSTM", "GRU", "LSTM, `forget_bias=1`", "GRU, `forget_bias=1`"],
+          _vanishing),
+    Table("cora", ["experiment", "test accuracy", "macro F1", "ROC-AUC (OvR)", "published accuracy"], _cora),
+    Table("cora_inductive", ["pretrain (50 epochs)", "test accuracy", "macro F1", "ROC-AUC (OvR)",
+                             "linear probe accuracy"], _cora_inductive),
+]
+
+
+# --- README --------------------------------------------------------------------------------------------
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, CPU"
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=_root(), capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    return sha + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", "src", "conf") else "")
+
+
+def render(table: Table, rows: list[list[str]], caption: str) -> str:
+    lines = ["| " + " | ".join(table.header) + " |", "|" + " --- |" * len(table.header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    stamp = f"Generated by `deepsweep results` at commit {commit()} on {machine()}, {time.strftime('%Y-%m-%d')}"
+    return "\n".join(lines) + f"\n\n({stamp}{'; ' + caption if caption else ''}.)"
+
+
+def _block(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- results:{name} -->\n)(.*?)(\n<!-- /results:{name} -->)", re.S)
+
+
+def table_rows(text: str, name: str) -> list[list[str]]:
+    """The rows of a generated table in README text (cells stripped)."""
+    match = _block(name).search(text)
+    if not match:
+        raise KeyError(f"{README}: no block <!-- results:{name} -->")
+    lines = [line for line in match.group(2).splitlines()
+             if line.startswith("|") and not re.fullmatch(r"\|( *-+ *\|)+", line.strip())][1:]
+    return [[cell.strip() for cell in line.strip().strip("|").split(" | ")] for line in lines]
+
+
+def write(name: str, markdown: str) -> None:
+    path = _root() / README
+    text = path.read_text()
+    if not _block(name).search(text):
+        raise KeyError(f"{README}: no block <!-- results:{name} -->")
+    path.write_text(_block(name).sub(lambda m: m.group(1) + markdown + m.group(3), text))
+
+
+def main(names: list[str], quick: bool) -> int:
+    chosen = [t for t in TABLES if not names or t.name in names]
+    unknown = set(names) - {t.name for t in TABLES}
+    if unknown:
+        from deepsweep.config import ConfigError
+
+        raise ConfigError(f"unknown results table(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(t.name for t in TABLES)}")
+    differences = []
+    for table in chosen:
+        if quick and not table.quick_rows:
+            continue
+        rows, caption = table.build(quick)
+        if not quick:
+            write(table.name, render(table, rows, caption))
+            print(f"{README}: table {table.name} rewritten ({len(rows)} rows)")
+            continue
+        committed = {row[0]: row for row in table_rows((_root() / README).read_text(), table.name)}
+        for row in rows:
+            old = committed.get(row[0])
+            # Every cell but the wall time (the second to last) must repeat.
+            if old is None or old[:-2] != row[:-2]:
+                differences.append(f"{table.name}: {row[0]}: README {old[1:-2] if old else 'no row'}, now {row[1:-2]}")
+            else:
+                print(f"{table.name}: {row[0]}: reproduced {row[1:-2]}")
+    for line in differences:
+        print(f"DIFFERS {line}", file=sys.stderr)
+    return 1 if differences else 0
