@@ -167,7 +167,8 @@ def _check(reference: Any, value: Any, key: str, source: str, errors: list[str],
         )
         return
     # Rules are about numbers: a name or a flag under a pattern such as model.* is the type check's alone.
-    numbers = numeric(reference) or numeric(value) or (isinstance(reference, list) and value == [])
+    # (a field whose default is null has no type to check: its rule says what it takes.)
+    numbers = reference is None or numeric(reference) or numeric(value) or (isinstance(reference, list) and value == [])
     if rule is not None and numbers and not rule.accepts(value, whole):
         errors.append(f"{key}: {_show(value)} is out of range; allowed: {rule.allowed}")
 

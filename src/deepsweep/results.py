@@ -5,8 +5,9 @@ only here, with the commit, the machine and the wall time of what produced it: n
 hand. Ready-made pipelines run through ``dvc repro -f`` (which also rewrites their committed ``dvc.lock`` and
 ``metrics.json``), baselines through ``deepsweep run``, sweeps through their ``make`` targets.
 
-``--quick`` reruns the rows marked quick (a few minutes) and checks them against the README instead of
-rewriting it: exit code 1 names every cell that differs.
+``--quick`` reruns the rows marked quick (a few minutes; their outputs and ``dvc.lock`` are rewritten, as by any
+``dvc repro``) and checks them against the README instead of rewriting it: exit code 1 names every cell that
+differs.
 """
 
 from __future__ import annotations

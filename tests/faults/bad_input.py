@@ -35,7 +35,9 @@ def _fields() -> dict[str, tuple[str, object]]:
         for option in options(group):
             choice = f"{group}={option}"
             for key, value in flatten(compose([choice])).items():
-                if key.startswith(f"{group}.") and numeric(value) and key not in found:
+                # Numeric fields, and fields whose default is null but that take a number (a rule says which).
+                takes_number = numeric(value) or (value is None and rule_for(key) is not None)
+                if key.startswith(f"{group}.") and takes_number and key not in found:
                     found[key] = ("" if defaults.get(f"{group}.name") == option else choice, value)
     found["seed"] = ("", 0)
     return found
@@ -71,13 +73,17 @@ def cases() -> list[Case]:
         base = (choice,) if choice else ()
         cfg = _composed(base)
         rule = rule_for(key)
-        bad = next((v for v in OUT_OF_RANGE if type(v) is type(default) or (isinstance(default, float) and isinstance(v, int))
-                    or (isinstance(default, list) and isinstance(v, list))
-                    if not rule.accepts(v, cfg)), None)
+        def same_kind(v) -> bool:
+            if default is None:
+                return not isinstance(v, list)
+            return (type(v) is type(default) or (isinstance(default, float) and isinstance(v, int))
+                    or (isinstance(default, list) and isinstance(v, list)))
+
+        bad = next((v for v in OUT_OF_RANGE if same_kind(v) and not rule.accepts(v, cfg)), None)
         if bad is not None:
             result.append(Case("out of range", (*base, f"{key}={_hydra_value(bad)}"), key))
         result.append(Case("wrong type", (*base, f"{key}=fast"), key))
-        if not key.startswith("pretrain.optimizer.") and (key != "pretrain.epochs" or choice):
+        if default is not None and not key.startswith("pretrain.optimizer.") and (key != "pretrain.epochs" or choice):
             result.append(Case("null where null means nothing", (*base, f"{key}=null"), key))
     result += [
         Case("unknown key", ("+model.hiden_dims=[3]",), "model.hiden_dims"),

@@ -45,6 +45,10 @@ CLI_CASES = [
     (["run", "finetune.label_fraction=0"], "finetune.label_fraction"),
     (["run", "pretrain.task._target_=os.system"], "pretrain.task._target_"),
     (["params", "-o", "-", "model.hidden_dims=[]"], "model.hidden_dims"),
+    (["run", "-m", "init=glob(he_*)", "trainer.max_epochs=0"], "trainer.max_epochs"),  # globs expand up front
+    (["run", "data=cora"], "data=cora"),  # across groups: an MLP does not read a graph
+    (["run", "-m", "data=digits,cora"], "data=cora"),
+    (["run", "trainer.gradient_clip_val=fast"], "trainer.gradient_clip_val"),  # a field whose default is null
 ]
 
 
@@ -98,3 +102,52 @@ def test_docs_errors_md_is_generated_from_these_cases():
     if os.environ.get("UPDATE_DOCS"):
         DOC.write_text(text)
     assert DOC.is_file() and DOC.read_text() == text, "docs/errors.md is stale: UPDATE_DOCS=1 pytest tests/faults/test_bad_input.py"
+
+
+# What a config may build: deepsweep's own classes and torch's layers, optimizers and schedules.
+ALLOWED_TARGET_PREFIXES = ("deepsweep.", "torch.nn.", "torch.optim.")
+
+
+def test_option_files_build_only_from_allowed_modules():
+    """Values may not set _target_ (checked above), so the option files are the only source of what is built:
+    every one of them stays within the allow-list."""
+    outside = []
+    for path in sorted((ROOT / "conf").rglob("*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            key, _, value = line.strip().partition(":")
+            if key == "_target_" and not value.strip().startswith(ALLOWED_TARGET_PREFIXES):
+                outside.append(f"{path.relative_to(ROOT)}:{number}: {value.strip()}")
+    assert not outside, "targets outside " + ", ".join(ALLOWED_TARGET_PREFIXES) + ":\n" + "\n".join(outside)
+
+
+def test_a_searchers_own_space_is_checked_before_its_first_trial():
+    from deepsweep.cli.main import _search_space, _sweep_points
+
+    space = _search_space(["hparams_search=digits_optuna"])
+    assert space["optimizer.lr"].startswith("tag(log, interval(")
+    space["optimizer.lr"] = "interval(-1, 0.1)"
+    with pytest.raises(ConfigError, match="optimizer.lr: -1"):
+        for point in _sweep_points(["hparams_search=digits_optuna"], space):
+            validate(compose(point))
+
+
+@pytest.mark.slow
+def test_a_refused_combination_fails_its_job_and_the_sweep_goes_on(tmp_path):
+    """Each value alone passes the up-front check; autoencoder with 0 epochs does not. That job is a FAILED
+    child run with the message, the other jobs finish and the report lists all four."""
+    import mlflow
+
+    from conftest import FAST
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    result = deepsweep_cli("run", "-m", "pretrain=none,autoencoder", "pretrain.epochs=1,0", *FAST[:1],
+                           "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=tmp_path,
+                           env={"MLFLOW_TRACKING_URI": store})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=store)
+    jobs = client.search_runs([client.get_experiment_by_name("deepsweep").experiment_id],
+                              "tags.`deepsweep.stage` = 'pipeline'")
+    assert len(jobs) == 4
+    (refused,) = [r for r in jobs if r.info.status == "FAILED"]
+    assert "pretrain.epochs: 0 is out of range" in refused.data.tags["deepsweep.error"]
+    assert "4 jobs, 1 failed" in (tmp_path / "sweep" / "sweep_report.md").read_text()

@@ -145,3 +145,25 @@ def test_two_runs_in_one_folder_through_the_cli(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"deepsweep: error: {folder}: in use by process {holder.pid}")
     assert "Traceback" not in result.stderr
+
+
+def test_a_kill_between_the_two_renames_keeps_the_previous_output(tmp_path):
+    """atomic_dir replacing an output moves the old one aside, then the new one in: killed in between, the
+    folder holds .prepare.old (the previous output, whole) and no prepare. The next writer puts it back."""
+    artifacts = tmp_path / "artifacts"
+    (artifacts / ".prepare.old").mkdir(parents=True)
+    (artifacts / ".prepare.old" / "run.json").write_text('{"run_id": "previous"}')
+    (artifacts / ".prepare.k2j4.tmp").mkdir()
+    with folder_lock(artifacts):
+        pass
+    assert (artifacts / "prepare" / "run.json").read_text() == '{"run_id": "previous"}'
+    assert sorted(p.name for p in artifacts.iterdir()) == [".deepsweep.lock", "prepare"]
+
+
+def test_passwords_in_overrides_never_reach_run_names_or_tags():
+    from deepsweep.tracking.runs import redact
+
+    text = "logger.tracking_uri=http://alice:s3cret@[::1]:5000 seed=1 other=https://u:p%40ss@Host.Example/x"
+    assert redact(text) == "logger.tracking_uri=http://alice:***@[::1]:5000 seed=1 other=https://u:***@Host.Example/x"
+    assert redact("logger:\n  tracking_uri: 'postgresql://me:it''s#x@db/m'\n") == \
+        "logger:\n  tracking_uri: 'postgresql://me:***@db/m'\n"

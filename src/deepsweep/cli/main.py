@@ -114,33 +114,44 @@ _HYDRA_PRINT_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c"
                       "--shell-completion", "-sc"}
 
 
-def _sweep_points(overrides: list[str]) -> list[list[str]]:
-    """Override lists that together give every value of every swept key once: each swept value with the
-    first value of the other sweeps. Interval sweeps (Optuna searches) give their two bounds. A problem
-    with one value then shows before the sweep starts, not in its job; combinations of values are left to
-    each job's own check."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import IntervalSweep
+def _values(override) -> list[str]:
+    """The values a sweep override takes, as strings: choices, ranges, globs over a group's options, and the
+    two bounds of an interval (an Optuna search)."""
+    from hydra.core.override_parser.types import Glob, IntervalSweep
 
+    from deepsweep.config import options
+
+    value = override.value()
+    if isinstance(value, IntervalSweep):
+        return [str(value.start), str(value.end)]
+    if isinstance(value, Glob):  # Hydra expands globs through its config loader, which this parser lacks
+        return value.filter(options(override.get_key_element()))
+    return list(override.sweep_string_iterator())
+
+
+def _sweep_points(overrides: list[str], searched: dict[str, str] | None = None) -> list[list[str]]:
+    """Override lists that together give every value of every swept key once: each swept value with the
+    first value of the other sweeps. ``searched``: a sweeper's own search space (``hydra.sweeper.params`` of
+    an Optuna search), for the keys the command line does not sweep. A problem with one value then shows
+    before the sweep starts, not in its job; combinations are left to each job's own check."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = parser.parse_overrides(overrides)
+        keys = {o.get_key_element() for o in parsed}
+        parsed += parser.parse_overrides([f"{k}={v}" for k, v in (searched or {}).items() if k not in keys])
     except Exception as exc:  # Hydra's OverrideParseException: a syntax error in an override
         raise ConfigError(" ".join(str(exc).split())) from None
     fixed, swept = [], []
     for override in parsed:
-        if not override.is_sweep_override():
-            fixed.append(override.input_line)
-            continue
-        key = override.get_key_element()
-        value = override.value()
-        if isinstance(value, IntervalSweep):
-            values = [str(value.start), str(value.end)]
+        if override.is_sweep_override():
+            swept.append([f"{override.get_key_element()}={v}" for v in _values(override)])
         else:
-            values = list(override.sweep_string_iterator())
-        swept.append([f"{key}={v}" for v in values])
+            fixed.append(override.input_line)
     if not swept:
         return [fixed]
-    firsts = [values[0] for values in swept]
+    firsts = [values[0] for values in swept if values]
     points = []
     for i, values in enumerate(swept):
         for value in values[1:] if i else values:
@@ -148,10 +159,33 @@ def _sweep_points(overrides: list[str]) -> list[list[str]]:
     return points
 
 
+def _search_space(overrides: list[str]) -> dict[str, str]:
+    """``hydra.sweeper.params`` of the config these overrides choose (e.g. hparams_search=digits_optuna)."""
+    from hydra import compose as hydra_compose
+    from omegaconf import OmegaConf
+
+    from deepsweep.config import _hydra_context
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = [o for o in overrides if "," not in o and "(" not in o]  # the sweeps themselves do not change it
+    try:
+        with _hydra_context():
+            cfg = hydra_compose(config_name="config", overrides=plain, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(" ".join(str(exc).split("\nConfig search path")[0].split())) from None
+    params = OmegaConf.select(cfg, "hydra.sweeper.params")
+    return {str(k): str(v) for k, v in (params or {}).items()}
+
+
 def check_run_args(argv: list[str]) -> None:
     """Validate what ``deepsweep run`` is about to run, before Hydra starts (and before a sweep's first job):
-    every problem is a ConfigError, reported as one line with exit code 2 instead of Hydra's traceback."""
+    every problem is a ConfigError, reported as one line with exit code 2 instead of Hydra's traceback.
+    Besides each group's values, the checks across groups that the stages repeat (data kind against model
+    and pretraining, the accelerator, trainer.steps_per_call)."""
     from deepsweep.config import compose, validate
+    from deepsweep.factory import check_accelerator, check_compatible, steps_per_call
 
     if any(arg.split("=")[0] in _HYDRA_PRINT_FLAGS for arg in argv):
         return
@@ -163,8 +197,11 @@ def check_run_args(argv: list[str]) -> None:
             skip = arg in _HYDRA_VALUE_FLAGS
         else:
             overrides.append(arg)
-    for point in _sweep_points(overrides):
-        validate(compose(point))
+    for point in _sweep_points(overrides, _search_space(overrides)):
+        cfg = validate(compose(point))
+        check_accelerator(cfg)
+        check_compatible(cfg)
+        steps_per_call(cfg)
 
 
 def _run_hydra(argv: list[str]) -> int:
@@ -229,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("results", help="rerun what README's result tables quote and rewrite them (--quick: check a few rows)")
     p.add_argument("tables", nargs="*", help="tables to redo (default: all): pipelines, pretrained, pretraining, "
                                               "anomaly, vanishing, cora, cora_inductive")
-    p.add_argument("--quick", action="store_true", help="rerun the quick rows and check them against README; "
-                                                        "change nothing (exit 1 if a cell differs)")
+    p.add_argument("--quick", action="store_true", help="rerun the quick rows (dvc repro -f rewrites their outputs and "
+                                                        "dvc.lock, as any repro) and check them against README, "
+                                                        "which stays as it is (exit 1 if a cell differs)")
     p.set_defaults(func=_cmd_results)
     p = sub.add_parser("options", help="list config groups and their options")
     p.add_argument("group", nargs="?")

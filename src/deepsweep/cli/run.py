@@ -79,11 +79,27 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from deepsweep.config import validate
+    from deepsweep.config import ConfigError, validate
 
-    cfg = validate(cfg)  # before any heavy import or work
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        cfg = validate(cfg)  # before any heavy import or work
+    except ConfigError as exc:
+        if not multirun:
+            _stop_single_run(exc)
+        # A combination of swept values the up-front check did not try: this job fails (recorded as a FAILED
+        # child run, so the report lists it), the sweep goes on.
+        log.error("sweep job %s: %s", hydra_cfg.job.num, exc)
+        from deepsweep.tracking.runs import record_invalid_job, redact
+        from deepsweep.tracking.sweep import parent_run_id
+
+        parent = parent_run_id(hydra_cfg.sweep.dir)
+        if parent:
+            record_invalid_job(cfg, parent, redact(" ".join(hydra_cfg.overrides.task)), hydra_cfg.job.num, str(exc))
+        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+            raise
+        return float("nan")
 
     from deepsweep.factory import set_threads
     from deepsweep.launch import FINGERPRINT_TAG, fingerprint, job_threads
@@ -91,7 +107,9 @@ def main(cfg: DictConfig) -> float:
     from deepsweep.tracking.sweep import parent_run_id
 
     set_threads(cfg, job_threads(hydra_cfg.launcher) if multirun else None)
-    overrides = " ".join(hydra_cfg.overrides.task) or "defaults"
+    from deepsweep.tracking.runs import redact
+
+    overrides = redact(" ".join(hydra_cfg.overrides.task)) or "defaults"
     digest = fingerprint(cfg)
     tags = {"deepsweep.overrides": overrides, FINGERPRINT_TAG: digest}
     parent = None

@@ -103,7 +103,9 @@ def random_states(*loaders):
             kind, keys, pos, has_gauss, cached = np.random.get_state()
             numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
             return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": list(random.getstate()),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    # Only a process that uses CUDA has a CUDA stream to keep, and only its current device's:
+                    # asking for every GPU's would start a context on each.
+                    "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else [],
                     "loaders": [g.get_state() for g in generators]}
 
         def load_state_dict(self, state: dict) -> None:
@@ -113,7 +115,7 @@ def random_states(*loaders):
             version, internal, gauss_next = state["python"]
             random.setstate((version, tuple(internal), gauss_next))
             if state["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda"])
+                torch.cuda.set_rng_state(state["cuda"][0])
             for generator, saved in zip(generators, state["loaders"]):
                 generator.set_state(saved)
 

@@ -100,7 +100,14 @@ class EpochLoggingMixin:
 
         trainer = self.trainer
         metrics = {name: value.detach() for name, value in metrics.items()}
-        scalars = torch.stack([v.float() for v in metrics.values()]).tolist()  # one device sync for all
+        stacked = torch.stack([v.float() for v in metrics.values()])
+        if trainer.world_size > 1:
+            # Every rank stops together (one rank raising alone would leave the others waiting in the next
+            # collective): the count of non-finite values, summed over ranks.
+            bad = trainer.strategy.reduce((~torch.isfinite(stacked)).sum().float(), reduce_op="sum")
+            if float(bad) > 0:
+                stacked = torch.full_like(stacked, float("nan"))
+        scalars = stacked.tolist()  # one device sync for all
         check_finite(dict(zip(metrics, scalars)), trainer.current_epoch, trainer.global_step)
         if not self.direct_epoch_logging or trainer.world_size > 1 or trainer.state.fn != TrainerFn.FITTING:
             self.log_dict(metrics, sync_dist=trainer.world_size > 1)

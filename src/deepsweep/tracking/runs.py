@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import os
 import random
+import re
 import socket
 import subprocess
 import time
@@ -83,17 +84,14 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def redact(uri: str | None) -> str | None:
-    """A URI with its password replaced by ***: params, tags and logs never hold a credential."""
-    if not uri or "@" not in uri:
-        return uri
-    from urllib.parse import urlsplit, urlunsplit
+_CREDENTIALS = re.compile(r"(://[^/@\s:]*:)[^@\s/]*@")
 
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+
+def redact(text: str | None) -> str | None:
+    """Text (a URI, an override list, a dumped config) with every URI password replaced by ***: params, tags,
+    run names and logs never hold a credential. Works on the text as written: quoting, IPv6 hosts and case
+    are left as they are."""
+    return _CREDENTIALS.sub(r"\1***@", text) if text else text
 
 
 def _process_start(pid: int) -> str:
@@ -126,7 +124,8 @@ def mark_dead_runs(client: Any, experiment_ids: list[str]) -> list[str]:
     """End as KILLED every RUNNING run of this host whose process is gone, with the reason in
     ``deepsweep.error``. Returns their ids. Runs of other hosts (a cluster's nodes) are left alone."""
     host = socket.gethostname()
-    runs = client.search_runs(experiment_ids, filter_string=f"attributes.status = 'RUNNING' and tags.`deepsweep.host` = '{host}'")
+    runs = retry_locked(client.search_runs, experiment_ids,
+                        filter_string=f"attributes.status = 'RUNNING' and tags.`deepsweep.host` = '{host}'")
     marked = []
     for run in runs:
         tags = run.data.tags
@@ -136,10 +135,10 @@ def mark_dead_runs(client: Any, experiment_ids: list[str]) -> list[str]:
             continue
         if _alive(pid, tags.get("deepsweep.pid_start", "")):
             continue
-        client.set_tag(run.info.run_id, "deepsweep.error",
-                       f"process {pid} on {host} ended without ending this run (killed: kill -9, the OOM killer or "
-                       f"a power loss); marked KILLED by process {os.getpid()}")
-        client.set_terminated(run.info.run_id, "KILLED")
+        retry_locked(client.set_tag, run.info.run_id, "deepsweep.error",
+                     f"process {pid} on {host} ended without ending this run (killed: kill -9, the OOM killer or "
+                     f"a power loss); marked KILLED by process {os.getpid()}")
+        retry_locked(client.set_terminated, run.info.run_id, "KILLED")
         marked.append(run.info.run_id)
     return marked
 
@@ -239,8 +238,7 @@ def start_run(
     ) as run:
         try:
             log_params(flatten(cfg))
-            text, uri = OmegaConf.to_yaml(cfg), cfg.logger.get("tracking_uri")
-            mlflow.log_text(text.replace(uri, redact(uri)) if uri else text, "config.yaml")
+            mlflow.log_text(redact(OmegaConf.to_yaml(cfg)), "config.yaml")
             yield run
         except BaseException as exc:
             mlflow.set_tag("deepsweep.error", f"{type(exc).__name__}: {exc}"[:4000])
@@ -251,3 +249,21 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifact(str(path), artifact_path)
+
+
+def record_invalid_job(cfg: Any, parent_run_id: str, run_name: str, job: int, error: str) -> str:
+    """A FAILED child run for a sweep job whose config was refused before it could start one: the sweep's
+    report and the MLflow UI show every job, the refused ones with their error."""
+    import mlflow
+
+    try:
+        uri = tracking_uri(cfg)
+    except Exception:  # the refused config may not even have a usable logger group
+        uri = tracking_uri(OmegaConf.create({"logger": {"tracking_uri": None}}))
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = retry_locked(client.get_run, parent_run_id).info.experiment_id
+    run = retry_locked(client.create_run, experiment, run_name=run_name, tags={
+        "mlflow.parentRunId": parent_run_id, "deepsweep.stage": "pipeline", "deepsweep.job": str(job),
+        "deepsweep.error": f"ConfigError: {error}"[:4000], **process_tags()})
+    retry_locked(client.set_terminated, run.info.run_id, "FAILED")
+    return run.info.run_id

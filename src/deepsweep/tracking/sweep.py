@@ -61,7 +61,7 @@ class MlflowSweepCallback(Callback):
         import mlflow
 
         from deepsweep.tracking.report import METRIC_TAG
-        from deepsweep.tracking.runs import git_tags, process_tags, setup
+        from deepsweep.tracking.runs import git_tags, process_tags, redact, setup
 
         experiment_id = setup(config)
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -70,12 +70,12 @@ class MlflowSweepCallback(Callback):
         run_id = _resumable_parent(client, sweep_dir)
         if run_id:
             # The same sweep folder again: the same parent run, whose finished jobs are skipped.
-            client.update_run(run_id, status="RUNNING")
+            for key, value in process_tags().items():  # this process holds it now: tagged before it is RUNNING,
+                client.set_tag(run_id, key, value)     # so no other process takes it for a dead one's
             client.set_tag(run_id, "deepsweep.resumed", "true")
-            for key, value in process_tags().items():  # this process now holds it
-                client.set_tag(run_id, key, value)
+            client.update_run(run_id, status="RUNNING")
         else:
-            overrides = " ".join(config.hydra.overrides.task)
+            overrides = redact(" ".join(config.hydra.overrides.task))
             run_id = client.create_run(
                 experiment_id,
                 run_name=f"sweep {sweep_dir.name}",

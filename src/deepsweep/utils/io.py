@@ -43,17 +43,39 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    # From /proc: os.umask can only be read by setting it, which would race with threads creating files.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # at import, before any thread of ours: set and restore
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Remove what ``atomic_dir`` leaves when its process is killed (``.<name>.*.tmp``, ``.<name>.old``).
     Only safe while holding the folder's lock: then no other writer can own them."""
     removed = []
-    for entry in folder.iterdir() if folder.is_dir() else ():
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    for entry in entries:
+        # A kill between atomic_dir's two renames leaves the previous output as .<name>.old and nothing at
+        # <name>: put the previous output back (the new one never counted as committed).
+        if entry.name.startswith(".") and entry.name.endswith(".old") and entry.is_dir():
+            target = folder / entry.name[1 : -len(".old")]
+            if not target.exists():
+                os.replace(entry, target)
+                continue
         if entry.name.startswith(".") and (entry.name.endswith(".tmp") or entry.name.endswith(".old")):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed.append(entry)
