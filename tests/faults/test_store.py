@@ -153,8 +153,11 @@ def test_a_parallel_sweep_through_a_real_mlflow_server_records_every_run(tmp_pat
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not come up"
                 time.sleep(0.5)
-        result = deepsweep_cli("run", "-m", "seed=0,1,2", *FAST, "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep",
-                               cwd=tmp_path, env={"MLFLOW_TRACKING_URI": url})
+        # Each value alone passes the up-front check; autoencoder with 0 epochs does not: that job is refused
+        # in its own process (a FAILED child run with the message) and the other three finish.
+        result = deepsweep_cli("run", "-m", "pretrain=none,autoencoder", "pretrain.epochs=1,0", FAST[0],
+                               "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=tmp_path,
+                               env={"MLFLOW_TRACKING_URI": url})
         assert result.returncode == 0, result.stderr[-3000:]
         client = mlflow.MlflowClient(tracking_uri=url)
         runs = client.search_runs([client.get_experiment_by_name("deepsweep").experiment_id], max_results=1000)
@@ -162,7 +165,9 @@ def test_a_parallel_sweep_through_a_real_mlflow_server_records_every_run(tmp_pat
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
     stages = [r.data.tags.get("deepsweep.stage") for r in runs]
-    # 1 parent, 3 jobs, 4 stages each: every one recorded and ended.
-    assert sorted(stages) == sorted(["sweep"] + ["pipeline"] * 3 + ["prepare", "pretrain", "finetune", "evaluate"] * 3)
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    assert (tmp_path / "sweep" / "sweep_report.md").is_file()
+    # 1 parent, 4 jobs, 4 stages for each of the 3 that ran: every one recorded and ended.
+    assert sorted(stages) == sorted(["sweep"] + ["pipeline"] * 4 + ["prepare", "pretrain", "finetune", "evaluate"] * 3)
+    (refused,) = [r for r in runs if r.info.status != "FINISHED"]
+    assert refused.info.status == "FAILED" and refused.data.tags["deepsweep.stage"] == "pipeline"
+    assert "pretrain.epochs: 0 is out of range" in refused.data.tags["deepsweep.error"]
+    assert "4 jobs, 1 failed" in (tmp_path / "sweep" / "sweep_report.md").read_text()
