@@ -53,7 +53,7 @@ pipelines: venv
 	$(BIN)/deepsweep pipelines
 
 # Rerun every ready-made pipeline (dvc repro -f: their dvc.lock and metrics.json too), the baselines and the sweeps
-# the README quotes, and rewrite README's result tables from their outputs (about 45 minutes on 2 cores).
+# the README quotes, and rewrite README's result tables from their outputs (56 minutes on this 2-core machine).
 results: venv
 	test -d .dvc || dvc init --quiet
 	$(BIN)/deepsweep results
