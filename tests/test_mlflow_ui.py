@@ -4,19 +4,15 @@ sweep's parent run, its child runs and their metrics. Needs Debian's chromium an
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from conftest import FAST, deepsweep_cli
+from conftest import mlflow_server as start_mlflow_server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 pytestmark = [
@@ -24,12 +20,6 @@ pytestmark = [
     pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
                        reason="needs chromium and chromedriver (apt-get install chromium chromium-driver)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -51,26 +41,8 @@ def browser():
 
 @pytest.fixture
 def mlflow_server(isolated_tracking):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{isolated_tracking}",
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("mlflow server did not come up on 127.0.0.1")
-            time.sleep(0.5)
-    yield url
-    os.killpg(server.pid, 15)
-    server.wait(timeout=30)
+    with start_mlflow_server(isolated_tracking, isolated_tracking.parent) as url:
+        yield url
 
 
 def _page_text(driver, url: str, expected: list[str], timeout: float = 60) -> str:

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from conftest import FAST, ROOT, deepsweep_cli
+from conftest import FAST, ROOT, deepsweep_cli, mlflow_server
 
 WRITER = """
     import sys, time
@@ -129,30 +129,9 @@ def test_gpu_slot_folder_must_be_the_users_own(tmp_path):
 @pytest.mark.slow
 def test_a_parallel_sweep_through_a_real_mlflow_server_records_every_run(tmp_path):
     """The cluster set-up the README recommends over SQLite on a shared file system: jobs log over HTTP."""
-    import socket
-    import time
-    import urllib.request
-
     import mlflow
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not come up"
-                time.sleep(0.5)
+    with mlflow_server(tmp_path / "server.db", tmp_path) as url:
         # Each value alone passes the up-front check; autoencoder with 0 epochs does not: that job is refused
         # in its own process (a FAILED child run with the message) and the other three finish.
         result = deepsweep_cli("run", "-m", "pretrain=none,autoencoder", "pretrain.epochs=1,0", FAST[0],
@@ -161,9 +140,6 @@ def test_a_parallel_sweep_through_a_real_mlflow_server_records_every_run(tmp_pat
         assert result.returncode == 0, result.stderr[-3000:]
         client = mlflow.MlflowClient(tracking_uri=url)
         runs = client.search_runs([client.get_experiment_by_name("deepsweep").experiment_id], max_results=1000)
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
     stages = [r.data.tags.get("deepsweep.stage") for r in runs]
     # 1 parent, 4 jobs, 4 stages for each of the 3 that ran: every one recorded and ended.
     assert sorted(stages) == sorted(["sweep"] + ["pipeline"] * 4 + ["prepare", "pretrain", "finetune", "evaluate"] * 3)
