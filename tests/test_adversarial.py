@@ -8,14 +8,15 @@ import torch
 from torch.nn import functional as F
 
 from deepsweep.config import ConfigError
-from deepsweep.factory import create_model
+from deepsweep.factory import build_model
 from deepsweep.stages.pipeline import execute
 from deepsweep.tasks.adversarial import AdversarialTask, gradient_penalty
+from deepsweep.tasks.common import TaskSetup
 
 
 def _task(compose, **kwargs) -> AdversarialTask:
-    model = create_model(compose("model.hidden_dims=[32,16]"), (1, 8, 8), 10)
-    return AdversarialTask(model, optimizer=None, **kwargs)
+    model = build_model(compose("model.hidden_dims=[32,16]"), (1, 8, 8), 10)
+    return AdversarialTask(model, TaskSetup(None), **kwargs)
 
 
 def test_generator_loss_is_non_saturating_and_label_smoothing_is_one_sided(compose):
@@ -47,19 +48,17 @@ def test_gradient_penalty_matches_the_closed_form_for_a_linear_critic():
     assert penalty.item() == pytest.approx((5 - 1) ** 2)
 
 
-def test_wgan_clipping_keeps_every_critic_weight_in_range_and_n_critic_spaces_generator_steps(compose, tmp_path):
+def test_wgan_clipping_keeps_every_critic_weight_in_range_and_n_critic_spaces_generator_steps(compose, tmp_path,
+                                                                                             monkeypatch):
     cfg = compose("pretrain=wgan", "pretrain.epochs=1", "pretrain.task.n_critic=3", "model.hidden_dims=[32,16]")
     execute("prepare", cfg, tmp_path / "artifacts")
     calls = []
     original = AdversarialTask.generator_loss
-    AdversarialTask.generator_loss = lambda self, fake, y: calls.append(1) or original(self, fake, y)
+    monkeypatch.setattr(AdversarialTask, "generator_loss",
+                        lambda self, fake, y: calls.append(1) or original(self, fake, y))
     captured = {}
-    fit_end = AdversarialTask.on_fit_end
-    AdversarialTask.on_fit_end = lambda self: captured.setdefault("task", self)
-    try:
-        execute("pretrain", cfg, tmp_path / "artifacts")
-    finally:
-        AdversarialTask.generator_loss, AdversarialTask.on_fit_end = original, fit_end
+    monkeypatch.setattr(AdversarialTask, "on_fit_end", lambda self: captured.setdefault("task", self))
+    execute("pretrain", cfg, tmp_path / "artifacts")
     task = captured["task"]
     weights = torch.cat([p.detach().flatten() for p in task.discriminator_parameters()])
     assert weights.abs().max() <= 0.01 + 1e-7
@@ -83,7 +82,7 @@ def test_conditional_generator_and_projection_discriminator_read_the_label(compo
 @pytest.mark.parametrize("overrides, message", [
     (["pretrain=wgan", "pretrain.task.clip_value=null"], "loss=wasserstein needs a Lipschitz constraint"),
     (["pretrain.task.clip_value=0.01"], "apply to loss=wasserstein"),
-    (["optimizer=lbfgs"], "optimizer=lbfgs: adversarial pretraining steps its optimizers by hand"),
+    (["optimizer=lbfgs"], "optimizer=lbfgs: pretrain=gan steps its optimizers by hand"),
     (["pretrain.task.loss=minimax"], "pretrain.task.loss: unknown loss 'minimax'; allowed: vanilla, wasserstein"),
     (["pretrain.task.generator=rnn"], "pretrain.task.generator: unknown kind 'rnn'; allowed: dense, conv"),
     (["pretrain.task.output=tanh"], "pretrain.task.output: unknown output 'tanh'; allowed: sigmoid, linear"),
@@ -96,15 +95,16 @@ def test_bad_gan_settings_name_the_key_before_training(compose, tmp_path, overri
 
 
 def test_pretrain_optimizer_overrides_fields_of_the_chosen_optimizer_only(compose):
-    from deepsweep.config import stage_optimizer, validate
+    from deepsweep.config import validate
+    from deepsweep.factory import stage_optimizer
 
     cfg = compose("pretrain=gan", "optimizer=adam", "+pretrain.optimizer.betas=[0.5,0.999]")
     merged = stage_optimizer(validate(cfg))
     assert merged.lr == 0.0002 and list(merged.betas) == [0.5, 0.999] and cfg.optimizer.lr == 0.001
-    from deepsweep.factory import create_optimizer
+    from deepsweep.factory import build_optimizer
 
-    assert create_optimizer(cfg, stage="pretrain").keywords["lr"] == 0.0002  # what the pretrain stage builds
-    assert create_optimizer(cfg).keywords["lr"] == 0.001  # fine-tuning keeps the group's
+    assert build_optimizer(cfg, stage="pretrain").keywords["lr"] == 0.0002  # what the pretrain stage builds
+    assert build_optimizer(cfg).keywords["lr"] == 0.001  # fine-tuning keeps the group's
     assert stage_optimizer(compose()).lr == compose().optimizer.lr  # lr: null keeps the group's value
     with pytest.raises(ConfigError, match="pretrain.optimizer.betas: optimizer=sgd has no field 'betas'"):
         validate(compose("pretrain=gan", "optimizer=sgd", "+pretrain.optimizer.betas=[0.5,0.999]"))
@@ -112,10 +112,10 @@ def test_pretrain_optimizer_overrides_fields_of_the_chosen_optimizer_only(compos
 
 def test_dcgan_discriminator_features_pretrain_and_fine_tune(compose, tmp_path):
     cfg = compose("experiment=digits_dcgan", "pretrain.epochs=1", "trainer.max_epochs=1")
-    model = create_model(cfg, (1, 28, 28), 10)
+    model = build_model(cfg, (1, 28, 28), 10)
     assert model.feature_dim == 64 * 7 * 7  # two stride-2 convs: 28 -> 14 -> 7
     norms = lambda m: sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
-    assert norms(model) == 1 and norms(create_model(compose("model=dcgan", "model.batch_norm=false"), (1, 8, 8), 10)) == 0
+    assert norms(model) == 1 and norms(build_model(compose("model=dcgan", "model.batch_norm=false"), (1, 8, 8), 10)) == 0
     artifacts = tmp_path / "artifacts"
     for stage in ("prepare", "pretrain", "finetune"):
         execute(stage, cfg, artifacts)

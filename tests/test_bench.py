@@ -25,16 +25,44 @@ def test_loops_run_on_the_device_the_trainer_names(compose):
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu"])
-def test_both_loops_train_the_same_workload(compose, trainer):
+def test_both_loops_train_the_same_workload(compose, trainer, monkeypatch):
+    """Both loops build the same initial model, train it on every training sample once and validate
+    on every validation sample once (the same batches, in train then eval mode), and end with the
+    same weights: the same updates, not just something that takes time."""
     if trainer == "gpu" and not torch.cuda.is_available():
         pytest.skip("no GPU here; the same test runs the loops on one where there is")
     import mlflow
 
+    from deepsweep import factory
+
     mlflow.set_experiment("bench")  # as bench.main does (an earlier test's experiment is not in this store)
     cfg = compose(f"trainer={trainer}")
     data = bench.tensor_data(cfg)
+    built = []  # per loop: its model, its initial weights and the (training?, rows) of every forward call
+    build_model = factory.build_model
+
+    def spy(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        calls = []
+        model.register_forward_pre_hook(lambda module, inputs: calls.append((module.training, len(inputs[0]))))
+        built.append((model, {k: v.detach().clone() for k, v in model.state_dict().items()}, calls))
+        return model
+
+    monkeypatch.setattr(factory, "build_model", spy)
     assert bench.raw_loop(cfg, data, 1, 64, 0) > 0
     assert bench.deepsweep_loop(cfg, data, 1, 64, 0) > 0
+    assert len(built) == 2
+    (raw, raw_init, raw_calls), (ours, our_init, our_calls) = built
+    train, val = len(data[0]), len(data[1])
+    for calls in (raw_calls, our_calls):
+        batches = [n for training, n in calls if training]  # one optimizer step each
+        assert len(batches) == -(-train // 64) and sum(batches) == train
+        assert sum(n for training, n in calls if not training) == val
+    assert sorted(our_calls) == sorted(raw_calls)
+    for name, weight in raw.state_dict().items():
+        assert torch.equal(raw_init[name], our_init[name]), name  # the same initial model
+        assert torch.allclose(weight.cpu(), ours.state_dict()[name].cpu(), atol=1e-5), name  # the same updates
+    assert any(not torch.equal(w.cpu(), raw_init[k].cpu()) for k, w in raw.state_dict().items())  # it trained
 
 
 def test_profile_writes_both_loops_sorted_both_ways(tmp_path):

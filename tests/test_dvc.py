@@ -75,8 +75,16 @@ def test_exp_run_with_set_param(project_copy):
     assert "Ran experiment" in out, out
     params = (project_copy / "params.yaml").read_text()
     assert "hidden_dims:\n  - 32\n" in params or "hidden_dims:\n- 32\n" in params
+    # `dvc exp show` lists that one experiment with the values set by -S and the metrics it wrote.
     shown = json.loads(dvc(project_copy, "exp", "show", "--json"))
-    assert shown, "dvc exp show lists no experiment"
+    revisions = [rev for row in shown for exp in (row.get("experiments") or []) for rev in exp.get("revs", [])]
+    assert len(revisions) == 1, shown
+    data = revisions[0]["data"]
+    recorded = data["params"]["params.yaml"]["data"]
+    assert recorded["trainer"]["max_epochs"] == 1 and recorded["pretrain"]["epochs"] == 1
+    assert recorded["model"]["hidden_dims"] == [32]
+    metrics = json.loads((project_copy / "artifacts/evaluate/metrics.json").read_text())
+    assert data["metrics"]["artifacts/evaluate/metrics.json"]["data"] == pytest.approx(metrics)
 
 
 def test_queued_experiments_run_on_parallel_queue_workers(project_copy):

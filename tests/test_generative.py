@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from deepsweep.data.sources import Digits
-from deepsweep.factory import create_model
+from deepsweep.factory import build_model
 from deepsweep.stages.pipeline import execute
 from deepsweep.nn.generators import ConvGenerator
 from deepsweep.tasks.rbm import RBM, DeepBeliefTask
 from deepsweep.tasks.reconstruct import ReconstructTask, StackedAutoencoderTask, TiedDecoder
 from deepsweep.tasks.variational import VariationalTask, gaussian_kl
+from deepsweep.tasks.common import TaskSetup
 
 
 def test_kl_term_matches_the_closed_form_and_torch_distributions():
@@ -25,14 +26,14 @@ def test_kl_term_matches_the_closed_form_and_torch_distributions():
 
 
 def test_vae_loss_is_reconstruction_plus_beta_kl(compose):
-    model = create_model(compose(), (1, 8, 8), 10)
+    model = build_model(compose(), (1, 8, 8), 10)
     x = torch.rand(16, 1, 8, 8)
     for beta in (0.0, 1.0, 4.0):
-        task = VariationalTask(model, optimizer=None, beta=beta)
+        task = VariationalTask(model, TaskSetup(None), beta=beta)
         task.losses = lambda batch: (torch.tensor(2.0), torch.tensor(3.0))
         assert task.training_step((x, None), 0).item() == pytest.approx(2.0 + beta * 3.0)
     # And the reparametrized sample lets gradients reach the encoder.
-    task = VariationalTask(model, optimizer=None)
+    task = VariationalTask(model, TaskSetup(None))
     sum(task.losses(x)).backward()
     assert all(p.grad is not None for p in task.encoder.parameters())
 
@@ -66,7 +67,7 @@ def test_gaussian_visible_units_reconstruct_real_values():
         RBM(4, 3, visible_type="poisson")
 
 
-def test_dbn_trains_layer_by_layer_and_hands_weights_to_the_mlp(compose, tmp_path):
+def test_dbn_trains_layer_by_layer_and_hands_weights_to_the_mlp(compose, tmp_path, monkeypatch):
     cfg = compose("pretrain=dbn", "pretrain.epochs=4", "pretrain.task.epochs_per_layer=2", "model.hidden_dims=[32,16]",
                   "optimizer=sgd", "activation=sigmoid", "trainer.max_epochs=1")
     artifacts = tmp_path / "artifacts"
@@ -79,11 +80,8 @@ def test_dbn_trains_layer_by_layer_and_hands_weights_to_the_mlp(compose, tmp_pat
         seen.append(v0.shape[1])
         return original(self, v0, k)
 
-    RBM.contrastive_divergence = spy
-    try:
-        execute("pretrain", cfg, artifacts)
-    finally:
-        RBM.contrastive_divergence = original
+    monkeypatch.setattr(RBM, "contrastive_divergence", spy)
+    execute("pretrain", cfg, artifacts)
     half = len(seen) // 2
     assert set(seen[:half]) == {64} and set(seen[half:]) == {32}  # layer 1 first, then layer 2 on its output
     encoder = torch.load(artifacts / "pretrain" / "encoder.pt", weights_only=True)["encoder"]
@@ -92,9 +90,9 @@ def test_dbn_trains_layer_by_layer_and_hands_weights_to_the_mlp(compose, tmp_pat
 
 
 def test_dbn_refuses_non_mlp_families(compose):
-    model = create_model(compose("model=lenet"), (1, 8, 8), 10)
+    model = build_model(compose("model=lenet"), (1, 8, 8), 10)
     with pytest.raises(ValueError, match="pretrain=dbn works on the dense layer stack of model=mlp"):
-        DeepBeliefTask(model, optimizer=None)
+        DeepBeliefTask(model, TaskSetup(None))
 
 
 def test_vae_pipeline_saves_sample_grids(compose, tmp_path):
@@ -115,16 +113,16 @@ def test_conv_decoder_reaches_the_image_shape():
 
 
 def test_conv_autoencoder_decodes_through_transposed_convs(compose):
-    model = create_model(compose("model=lenet"), (1, 8, 8), 10)
-    task = ReconstructTask(model, optimizer=None, decoder="conv", decoder_dims=[32, 16])
+    model = build_model(compose("model=lenet"), (1, 8, 8), 10)
+    task = ReconstructTask(model, TaskSetup(None), decoder="conv", decoder_dims=[32, 16])
     assert isinstance(task.decoder, ConvGenerator)
     x = torch.rand(4, 1, 8, 8)
     assert task(x).shape == x.shape
 
 
 def test_tied_decoder_owns_only_biases_and_uses_the_encoder_weights(compose):
-    model = create_model(compose("model.hidden_dims=[32,16]"), (1, 8, 8), 10)
-    task = ReconstructTask(model, optimizer=None, tied=True)
+    model = build_model(compose("model.hidden_dims=[32,16]"), (1, 8, 8), 10)
+    task = ReconstructTask(model, TaskSetup(None), tied=True)
     assert isinstance(task.decoder, TiedDecoder)
     assert sorted(n for n, _ in task.decoder.named_parameters()) == ["biases.0", "biases.1"]
     x = torch.rand(8, 1, 8, 8)
@@ -139,21 +137,21 @@ def test_tied_decoder_owns_only_biases_and_uses_the_encoder_weights(compose):
     (task.decoder(code.detach()) - x).pow(2).mean().backward()
     assert first.grad is not None and not torch.allclose(first.grad, both)
     with pytest.raises(ValueError, match="pretrain.task.tied=true works on the dense layer stack of model=mlp"):
-        ReconstructTask(create_model(compose("model=lenet"), (1, 8, 8), 10), optimizer=None, tied=True)
+        ReconstructTask(build_model(compose("model=lenet"), (1, 8, 8), 10), TaskSetup(None), tied=True)
 
 
 def test_sparsity_adds_l1_of_the_code_to_the_loss(compose):
-    model = create_model(compose(), (1, 8, 8), 10)
+    model = build_model(compose(), (1, 8, 8), 10)
     x = torch.rand(16, 1, 8, 8)
     torch.manual_seed(0)
-    plain = ReconstructTask(model, optimizer=None).training_step((x, None), 0)
+    plain = ReconstructTask(model, TaskSetup(None)).training_step((x, None), 0)
     torch.manual_seed(0)  # the same decoder
-    sparse = ReconstructTask(model, optimizer=None, sparsity=0.5)
+    sparse = ReconstructTask(model, TaskSetup(None), sparsity=0.5)
     expected = plain + 0.5 * model.encoder(x).abs().sum(1).mean()
     assert torch.allclose(sparse.training_step((x, None), 0), expected)
 
 
-def test_stacked_autoencoder_trains_layer_by_layer_then_end_to_end(compose, tmp_path):
+def test_stacked_autoencoder_trains_layer_by_layer_then_end_to_end(compose, tmp_path, monkeypatch):
     cfg = compose("pretrain=stacked_autoencoder", "pretrain.epochs=3", "pretrain.task.epochs_per_layer=1",
                   "model.hidden_dims=[32,16]")
     execute("prepare", cfg, tmp_path / "artifacts")
@@ -164,11 +162,8 @@ def test_stacked_autoencoder_trains_layer_by_layer_then_end_to_end(compose, tmp_
         original(self)
         snapshots.append([b[0].weight.detach().clone() for b in self.blocks])
 
-    StackedAutoencoderTask.on_train_epoch_end = snapshot
-    try:
-        execute("pretrain", cfg, tmp_path / "artifacts")
-    finally:
-        StackedAutoencoderTask.on_train_epoch_end = original
+    monkeypatch.setattr(StackedAutoencoderTask, "on_train_epoch_end", snapshot)
+    execute("pretrain", cfg, tmp_path / "artifacts")
     initial = [w.clone() for w in snapshots[0]]
     moved = lambda a, b: not torch.equal(a, b)  # noqa: E731
     assert len(snapshots) == 3
@@ -179,23 +174,34 @@ def test_stacked_autoencoder_trains_layer_by_layer_then_end_to_end(compose, tmp_
     assert torch.equal(encoder["1.0.weight"], snapshots[2][0])
 
 
-def test_anomaly_detection_leaves_the_class_out_of_pretraining_and_scores_it(compose, tmp_path):
+def test_anomaly_detection_leaves_the_class_out_of_pretraining_and_scores_it(compose, tmp_path, monkeypatch):
+    """Pretraining trains and validates on the 9 other digits only; every test input gets a score, digit
+    3 scores higher than the others, and the metrics are that score's ROC-AUC and the others' mean."""
+    from sklearn.metrics import roc_auc_score
+
+    from deepsweep.data.loaders import PreparedData
+    from deepsweep.stages.pretrain import SCORES_FILE
+
     cfg = compose("pretrain.anomaly_class=3", "pretrain.epochs=5", "trainer.max_epochs=1")
-    seen = []
-    original = ReconstructTask.training_loss
+    seen = {"training_loss": [], "validation_batch": []}
 
-    def spy(self, batch):
-        seen.append(batch[1])
-        return original(self, batch)
+    def spy(name):
+        original = getattr(ReconstructTask, name)
+        return lambda self, batch: seen[name].append(batch[1]) or original(self, batch)
 
-    ReconstructTask.training_loss = spy
-    try:
-        for stage in ("prepare", "pretrain", "finetune", "evaluate"):
-            metrics = execute(stage, cfg, tmp_path / "artifacts")
-    finally:
-        ReconstructTask.training_loss = original
-    assert 3 not in torch.cat(seen).tolist() and len(torch.cat(seen).unique()) == 9
-    assert metrics["anomaly_roc_auc"] > 0.6  # digit 3 reconstructs worse than the digits the AE saw
+    for name in seen:
+        monkeypatch.setattr(ReconstructTask, name, spy(name))
+    for stage in ("prepare", "pretrain", "finetune", "evaluate"):
+        metrics = execute(stage, cfg, tmp_path / "artifacts")
+    for labels in seen.values():
+        assert 3 not in torch.cat(labels).tolist() and len(torch.cat(labels).unique()) == 9
+    scores = torch.load(tmp_path / "artifacts" / "pretrain" / SCORES_FILE, weights_only=True)["scores"]
+    is_three = PreparedData.load(tmp_path / "artifacts" / "prepare").test.y == 3
+    assert len(scores) == len(is_three) and is_three.any()
+    assert scores[is_three].mean() > scores[~is_three].mean()  # digit 3 reconstructs worse than the digits the AE saw
+    assert metrics["anomaly_roc_auc"] > 0.6  # measured 0.75
+    assert metrics["anomaly_roc_auc"] == pytest.approx(roc_auc_score(is_three, scores), abs=1e-6)
+    assert metrics["test_reconstruction_error"] == pytest.approx(scores[~is_three].mean().item())
     assert 0 < metrics["test_reconstruction_error"] < 0.2
 
 

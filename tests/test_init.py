@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from deepsweep.config import build
-from deepsweep.factory import create_model
+from deepsweep.factory import build
+from deepsweep.factory import build_model
 from deepsweep.nn.init import WeightInit
 
 FAN_IN, FAN_OUT = 400, 300
@@ -63,7 +63,7 @@ def test_he_normal_on_conv_uses_kernel_fan_in():
 
 def test_zeros_makes_units_symmetric(compose):
     cfg = compose("init=zeros", "model.hidden_dims=[16,8]")
-    model = create_model(cfg, (1, 8, 8), 10)
+    model = build_model(cfg, (1, 8, 8), 10)
     assert all(torch.all(p == 0) for p in model.parameters())
     out = model.encoder[:2](torch.rand(5, 1, 8, 8))
     # Every hidden unit computes the same function: the symmetry gradient descent can never break.

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from conftest import FAST, requires_shared
+from deepsweep import training
 from deepsweep.stages.pipeline import execute, run_all
+from deepsweep.tasks.common import TaskSetup
 
 
 @pytest.fixture
@@ -151,7 +153,7 @@ def test_buffered_epoch_metrics_all_reach_mlflow_when_fit_ends_or_fails(compose,
     import lightning as L
 
     from deepsweep import factory
-    from deepsweep.config import build
+    from deepsweep.factory import build
     from deepsweep.data.loaders import InMemoryLoader, TensorSplit
     from deepsweep.tasks.classify import ClassifyTask
     from deepsweep.tracking.lightning import MlflowRunLogger
@@ -164,12 +166,12 @@ def test_buffered_epoch_metrics_all_reach_mlflow_when_fit_ends_or_fails(compose,
             if trainer.current_epoch == fail_at_epoch:
                 raise RuntimeError("killed")
 
-    task = ClassifyTask(factory.create_model(cfg, (1, 8, 8), 10), build(cfg.optimizer))
+    task = ClassifyTask(factory.build_model(cfg, (1, 8, 8), 10), TaskSetup(build(cfg.optimizer)))
     experiment = mlflow.set_experiment("buffered-logger")  # not whichever experiment an earlier test left active
     with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
         # Nothing is written during fit after the first epoch: only the end (or the failure) flushes.
         logger = MlflowRunLogger(run.info.run_id, flush_seconds=1e9)
-        trainer = factory.create_trainer(cfg, 5, logger, [Dies()], "/tmp")
+        trainer = training.build_trainer(cfg, 5, logger, [Dies()], "/tmp")
         try:
             trainer.fit(task, InMemoryLoader(split, 32), InMemoryLoader(split, 32))
         except RuntimeError:

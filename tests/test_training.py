@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
-from deepsweep import factory
-from deepsweep.config import build, options
+from deepsweep import factory, training
+from deepsweep.config import options
+from deepsweep.factory import build
 from deepsweep.data.loaders import InMemoryLoader, TensorSplit, label_subset
 from deepsweep.data.sources import Digits
 from deepsweep.tasks.classify import ClassifyTask
-from deepsweep.tasks.common import BestWeights
+from deepsweep.tasks.common import TaskSetup
+from deepsweep.training.callbacks import BestWeights
 
 
 @pytest.fixture(scope="module")
@@ -20,21 +25,14 @@ def digits():
     return as_tensors(splits.train), as_tensors(splits.val)
 
 
-def fit(cfg, train, val, epochs):
-    import lightning as L
-
-    L.seed_everything(0, verbose=False)
-    model = factory.create_model(cfg, (1, 8, 8), 10)
-    task = ClassifyTask(model, factory.create_optimizer(cfg), factory.create_scheduler(cfg, epochs),
-                        build(cfg.regularizer))
-    callbacks = [BestWeights()]
-    if cfg.regularizer.early_stopping_patience:
-        from lightning.pytorch.callbacks import EarlyStopping
-
-        callbacks.append(EarlyStopping("val/loss", patience=cfg.regularizer.early_stopping_patience))
-    trainer = factory.create_trainer(cfg, epochs, None, callbacks, "/tmp")
-    trainer.fit(task, InMemoryLoader(train, 64, shuffle=True), InMemoryLoader(val, 256))
-    return trainer, task
+def fit(cfg, train, val, epochs, steps_per_call=1):
+    """The finetune stage's path (training.fit) on a digits slice; the fit's result and the task."""
+    cfg.trainer.max_epochs, cfg.trainer.steps_per_call = epochs, steps_per_call
+    task = factory.build_task(cfg, ClassifyTask, factory.build_model(cfg, (1, 8, 8), 10), "finetune")
+    result = training.fit(cfg, task, InMemoryLoader(train, 64, shuffle=True), InMemoryLoader(val, 256),
+                          Path(tempfile.mkdtemp()) / "finetune", stage="finetune", epochs=epochs,
+                          early_stopping_patience=cfg.regularizer.early_stopping_patience)
+    return result.trainer, task
 
 
 def val_loss(task, val):
@@ -47,7 +45,7 @@ def test_every_optimizer_learns(compose, digits, optimizer):
     train, val = digits
     cfg = compose(f"optimizer={optimizer}")
     torch.manual_seed(0)
-    before = val_loss(type("T", (), {"model": factory.create_model(cfg, (1, 8, 8), 10)})(), val)
+    before = val_loss(type("T", (), {"model": factory.build_model(cfg, (1, 8, 8), 10)})(), val)
     trainer, task = fit(cfg, train, val, epochs=2)
     assert isinstance(trainer.optimizers[0], build(cfg.optimizer).func)
     assert val_loss(task, val) < 0.8 * before
@@ -57,7 +55,7 @@ def test_every_optimizer_learns(compose, digits, optimizer):
 def test_families_give_logits_on_digits_and_mnist_shapes(compose, model):
     cfg = compose(f"model={model}")
     for shape in [(1, 8, 8), (1, 28, 28)]:
-        net = factory.create_model(cfg, shape, 10)
+        net = factory.build_model(cfg, shape, 10)
         assert net(torch.rand(3, *shape)).shape == (3, 10)
         assert net.encoder(torch.rand(3, *shape)).shape == (3, net.feature_dim)
 
@@ -66,7 +64,7 @@ def test_cnn_on_flat_input_names_the_problem(compose):
     from deepsweep.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"model=lenet needs image inputs .* shape \(64,\)"):
-        factory.create_model(compose("model=lenet"), (64,), 10)
+        factory.build_model(compose("model=lenet"), (64,), 10)
 
 
 @pytest.mark.parametrize("scheduler", ["step", "exponential", "cosine", "plateau"])
@@ -97,10 +95,10 @@ def test_freeze_encoder_epochs_trains_only_the_head_first(compose, digits):
 
     train, val = digits
     cfg = compose()
-    model = factory.create_model(cfg, (1, 8, 8), 10)
+    model = factory.build_model(cfg, (1, 8, 8), 10)
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     head_before = model.head.weight.detach().clone()
-    task = ClassifyTask(model, factory.create_optimizer(cfg), freeze_encoder_epochs=1)
+    task = ClassifyTask(model, TaskSetup(factory.build_optimizer(cfg)), freeze_encoder_epochs=1)
     L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(task, InMemoryLoader(train, 64))
     assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder_before.items())
@@ -123,15 +121,8 @@ def test_in_memory_loader_covers_every_sample_once(digits):
 
 
 def _fit_with_steps_per_call(cfg, train, val, epochs: int, steps: int):
-    import lightning as L
-
-    L.seed_everything(0, verbose=False)
-    model = factory.create_model(cfg, (1, 8, 8), 10)
-    task = ClassifyTask(model, factory.create_optimizer(cfg), factory.create_scheduler(cfg, epochs),
-                        build(cfg.regularizer), steps_per_call=steps, gradient_clip_val=cfg.trainer.gradient_clip_val)
-    trainer = factory.create_trainer(cfg, epochs, None, [], "/tmp", manual_optimization=not task.automatic_optimization)
-    trainer.fit(task, task.batches(InMemoryLoader(train, 64, shuffle=True)), task.batches(InMemoryLoader(val, 256)))
-    return trainer, model
+    trainer, task = fit(cfg, train, val, epochs, steps_per_call=steps)
+    return trainer, task.model
 
 
 @pytest.mark.parametrize("overrides", [
@@ -183,7 +174,6 @@ def test_direct_epoch_logging_records_what_self_log_would(compose, digits, monke
     """log_epoch's direct path (one fitting process) against Lightning's self.log: the same MLflow
     history, the same callback metrics, and early stopping, best weights and a plateau schedule that
     read them act the same. Turning the direct path into a no-op makes every assertion here fail."""
-    import lightning as L
     import mlflow
     from lightning.pytorch.callbacks import EarlyStopping
 
@@ -196,15 +186,14 @@ def test_direct_epoch_logging_records_what_self_log_would(compose, digits, monke
 
     def run(direct: bool):
         monkeypatch.setattr(EpochLoggingMixin, "direct_epoch_logging", direct)
-        L.seed_everything(0, verbose=False)
-        model = factory.create_model(cfg, (1, 8, 8), 10)
-        task = ClassifyTask(model, factory.create_optimizer(cfg), factory.create_scheduler(cfg, 6),
-                            build(cfg.regularizer), steps_per_call=steps)
+        model = factory.build_model(cfg, (1, 8, 8), 10)
+        task = ClassifyTask(model, TaskSetup(factory.build_optimizer(cfg), factory.build_scheduler(cfg, 6),
+                                             build(cfg.regularizer), steps_per_call=steps))
         best = BestWeights()
         # mode=max on a falling loss: stops after 2 epochs without a rise, so stopping must read val/loss.
         stop = EarlyStopping("val/loss", patience=2, mode="max")
         with mlflow.start_run() as active:
-            trainer = factory.create_trainer(cfg, 6, MlflowRunLogger(active.info.run_id), [best, stop], "/tmp",
+            trainer = training.build_trainer(cfg, 6, MlflowRunLogger(active.info.run_id), [best, stop], "/tmp",
                                              manual_optimization=not task.automatic_optimization)
             trainer.fit(task, task.batches(InMemoryLoader(train, 64, shuffle=True)),
                         task.batches(InMemoryLoader(val, 256)))
@@ -225,13 +214,13 @@ def test_data_moves_to_the_trainers_gpu_once_and_stays_put_on_cpu(compose, digit
     from deepsweep.data.loaders import Chunked
 
     train, _ = digits
-    cpu_trainer = factory.create_trainer(compose(), 1, None, [], "/tmp")
+    cpu_trainer = training.build_trainer(compose(), 1, None, [], "/tmp")
     loader = InMemoryLoader(train, 64, shuffle=True, seed=3)
-    assert factory.place_on_device(cpu_trainer, loader) == (loader,) and loader.split is train
+    assert training.place_on_device(cpu_trainer, loader) == (loader,) and loader.split is train
     if not torch.cuda.is_available():
         pytest.skip("no GPU here; on one, the moved loader must give the same batches on the device")
-    gpu_trainer = factory.create_trainer(compose("trainer=gpu"), 1, None, [], "/tmp")
-    (moved,) = factory.place_on_device(gpu_trainer, Chunked(InMemoryLoader(train, 64, shuffle=True, seed=3), 4))
+    gpu_trainer = training.build_trainer(compose("trainer=gpu"), 1, None, [], "/tmp")
+    (moved,) = training.place_on_device(gpu_trainer, Chunked(InMemoryLoader(train, 64, shuffle=True, seed=3), 4))
     assert moved.loader.split.x.is_cuda
     on_device = [b for chunk in moved for b in chunk]
     for (x, y), (gx, gy) in zip(InMemoryLoader(train, 64, shuffle=True, seed=3), on_device, strict=True):

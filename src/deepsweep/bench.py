@@ -22,13 +22,15 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from deepsweep import factory, paths
-from deepsweep.config import build, compose
+from deepsweep.config import compose
+from deepsweep.factory import build
 from deepsweep.data.loaders import GraphData, InMemoryLoader, TensorSplit
 from deepsweep.data.sources import load_splits
 
@@ -60,8 +62,7 @@ def raw_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
     """The baseline: what a careful researcher writes by hand."""
     train, val, classes, vocab = data
     device = device_of(cfg)
-    torch.manual_seed(seed)
-    model = factory.create_model(cfg, tuple(train.x.shape[1:]), classes, vocab).to(device)
+    model = factory.build_model(cfg, tuple(train.x.shape[1:]), classes, vocab, seed=seed).to(device)
     opt = build(cfg.optimizer)(model.parameters())
     train, val = TensorSplit(train.x.to(device), train.y.to(device)), TensorSplit(val.x.to(device), val.y.to(device))
     gen = torch.Generator().manual_seed(seed)
@@ -90,8 +91,7 @@ def raw_graph_loop(cfg, graph: GraphData, epochs: int, batch: int, seed: int) ->
     device = device_of(cfg)
     x, edge_index, y, train_mask, val_mask = (graph.graph[k].to(device) for k in
                                               ("x", "edge_index", "y", "train_mask", "val_mask"))
-    torch.manual_seed(seed)
-    model = factory.create_model(cfg, graph.input_shape, graph.num_classes).to(device)
+    model = factory.build_model(cfg, graph.input_shape, graph.num_classes, seed=seed).to(device)
     opt = build(cfg.optimizer)(model.parameters())
     _synchronize(device)
     start = time.perf_counter()
@@ -109,35 +109,28 @@ def raw_graph_loop(cfg, graph: GraphData, epochs: int, batch: int, seed: int) ->
 
 
 def deepsweep_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
-    """The finetune stage's path: the classify task + Lightning Trainer + in-memory loader + MLflow logger."""
-    import lightning as L
+    """The finetune stage's path: the classify task fitted by ``training.fit`` (Lightning Trainer, in-memory
+    loader, MLflow logger, best weights); the seconds ``trainer.fit`` took."""
+    import tempfile
+
     import mlflow
 
+    from deepsweep import training
     from deepsweep.tasks.classify import task_for
-    from deepsweep.tasks.common import BestWeights
-    from deepsweep.tracking.lightning import MlflowRunLogger
 
-    L.seed_everything(seed, verbose=False)
     if isinstance(data, GraphData):
-        model = factory.create_model(cfg, data.input_shape, data.num_classes)
+        model = factory.build_model(cfg, data.input_shape, data.num_classes, seed=seed)
         train_loader, val_loader = data.loader("train"), data.loader("val")
     else:
         train, val, classes, vocab = data
-        model = factory.create_model(cfg, tuple(train.x.shape[1:]), classes, vocab)
+        model = factory.build_model(cfg, tuple(train.x.shape[1:]), classes, vocab, seed=seed)
         train_loader, val_loader = InMemoryLoader(train, batch, shuffle=True, seed=seed), InMemoryLoader(val, batch)
-    task = task_for("graph" if isinstance(data, GraphData) else "tensor")(
-        model, factory.create_optimizer(cfg), None, build(cfg.regularizer), steps_per_call=factory.steps_per_call(cfg),
-        gradient_clip_val=cfg.trainer.gradient_clip_val)
-    with mlflow.start_run(run_name="bench") as run:
-        trainer = factory.create_trainer(cfg, epochs, MlflowRunLogger(run.info.run_id), [BestWeights()], "/tmp",
-                                         manual_optimization=not task.automatic_optimization)
-        # Like the raw loop, the data moves to the device before the clock starts.
-        train_loader, val_loader = factory.place_on_device(trainer, task.batches(train_loader),
-                                                           task.batches(val_loader))
-        start = time.perf_counter()
-        trainer.fit(task, train_loader, val_loader)
-        _synchronize(device_of(cfg))
-        return time.perf_counter() - start
+    task = factory.build_task(cfg, task_for("graph" if isinstance(data, GraphData) else "tensor"), model, "finetune")
+    with mlflow.start_run(run_name="bench") as run, tempfile.TemporaryDirectory() as out:
+        # Like the raw loop's, the clock runs from the first epoch: fit_seconds is trainer.fit alone.
+        result = training.fit(cfg, task, train_loader, val_loader, Path(out) / "fit", stage="bench",
+                              epochs=epochs, run_id=run.info.run_id)
+    return result.fit_seconds
 
 
 def profile(name: str, loops: dict, folder: Path, top: int = 35) -> Path:
@@ -214,6 +207,56 @@ def startup(repeats: int) -> list[dict]:
     ]
 
 
+def scratch_project(source: Path, folder: Path) -> Path:
+    """A throwaway copy of the project at ``source`` (code, conf, the root DVC pipeline) in its own git repo, so
+    timing ``dvc repro -f`` rewrites nothing of the real project."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "artifacts", "outputs", "mlflow.db*", "mlartifacts", "bench",
+                                    "__pycache__", "*.egg-info", ".dvc", "dvc.lock", "tests", "pipelines", "docs")
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(source, folder, ignore=ignore)
+    shutil.copytree(source / ".dvc", folder / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
+           "GIT_COMMITTER_EMAIL": "b@b"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=folder, check=True, env=env, capture_output=True)
+    return folder
+
+
+def _stage_compute_s(store: Path) -> dict[str, float]:
+    """Each stage's own run time (its MLflow run's start to end) of the newest run per stage in ``store``."""
+    import sqlite3
+
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT t.value, r.end_time - r.start_time FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                          "WHERE t.key = 'deepsweep.stage' AND r.status = 'FINISHED' ORDER BY r.start_time").fetchall()
+    return {stage: ms / 1000 for stage, ms in rows}
+
+
+def pipeline_costs(source: Path, label: str, repeats: int) -> dict:
+    """Whole-process wall times of the default pipeline (digits) for the code at ``source``, in a scratch copy:
+    ``dvc repro -f`` (four stage processes), ``deepsweep run`` (one process), each ``deepsweep stage`` alone
+    (after a repro, so its inputs exist), and the stages' compute time (their MLflow runs' durations)."""
+    folder = scratch_project(source, Path(tempfile.gettempdir()) / f"deepsweep-bench-{label}")
+    env = {**os.environ, "DEEPSWEEP_ROOT": str(folder), "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(source / "src"), os.environ.get("PYTHONPATH")]))}
+    deepsweep = [sys.executable, "-m", "deepsweep"]
+
+    def timed(cmd: list[str]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, cwd=folder, env=env)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    out = {"label": label, "dvc_repro_f_s": timed([sys.executable, "-m", "dvc", "repro", "-f"])}
+    out["compute_s"] = _stage_compute_s(folder / "mlflow.db")
+    out["deepsweep_run_s"] = timed([*deepsweep, "run", f"hydra.run.dir={folder / 'run'}"])
+    out["stage_s"] = {stage: timed([*deepsweep, "stage", stage]) for stage in ("prepare", "pretrain", "finetune", "evaluate")}
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
 PROGRESS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[deepsweep\]\[INFO\] - sweep progress")
 
 
@@ -283,6 +326,21 @@ def markdown(results: dict) -> str:
             f"| {w['workload']} | {w['train_samples']} x {w['epochs']} | {w['raw_s']:.2f} | {w['deepsweep_s']:.2f} | "
             f"{w['ratio']:.3f} | {w['deepsweep_samples_per_s']:.0f} | {w['peak_rss_mb']:.0f} |"
         )
+    if results.get("pipeline"):
+        lines += [
+            "", "## What a stage, a pipeline and a job cost", "",
+            "The default pipeline (digits, `params.yaml`) in a scratch copy of the project; whole processes, start-up",
+            f"included, median of {results['pipeline'][0]['repeats']}. *Compute*: the stage's own MLflow run, start to end"
+            " (what it does once its imports and store are ready).", "",
+            "| code | `dvc repro -f` s | `deepsweep run` s | repro / run | prepare s | pretrain s | finetune s | evaluate s | compute s (prepare, pretrain, finetune, evaluate) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in results["pipeline"]:
+            stage, compute = p["stage_s"], p["compute_s"]
+            lines.append(f"| {p['label']} | {p['dvc_repro_f_s']:.1f} | {p['deepsweep_run_s']:.1f} | "
+                         f"{p['dvc_repro_f_s'] / p['deepsweep_run_s']:.2f} | {stage['prepare']:.1f} | {stage['pretrain']:.1f} | "
+                         f"{stage['finetune']:.1f} | {stage['evaluate']:.1f} | "
+                         + ", ".join(f"{compute.get(s, 0):.2f}" for s in ("prepare", "pretrain", "finetune", "evaluate")) + " |")
     lines += ["", "## Start-up (config only, nothing trained)", "", "| command | seconds |", "|---|---|"]
     lines += [f"| `{s['command']}` | {s['seconds']:.2f} |" for s in results["startup"]]
     if results.get("sweep"):
@@ -347,7 +405,7 @@ def markdown(results: dict) -> str:
         "  commit d7f4750 it gave MLP 1.44, LeNet 1.69, LSTM 1.59, GCN 3.49. `--profile` showed Lightning copying",
         "  every batch (and the whole Cora graph, twice an epoch) from host memory, where the raw loop keeps",
         "  its data on the GPU: in-memory splits and full graphs now move to the trainer's one device once",
-        "  (`factory.place_on_device`, when they take at most a quarter of the free GPU memory; sampled",
+        "  (`training.place_on_device`, when they take at most a quarter of the free GPU memory; sampled",
         "  graph batches are still moved one by one). With the step and penalty changes above too (commit",
         "  684d4ed): 1.09 / 1.23 / 1.17 / 2.39; with the epoch logging too (8e5b441 on): 1.08-1.09 / 1.20 /",
         "  1.14-1.15 / 1.74-1.92 (two runs, the table is the later). A GCN epoch on",
@@ -366,6 +424,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller workloads, no sweep (a smoke run)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one run of each loop per workload (bench/profile[_gpu]/*.txt)")
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="another checkout of deepsweep (e.g. a git worktree of an earlier commit) whose pipeline "
+                             "costs are measured beside this one's, in the same run")
+    parser.add_argument("--only", choices=("pipeline",), help="measure only this section")
     parser.add_argument("overrides", nargs="*", help="config overrides for every workload, e.g. trainer=gpu")
     args = parser.parse_args()
     root = paths.project_root()
@@ -386,6 +448,14 @@ def main() -> None:
     if args.profile:
         profile_to = root / "bench" / f"profile{suffix}"
         profile_to.mkdir(parents=True, exist_ok=True)
+    pipeline = [] if device.type != "cpu" else [
+        {**pipeline_costs(source, label, args.repeats), "repeats": args.repeats}
+        for source, label in [*((b.resolve(), f"baseline `{b.name}`") for b in args.baseline), (root, "this checkout")]]
+    if args.only == "pipeline":
+        results = {"machine": machine(), "device": str(device), "overrides": extra, "pipeline": pipeline}
+        (root / "bench" / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(pipeline, indent=2))
+        return
     training = [
         training_workload("MLP on MNIST", ["data=mnist", "model=mlp", *extra], 1 if quick else 2, args.repeats,
                           2000 if quick else 60000, profile_to),
@@ -408,6 +478,7 @@ def main() -> None:
         "repeats": args.repeats,
         "training": training,
         "startup": startup(1 if args.quick else 3),
+        "pipeline": pipeline,
         "sweep": None if args.quick or parallel < 2 else [sweep_throughput(8, 5, 2, extra, parallel),
                                                           sweep_throughput(8, 30, 5, extra, parallel)],
     }

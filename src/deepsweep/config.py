@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from deepsweep import paths
+from deepsweep.errors import ConfigError  # re-exported: config.ConfigError is what callers catch
 
 # Config groups every run composes, in the order they appear in conf/config.yaml.
 GROUPS = (
@@ -34,10 +35,6 @@ GROUPS = (
     "logger",
 )
 TOP_LEVEL = ("seed", "optimized_metric")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key and what is allowed."""
 
 
 def _invalid(errors: list[str]) -> ConfigError:
@@ -227,7 +224,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     for key in TOP_LEVEL:
         if key in value:
             _check(reference[key], value[key], key, "conf/config.yaml", errors, value)
-    from deepsweep.stages.pipeline import STAGES  # light: omegaconf and the standard library
+    from deepsweep.stages import STAGES
 
     metric = cfg.get("optimized_metric")
     if metric is not None and str(metric).split(".")[0] not in STAGES:
@@ -279,26 +276,3 @@ def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, 
         else:
             flat[full] = value
     return flat
-
-
-def stage_optimizer(cfg: DictConfig) -> DictConfig:
-    """The optimizer group with the pretrain stage's own non-null ``pretrain.optimizer`` fields applied."""
-    overrides = {k: v for k, v in (cfg.pretrain.get("optimizer") or {}).items() if v is not None}
-    return OmegaConf.merge(cfg.optimizer, overrides) if overrides else cfg.optimizer
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """Instantiate a config node through its ``_target_``; ``name`` labels the option and is not an argument.
-
-    Runtime objects (a model, a layer factory) are passed to the target directly, never through Hydra,
-    which would try to turn them into configs."""
-    from hydra.utils import instantiate
-
-    if node.get("_target_") is None:
-        return None
-    spec = OmegaConf.to_container(node, resolve=True)
-    spec.pop("name", None)
-    if not kwargs:
-        return instantiate(spec)
-    spec.pop("_partial_", None)
-    return instantiate(spec, _partial_=True)(**kwargs)

@@ -1,6 +1,11 @@
-"""Failures deepsweep reports as one line (no traceback unless ``--debug``), beside ``config.ConfigError``."""
+"""Failures deepsweep reports as one line (no traceback unless ``--debug``). A leaf module: anything may
+import it, it imports nothing of deepsweep."""
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and what is allowed."""
 
 
 class NonFiniteError(RuntimeError):

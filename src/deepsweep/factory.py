@@ -1,22 +1,122 @@
-"""Build the objects a config describes. Every object-building group carries a ``_target_`` that Hydra
-instantiates; this module adds the runtime arguments a YAML file cannot know (input shape, classes,
-the layer factory), so stages stay a few readable lines."""
+"""Build the objects a config describes, and check before any work that they fit together. Every
+object-building group carries a ``_target_`` that Hydra instantiates (``build``); this module adds the
+runtime arguments a YAML file cannot know (input shape, classes, the layer factory), so stages stay a few
+readable lines. One word throughout: ``build_<what>``."""
 
 from __future__ import annotations
 
+import functools
 import os
+import random
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from deepsweep.config import ConfigError, build
+from deepsweep.errors import ConfigError
+
+
+def stage_optimizer(cfg: DictConfig) -> DictConfig:
+    """The optimizer group with the pretrain stage's own non-null ``pretrain.optimizer`` fields applied."""
+    overrides = {k: v for k, v in (cfg.pretrain.get("optimizer") or {}).items() if v is not None}
+    return OmegaConf.merge(cfg.optimizer, overrides) if overrides else cfg.optimizer
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """Instantiate a config node through its ``_target_``; ``name`` labels the option and is not an argument.
+
+    Runtime objects (a model, a layer factory) are passed to the target directly, never through Hydra,
+    which would try to turn them into configs."""
+    from hydra.utils import instantiate
+
+    if node.get("_target_") is None:
+        return None
+    spec = OmegaConf.to_container(node, resolve=True)
+    spec.pop("name", None)
+    if not kwargs:
+        return instantiate(spec)
+    spec.pop("_partial_", None)
+    return instantiate(spec, _partial_=True)(**kwargs)
+
+
+def seed_everything(seed: int) -> int:
+    """What ``lightning.seed_everything(seed, workers=False, verbose=False)`` does: Python's, NumPy's and
+    torch's generators (CUDA's included) seeded, and ``PL_GLOBAL_SEED`` set so processes Lightning spawns
+    (``strategy=ddp_spawn``) seed alike. tests/test_training.py checks the two draw the same numbers."""
+    import numpy as np
+    import torch
+
+    seed = int(seed)
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ["PL_SEED_WORKERS"] = "0"
+    return seed
+
+
+def declared_kind(target: str) -> str:
+    """The ``kind`` class attribute of ``target`` ("package.module.Class"): the kind of data it reads.
+
+    Read from the source (the class's own ``kind = "..."``, else its bases', followed through the module's
+    imports) instead of importing the class: a task's module imports Lightning, about two seconds of start-up
+    that a stage which trains nothing (prepare, evaluate) would pay for one string. Imported only where the
+    source does not say it (tests/test_factory_kinds.py checks both ways agree for every option)."""
+    module, _, name = target.rpartition(".")
+    kind = _source_kind(module, name, 0)
+    if kind is None:
+        from hydra.utils import get_class
+
+        kind = getattr(get_class(target), "kind", "tensor")
+    return kind
+
+
+@functools.lru_cache(maxsize=None)
+def _module_tree(module: str):
+    import ast
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)  # imports the parent packages only
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return ast.parse(Path(spec.origin).read_text())
+
+
+def _source_kind(module: str, name: str, depth: int) -> str | None:
+    import ast
+
+    tree = _module_tree(module)
+    if tree is None or depth > 8:
+        return None
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    node = classes.get(name)
+    if node is None:
+        return None
+    for statement in node.body:
+        targets = (statement.targets if isinstance(statement, ast.Assign)
+                   else [statement.target] if isinstance(statement, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == "kind" for t in targets):
+            value = statement.value
+            return value.value if isinstance(value, ast.Constant) and isinstance(value.value, str) else None
+    imported = {alias.asname or alias.name: (statement.module, alias.name) for statement in tree.body
+                if isinstance(statement, ast.ImportFrom) and statement.module and statement.level == 0
+                for alias in statement.names}
+    for base in node.bases:  # in order, as the method resolution order mostly is
+        if not isinstance(base, ast.Name):
+            continue
+        where = (module, base.id) if base.id in classes else imported.get(base.id)
+        kind = _source_kind(where[0], where[1], depth + 1) if where else None
+        if kind is not None:
+            return kind
+    return None
 
 
 def _target_kind(node: DictConfig) -> str:
-    from hydra.utils import get_class
-
     target = node.get("_target_")
-    return getattr(get_class(target), "kind", "tensor") if target else "any"
+    return declared_kind(target) if target else "any"
 
 
 def check_compatible(cfg: DictConfig) -> None:
@@ -62,18 +162,22 @@ def check_neighbor_sampling(cfg: DictConfig) -> None:
                           f"output conv); give {convs} fan-outs, e.g. {[25] + [10] * (convs - 1)}")
 
 
-def create_layers(cfg: DictConfig):
+def build_layers(cfg: DictConfig):
     from deepsweep.nn.layers import Layers
 
     return Layers(activation=build(cfg.activation), regularization=build(cfg.regularizer))
 
 
-def create_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None):
-    """The family named by ``cfg.model``, with ``cfg.init`` applied to its weights. ``vocab_size`` is
-    given for token data (text) and read by the sequence families."""
+def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None,
+                encoder: Path | None = None, seed: int | None = None):
+    """The family named by ``cfg.model``, its weights initialized by ``cfg.init`` from seed ``cfg.seed`` (or
+    ``seed``): the same config gives the same starting weights in whatever process and after whatever ran
+    before. ``vocab_size`` is given for token data (text) and read by the sequence families; ``encoder``,
+    a pretrained encoder file (``stages.pretrain.ENCODER_FILE``) loaded into the model's encoder."""
+    seed_everything(cfg.seed if seed is None else seed)
     extra = {} if vocab_size is None else {"vocab_size": vocab_size}
     try:
-        model = build(cfg.model, input_shape=list(input_shape), num_classes=num_classes, layers=create_layers(cfg),
+        model = build(cfg.model, input_shape=list(input_shape), num_classes=num_classes, layers=build_layers(cfg),
                       **extra)
     except ValueError as exc:  # a family's own shape checks name the offending model.* key
         raise ConfigError(str(exc)) from exc
@@ -81,17 +185,38 @@ def create_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int
     # Family-specific starting values that no generic scheme knows (e.g. LSTM forget-gate bias).
     if hasattr(model, "after_init"):
         model.after_init()
+    if encoder is not None:
+        load_encoder(model, encoder)
     return model
 
 
-def create_optimizer(cfg: DictConfig, stage: str = "finetune"):
-    """The optimizer group as a factory of optimizers; the pretrain stage applies ``pretrain.optimizer``."""
-    from deepsweep.config import stage_optimizer
+def load_encoder(model, path: Path) -> None:
+    """Copy pretrained encoder weights into ``model.encoder``; a mismatch names the differing keys."""
+    import torch
 
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no pretrained encoder; run the pretrain stage (or set pretrain=none)")
+    saved = torch.load(path, weights_only=True)
+    missing, unexpected = [], []
+    own = model.encoder.state_dict()
+    missing = sorted(set(own) - set(saved["encoder"]))
+    unexpected = sorted(set(saved["encoder"]) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(saved["encoder"]) if own[k].shape != saved["encoder"][k].shape)
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"{path}: the pretrained encoder (model={saved['model']}) does not fit this model: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]}; "
+            "pretrain and finetune must use the same model, activation and regularizer"
+        )
+    model.encoder.load_state_dict(saved["encoder"])
+
+
+def build_optimizer(cfg: DictConfig, stage: str = "finetune"):
+    """The optimizer group as a factory of optimizers; the pretrain stage applies ``pretrain.optimizer``."""
     return build(stage_optimizer(cfg) if stage == "pretrain" else cfg.optimizer)
 
 
-def create_scheduler(cfg: DictConfig, max_epochs: int):
+def build_scheduler(cfg: DictConfig, max_epochs: int):
     node = cfg.scheduler
     if node.get("T_max", "absent") is None:
         node = OmegaConf.merge(node, {"T_max": max(1, max_epochs)})
@@ -120,47 +245,6 @@ def check_accelerator(cfg: DictConfig) -> None:
         )
 
 
-def quiet_lightning() -> None:
-    """Keep Lightning's start-up banners (GPU/TPU availability, tips) out of every stage's output."""
-    import logging
-    import warnings
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-
-def place_on_device(trainer, *loaders):
-    """``loaders`` with their in-memory data moved once to the trainer's accelerator, where it trains on
-    one (a GPU): Lightning would otherwise copy every batch from host memory, which on a small model
-    costs more than its step. Data-parallel strategies, the CPU and data too big for the device keep
-    the data where it is (Lightning moves each batch, as before)."""
-    from lightning.pytorch.strategies import SingleDeviceStrategy
-
-    device = trainer.strategy.root_device if isinstance(trainer.strategy, SingleDeviceStrategy) else None
-    if device is None or device.type == "cpu":
-        return loaders
-    return tuple(loader.to(device) for loader in loaders)
-
-
-def strategy(cfg: DictConfig) -> str:
-    """trainer.strategy, checked: data-parallel training must keep the stage in this process (ddp_spawn)."""
-    name = str(cfg.trainer.get("strategy") or "auto")
-    if name.startswith(("ddp", "fsdp", "deepspeed")) and not name.startswith("ddp_spawn"):
-        raise ConfigError(
-            f"trainer.strategy={name}: this launcher re-runs the whole command once per device, and a stage "
-            "would then record and write its outputs once per device; use trainer.strategy=ddp_spawn"
-        )
-    if name.startswith("ddp_spawn"):
-        import torch.multiprocessing
-
-        # The in-memory datasets go to the spawned processes with the loaders; sharing them through files
-        # rather than one descriptor per tensor keeps process start-up from failing on descriptor limits.
-        torch.multiprocessing.set_sharing_strategy("file_system")
-    return name
-
-
 def steps_per_call(cfg: DictConfig) -> int:
     """``trainer.steps_per_call``, or 1 where optimizer steps need Lightning's automatic optimization:
     L-BFGS (its line search re-evaluates the loss through a closure) and data-parallel strategies (DDP
@@ -173,30 +257,26 @@ def steps_per_call(cfg: DictConfig) -> int:
     return steps
 
 
-def create_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: list, root_dir: str,
-                   manual_optimization: bool = False):
-    """``manual_optimization``: the task steps its optimizer itself (and clips its own gradients, which
-    Lightning refuses to do for it then)."""
-    import lightning as L
+def build_task_setup(cfg: DictConfig, stage: str = "finetune"):
+    """What every task is given besides its model (``tasks.common.TaskSetup``), for ``stage``'s epochs."""
+    from deepsweep.tasks.common import TaskSetup
 
-    quiet_lightning()
-    t = cfg.trainer
-    return L.Trainer(
-        max_epochs=max_epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=strategy(cfg),
-        precision=t.precision,
-        gradient_clip_val=None if manual_optimization else t.gradient_clip_val,
-        deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
-        # Best weights are kept in memory (tasks.common.BestWeights) and saved once by the stage; the only
-        # checkpoints written are the opt-in resume ones (stages.checkpoints).
-        enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,  # tasks log per epoch only; this just silences the 'few batches' warning
-        logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        default_root_dir=root_dir,
-    )
+    epochs = int(cfg.pretrain.epochs if stage == "pretrain" else cfg.trainer.max_epochs)
+    return TaskSetup(optimizer=build_optimizer(cfg, stage), scheduler=build_scheduler(cfg, epochs),
+                     regularization=build(cfg.regularizer), activation=build(cfg.activation),
+                     steps_per_call=steps_per_call(cfg), gradient_clip_val=cfg.trainer.gradient_clip_val,
+                     name=f"pretrain={cfg.pretrain.name}" if stage == "pretrain" else stage)
+
+
+def build_task(cfg: DictConfig, task: DictConfig | type, model, stage: str, **options: Any):
+    """The task ``task`` names, for ``model``, with the set-up of ``stage`` (``build_task_setup``): a config node
+    whose ``_target_`` is a ``tasks.common.Task`` (the pretraining objectives), or the class itself with its
+    ``options`` (the supervised task of a kind of data). The task's own checks (ValueError naming the key)
+    become ConfigError."""
+    setup = build_task_setup(cfg, stage)
+    try:
+        if isinstance(task, type):
+            return task(model, setup, **options)
+        return build(task, model=model, setup=setup, **options)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -44,7 +44,7 @@ def test_a_non_finite_stage_result_is_never_written(tmp_path, compose, monkeypat
 def test_best_weights_skip_a_non_finite_epoch():
     from types import SimpleNamespace
 
-    from deepsweep.tasks.common import BestWeights
+    from deepsweep.training.callbacks import BestWeights
 
     module = torch.nn.Linear(2, 1)
     best = BestWeights()

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from deepsweep.stages import checkpoints
+from deepsweep.training import callbacks, resume as checkpoints
 
 # Dropout and a denoising (masking) autoencoder: the global torch stream, and the loader's shuffle.
 OVERRIDES = ("pretrain=denoising_autoencoder", "pretrain.epochs=4", "regularizer=dropout", "trainer.num_threads=1",
@@ -70,7 +70,7 @@ def test_without_the_random_states_the_resumed_fit_differs(tmp_path, compose, mo
     execute("prepare", cfg, clean)
     execute("pretrain", cfg, clean)
 
-    monkeypatch.setattr(checkpoints, "random_states", lambda *loaders: L.Callback())
+    monkeypatch.setattr(callbacks, "random_states", lambda *loaders: L.Callback())
     resumed = tmp_path / "resumed"
     execute("prepare", cfg, resumed)
     original = checkpoints.Resume.callbacks

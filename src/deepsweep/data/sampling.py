@@ -2,22 +2,15 @@
 
 torch-geometric's NeighborLoader does the mini-batching (seed nodes first, relabelling, slicing node and
 edge attributes); its sampling kernels live in pyg-lib or torch-sparse, compiled packages without wheels
-for this torch. When neither is installed, :class:`TorchNeighborSampler` gives PyG's sampler the
-kernel below, so the loader, its batches and everything downstream are PyG's own. Each hop is one
-vectorized draw over the whole frontier, not a Python loop over nodes.
+for this torch. When neither is installed, PyG's sampler gets the kernel below (through
+``deepsweep.internals.torch_neighbor_sampler``), so the loader, its batches and everything downstream are
+PyG's own. Each hop is one vectorized draw over the whole frontier, not a Python loop over nodes.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-try:  # torch-geometric is imported lazily by the package; this module is only imported to sample.
-    from torch_geometric.sampler import NeighborSampler, SamplerOutput
-    from torch_geometric.sampler.base import SubgraphType
-except ImportError as exc:  # pragma: no cover - torch-geometric is a dependency
-    raise ImportError("deepsweep.data.sampling needs torch-geometric") from exc
 
 
 def _segments(pointer: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,42 +58,16 @@ def sample_neighbors(colptr: torch.Tensor, row: torch.Tensor, seeds: torch.Tenso
     return torch.cat(nodes), torch.cat(rows), torch.cat(cols), torch.cat(edges), nodes_per_hop, edges_per_hop
 
 
-class TorchNeighborSampler(NeighborSampler):
-    """PyG's NeighborSampler with the homogeneous, directional, uniform kernel in plain torch (above)."""
-
-    def __init__(self, data, num_neighbors: list[int], **kwargs) -> None:
-        with warnings.catch_warnings():  # the "install pyg-lib" deprecation: this class is the replacement
-            warnings.simplefilter("ignore", UserWarning)
-            super().__init__(data, num_neighbors, **kwargs)
-
-    def _sample(self, seed, seed_time=None, **kwargs):
-        unsupported = {
-            "heterogeneous graphs": isinstance(seed, dict),
-            "induced subgraphs": self.subgraph_type == SubgraphType.induced,
-            "disjoint subgraphs": self.disjoint,
-            "sampling with replacement": self.replace,
-            "temporal sampling": seed_time is not None or self.node_time is not None or self.edge_time is not None,
-            "weighted sampling": self.edge_weight is not None,
-        }
-        missing = [name for name, needed in unsupported.items() if needed]
-        if missing:
-            raise NotImplementedError(f"{', '.join(missing)}: the plain-torch neighbour sampler does uniform "
-                                      "directional sampling of one node type; install pyg-lib for the rest")
-        node, row, col, edge, nodes_per_hop, edges_per_hop = sample_neighbors(
-            self.colptr, self.row, seed.long(), self.num_neighbors.get_mapped_values())
-        if self.sample_direction == "backward":
-            row, col = col, row
-        return SamplerOutput(node=node, row=row, col=col, edge=edge, batch=None,
-                             num_sampled_nodes=nodes_per_hop, num_sampled_edges=edges_per_hop)
-
-
-def neighbor_sampler(data, num_neighbors: list[int]) -> NeighborSampler:
+def neighbor_sampler(data, num_neighbors: list[int]):
     """PyG's own sampler where pyg-lib or torch-sparse is installed, the plain-torch one otherwise."""
     import torch_geometric.typing as pyg_typing
+    from torch_geometric.sampler import NeighborSampler
+
+    from deepsweep.internals import torch_neighbor_sampler
 
     if pyg_typing.WITH_PYG_LIB or pyg_typing.WITH_TORCH_SPARSE:
         return NeighborSampler(data, num_neighbors)
-    return TorchNeighborSampler(data, num_neighbors)
+    return torch_neighbor_sampler(sample_neighbors)(data, num_neighbors)
 
 
 def random_walks(rowptr: torch.Tensor, col: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from omegaconf import DictConfig
@@ -23,19 +23,19 @@ from deepsweep.metrics import (
     roc_points,
 )
 from deepsweep.stages.finetune import MODEL_FILE
-from deepsweep.stages.pretrain import ENCODER_FILE, SCORES_FILE, load_encoder
-from deepsweep.tasks.classify import task_for
+from deepsweep.stages.pretrain import ENCODER_FILE, SCORES_FILE
+from deepsweep.tasks.batches import outputs_and_targets
 from deepsweep.utils.io import write_json
 
 
-def collect(task, loader, features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The task's logits (or, with ``features``, its encoder's features) and the targets over a loader."""
-    step = task.features_and_targets if features else task.logits_and_targets
-    task.eval()
+def collect(model, loader, features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits (or, with ``features``, its encoder's features) and the targets over a loader, read
+    as the classification tasks read batches (``tasks.classify.outputs_and_targets``)."""
+    model.eval()
     outputs, targets = [], []
     with torch.inference_mode():
         for batch in loader:
-            out, y = step(batch)
+            out, y = outputs_and_targets(model.encoder if features else model, batch)
             outputs.append(out)
             targets.append(y)
     return torch.cat(outputs), torch.cat(targets)
@@ -44,16 +44,12 @@ def collect(task, loader, features: bool = False) -> tuple[torch.Tensor, torch.T
 def probe_pretrained_encoder(cfg: DictConfig, data, pretrained: Path) -> dict[str, float]:
     """Linear probe of the encoder as pretraining left it (or as initialized, for pretrain=none), trained on
     the labels fine-tuning saw (finetune.label_fraction) and scored on the test split."""
-    import lightning as L
-
-    L.seed_everything(cfg.seed, workers=False, verbose=False)  # pretrain=none: the very init fine-tuning started from
-    model = factory.create_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
-    if cfg.pretrain.name != "none":
-        load_encoder(model, pretrained / ENCODER_FILE)
-    task = task_for(data.kind)(model, optimizer=None)
-    train = collect(task, data.loader("train", 1024, seed=cfg.seed, label_fraction=float(cfg.finetune.label_fraction)),
+    # pretrain=none: the very init fine-tuning started from (build_model seeds with cfg.seed).
+    model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"),
+                                encoder=pretrained / ENCODER_FILE if cfg.pretrain.name != "none" else None)
+    train = collect(model, data.loader("train", 1024, seed=cfg.seed, label_fraction=float(cfg.finetune.label_fraction)),
                     features=True)
-    test = collect(task, data.loader("test", 1024), features=True)
+    test = collect(model, data.loader("test", 1024), features=True)
     return linear_probe(train, test, data.num_classes, seed=cfg.seed)
 
 
@@ -73,17 +69,16 @@ def anomaly_metrics(cfg: DictConfig, pretrained: Path, target: torch.Tensor) -> 
     return {name: float(scores[~is_anomaly].mean()), "anomaly_roc_auc": anomaly_roc_auc(scores, is_anomaly)}
 
 
-def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dict[str, float]:
+def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     import mlflow
 
     data = PreparedData.load(inputs["prepare"])
     checkpoint = inputs["finetune"] / MODEL_FILE
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no fine-tuned model; run the finetune stage first")
-    model = factory.create_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
+    model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
-    task = task_for(data.kind)(model, optimizer=None)
-    logits, target = collect(task, data.loader("test", 1024))
+    logits, target = collect(model, data.loader("test", 1024))
     k, names = data.num_classes, data.meta["class_names"]
 
     metrics = classification_metrics(logits, target, k)

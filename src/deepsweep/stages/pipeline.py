@@ -20,15 +20,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from deepsweep.errors import NonFiniteError
+from deepsweep.stages import STAGES
 from deepsweep.utils.io import atomic_dir, folder_lock, read_json, write_json
 
-# stage -> the stages whose outputs it reads, in run order.
-STAGES: dict[str, tuple[str, ...]] = {
-    "prepare": (),
-    "pretrain": ("prepare",),
-    "finetune": ("prepare", "pretrain"),
-    "evaluate": ("prepare", "pretrain", "finetune"),
-}
 RUN_FILE = "run.json"
 
 
@@ -76,7 +70,7 @@ def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None
 
 def _execute_locked(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None) -> dict[str, float]:
     from deepsweep.launch import fingerprint
-    from deepsweep.stages.checkpoints import discard_checkpoint
+    from deepsweep.training.resume import discard_checkpoint
     from deepsweep.tracking.runs import PARENT_RUN_ENV, start_run
 
     inputs = {dep: artifacts / dep for dep in STAGES[name]}
@@ -87,7 +81,7 @@ def _execute_locked(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: st
     with start_run(cfg, run_name=name, tags=tags, parent_run_id=os.environ.get(PARENT_RUN_ENV)) as run:
         with atomic_dir(artifacts / name) as out:
             try:
-                metrics = stage.run(cfg, out, inputs, run)
+                metrics = stage.run(cfg, out, inputs, run.info.run_id)
                 check_finite_metrics(metrics)
             except NonFiniteError as exc:
                 raise NonFiniteError(f"stage {name}: {exc}") from None

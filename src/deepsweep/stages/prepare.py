@@ -5,18 +5,18 @@ Tensor datasets are written as ``{train,val,test}.pt``; a graph as ``graph.pt`` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from omegaconf import DictConfig
 
-from deepsweep.config import build
+from deepsweep.factory import build
 from deepsweep.data.loaders import GRAPH_FILE
 from deepsweep.data.sources import load_splits
 from deepsweep.utils.io import write_json
 
 
-def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run: Any) -> dict[str, float]:
+def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     import mlflow
 
     source = build(cfg.data)

@@ -17,15 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-import lightning as L
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
 from deepsweep.nn.generators import create_generator
-from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, check_stepwise_optimizer
+from deepsweep.tasks.common import Task, TaskSetup
 
 LOSSES = ("vanilla", "wasserstein")
 
@@ -39,17 +37,16 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
-class AdversarialTask(EpochLoggingMixin, L.LightningModule):
-    kind = "tensor"
+class AdversarialTask(Task):
+    steps_by_hand = True  # discriminator and generator steps, n_critic to one
     keep_best_weights = False  # no validation loss ranks GAN epochs
+    draws_figures = True
 
     def __init__(
         self,
         model: Family,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        regularization: Regularization | None = None,
-        activation: Callable[[], nn.Module] | None = None,  # the family's (discriminator's); G uses ReLU as DCGAN does
+        setup: TaskSetup,  # setup.activation is the family's (discriminator's); G uses ReLU as DCGAN does
+        *,
         loss: str = "vanilla",
         generator: str = "dense",
         generator_dims: Sequence[int] = (128, 256),
@@ -61,7 +58,7 @@ class AdversarialTask(EpochLoggingMixin, L.LightningModule):
         label_smoothing: float = 0.0,
         conditional: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(setup)
         self.automatic_optimization = False
         if loss not in LOSSES:
             raise ValueError(f"pretrain.task.loss: unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
@@ -75,7 +72,6 @@ class AdversarialTask(EpochLoggingMixin, L.LightningModule):
                              f"got {label_smoothing} with loss={loss}")
         if n_critic < 1:
             raise ValueError(f"pretrain.task.n_critic: must be >= 1, got {n_critic}")
-        check_stepwise_optimizer(optimizer, "adversarial pretraining")
         self.encoder = model.encoder
         self.critic = nn.Linear(model.feature_dim, 1)
         self.num_classes = model.num_classes
@@ -85,8 +81,6 @@ class AdversarialTask(EpochLoggingMixin, L.LightningModule):
         self.loss, self.latent_dim, self.n_critic = loss, latent_dim, n_critic
         self.clip_value, self.gp_weight, self.label_smoothing = clip_value, gradient_penalty, label_smoothing
         self.conditional = conditional
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.regularization = regularization or Regularization()
         self.history: dict[str, list[tuple[int, float]]] = {}
 
     def discriminator_parameters(self) -> list[nn.Parameter]:

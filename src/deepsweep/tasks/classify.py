@@ -6,22 +6,19 @@ import torch
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
-from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
+from deepsweep.tasks.batches import outputs_and_targets
+from deepsweep.tasks.common import LossTask, TaskSetup
 
 
 class ClassifyTask(LossTask):
     def __init__(
         self,
         model: Family,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        regularization: Regularization | None = None,
+        setup: TaskSetup,
+        *,
         freeze_encoder_epochs: int = 0,
-        steps_per_call: int = 1,
-        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
+        super().__init__(setup)
         self.model = model
         self.freeze_encoder_epochs = freeze_encoder_epochs
         # Validation keeps each batch's predicted classes and scores the epoch once at its end: two
@@ -37,13 +34,7 @@ class ClassifyTask(LossTask):
         self.model.encoder.requires_grad_(self.current_epoch >= self.freeze_encoder_epochs)
 
     def logits_and_targets(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
-        return self.model(x), y
-
-    def features_and_targets(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's features (what a linear probe reads) and the labels of a batch."""
-        x, y = batch
-        return self.model.encoder(x), y
+        return outputs_and_targets(self.model, batch)
 
     def training_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         logits, y = self.logits_and_targets(batch)
@@ -76,15 +67,10 @@ class ClassifyTask(LossTask):
 
 
 class NodeClassifyTask(ClassifyTask):
-    """Node classification: the model sees the whole graph, the loss and metrics only the split's nodes."""
+    """Node classification: the model sees the whole graph, the loss and metrics only the split's nodes
+    (``outputs_and_targets`` reads the graph batch's mask)."""
 
-    def logits_and_targets(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, edge_index, y, mask = batch
-        return self.model(x, edge_index)[mask], y[mask]
-
-    def features_and_targets(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, edge_index, y, mask = batch
-        return self.model.encoder(x, edge_index)[mask], y[mask]
+    kind = "graph"
 
 
 def task_for(kind: str) -> type[ClassifyTask]:

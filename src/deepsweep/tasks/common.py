@@ -1,14 +1,29 @@
-"""Pieces every task shares: optimizer/scheduler wiring, the one-loss task base and the best-weights callback."""
+"""What every task shares: the set-up it is given (``TaskSetup``), the capabilities it declares (``Task``),
+the one-loss base (``LossTask``) and the best-weights callback.
+
+A task is one LightningModule per objective. It declares what it is as class attributes, which the
+fitting code (``deepsweep.training``) and the stages read instead of probing for methods:
+
+* ``kind``: the data it reads ("tensor", "sequence", "graph"), checked against the data and model;
+* ``steps_by_hand``: it steps its own optimizers once per batch (GANs, CD-k), so it takes neither
+  ``steps_per_call`` nor gradient clipping;
+* ``keep_best_weights``: its validation loss ranks epochs (else the last epoch's weights are kept);
+* ``scores_anomalies``: it gives ``anomaly_score(x)`` per input (named ``score_name``);
+* ``draws_figures``: it gives ``save_figures(folder, x)``.
+
+A new objective is one subclass and one ``conf/pretrain/<name>.yaml`` naming it (tests/test_objective.py)."""
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
 
 import lightning as L
 import torch
+from torch import nn
 
+from deepsweep import internals
 from deepsweep.errors import NonFiniteError
 from deepsweep.nn.regularizers import Regularization
 
@@ -34,12 +49,18 @@ def configure_optimizers(
     return {"optimizer": opt, "lr_scheduler": schedule}
 
 
-def check_stepwise_optimizer(optimizer: OptimizerFactory | None, task: str) -> None:
-    """Tasks that step their optimizers by hand (several per batch, or CD-k gradients) cannot drive L-BFGS,
-    whose step needs a closure that re-evaluates one loss."""
-    if getattr(optimizer, "func", None) is torch.optim.LBFGS:
-        raise ValueError(f"optimizer=lbfgs: {task} steps its optimizers by hand, which L-BFGS's line search "
-                         "cannot follow; use adam, rmsprop or sgd")
+@dataclass(frozen=True)
+class TaskSetup:
+    """What every task is given besides its model, built once from the config's optimizer, scheduler,
+    regularizer, activation and trainer groups (``deepsweep.factory.build_task_setup``)."""
+
+    optimizer: OptimizerFactory | None
+    scheduler: SchedulerFactory | None = None
+    regularization: Regularization = field(default_factory=Regularization)
+    activation: Callable[[], nn.Module] = nn.ReLU
+    steps_per_call: int = 1
+    gradient_clip_val: float | None = None
+    name: str = "this task"  # how messages name the objective, e.g. "pretrain=gan"
 
 
 class EpochMean:
@@ -96,8 +117,6 @@ class EpochLoggingMixin:
         cost a third of a full-batch GCN epoch on Cora on a GPU. Data-parallel fits (values averaged
         over ranks) and ``trainer.validate`` (whose return value is built from logged results) keep
         ``self.log``."""
-        from lightning.pytorch.trainer.states import TrainerFn
-
         trainer = self.trainer
         metrics = {name: value.detach() for name, value in metrics.items()}
         stacked = torch.stack([v.float() for v in metrics.values()])
@@ -109,10 +128,10 @@ class EpochLoggingMixin:
                 stacked = torch.full_like(stacked, float("nan"))
         scalars = stacked.tolist()  # one device sync for all
         check_finite(dict(zip(metrics, scalars)), trainer.current_epoch, trainer.global_step)
-        if not self.direct_epoch_logging or trainer.world_size > 1 or trainer.state.fn != TrainerFn.FITTING:
+        if not self.direct_epoch_logging or trainer.world_size > 1 or trainer.state.fn != "fit":
             self.log_dict(metrics, sync_dist=trainer.world_size > 1)
             return
-        trainer.callback_metrics.update(metrics)
+        internals.set_callback_metrics(trainer, metrics)
         if trainer.logger is not None:
             trainer.logger.log_metrics({**dict(zip(metrics, scalars)), "epoch": trainer.current_epoch},
                                        step=trainer.global_step)
@@ -131,7 +150,45 @@ class EpochLoggingMixin:
         self._log_epoch_means("val/")
 
 
-class LossTask(EpochLoggingMixin, L.LightningModule):
+class Task(EpochLoggingMixin, L.LightningModule):
+    """The base of every task: keeps the set-up and declares the capabilities (see the module docstring)."""
+
+    kind: ClassVar[str] = "tensor"
+    steps_by_hand: ClassVar[bool] = False
+    keep_best_weights: ClassVar[bool] = True
+    scores_anomalies: ClassVar[bool] = False
+    draws_figures: ClassVar[bool] = False
+    score_name: ClassVar[str] = ""
+
+    def __init__(self, setup: TaskSetup) -> None:
+        super().__init__()
+        if self.steps_by_hand and getattr(setup.optimizer, "func", None) is torch.optim.LBFGS:
+            # L-BFGS's line search re-evaluates one loss through a closure: no hand-made step can follow it.
+            raise ValueError(f"optimizer=lbfgs: {setup.name} steps its optimizers by hand, which "
+                             "L-BFGS's line search cannot follow; use adam, rmsprop or sgd")
+        if self.steps_by_hand and setup.gradient_clip_val:
+            raise ValueError(f"trainer.gradient_clip_val: {setup.name} steps its optimizers by hand "
+                             "and clips nothing; set it to null for this pretraining")
+        self.optimizer_factory = setup.optimizer
+        self.scheduler_factory = setup.scheduler
+        self.regularization = setup.regularization
+        self.gradient_clip_val = setup.gradient_clip_val
+        self.steps_per_call = 1 if self.steps_by_hand else setup.steps_per_call
+
+    def batches(self, loader):
+        """``loader`` as this task's steps read it: lists of ``steps_per_call`` batches when that is above 1."""
+        from deepsweep.data.loaders import Chunked
+
+        return Chunked(loader, self.steps_per_call) if self.steps_per_call > 1 else loader
+
+    def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:  # where scores_anomalies
+        raise NotImplementedError(f"{type(self).__name__} gives no anomaly score")
+
+    def save_figures(self, folder, x: torch.Tensor) -> list:  # where draws_figures
+        return []
+
+
+class LossTask(Task):
     """A task that minimizes one loss with one optimizer: every task but the adversarial and CD-k ones.
     Subclasses give ``training_loss(batch)`` (penalties included, tracked) and ``validation_batch(batch)``.
 
@@ -141,23 +198,10 @@ class LossTask(EpochLoggingMixin, L.LightningModule):
     same updates in the same order as one batch per call, with Lightning's ~25 per-call hooks (about
     0.5 ms on a CPU, more than a small model's step) paid once per list."""
 
-    def __init__(self, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None,
-                 regularization: Regularization | None = None, steps_per_call: int = 1,
-                 gradient_clip_val: float | None = None) -> None:
-        super().__init__()
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.regularization = regularization or Regularization()
-        self.gradient_clip_val = gradient_clip_val
-        self.steps_per_call = steps_per_call
-        self.automatic_optimization = steps_per_call == 1
+    def __init__(self, setup: TaskSetup) -> None:
+        super().__init__(setup)
+        self.automatic_optimization = self.steps_per_call == 1
         self._plain_steps = False  # set by on_fit_start
-
-    def batches(self, loader):
-        """``loader`` as this task's steps read it: lists of ``steps_per_call`` batches when that is above 1."""
-        from deepsweep.data.loaders import Chunked
-
-        return Chunked(loader, self.steps_per_call) if self.steps_per_call > 1 else loader
 
     def training_loss(self, batch) -> torch.Tensor:
         raise NotImplementedError
@@ -182,11 +226,7 @@ class LossTask(EpochLoggingMixin, L.LightningModule):
             if self.gradient_clip_val:
                 self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
             if self._plain_steps:
-                # The manual loop's own before/after-step hooks (they count global_step), around the torch
-                # optimizer's step itself.
-                optimizer._on_before_step()
-                optimizer.optimizer.step()
-                optimizer._on_after_step()
+                internals.plain_optimizer_step(optimizer)
             else:
                 optimizer.step()
         return None
@@ -198,7 +238,6 @@ class LossTask(EpochLoggingMixin, L.LightningModule):
     def on_fit_start(self) -> None:
         from lightning.pytorch.plugins.precision import Precision
         from lightning.pytorch.strategies import SingleDeviceStrategy
-        from lightning.pytorch.utilities.model_helpers import is_overridden
 
         # 32-bit on one device: Lightning's manual_backward is loss.backward() plus two hook dispatches
         # (on_before/after_backward), and its optimizer step the torch step wrapped in a closure, the
@@ -207,8 +246,8 @@ class LossTask(EpochLoggingMixin, L.LightningModule):
         # where a module or callback overrides one, or another precision needs loss scaling or another
         # strategy its gradient sync, Lightning's calls are kept.
         hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-        hooked = any(is_overridden(h, self, L.LightningModule) for h in hooks) or any(
-            is_overridden(h, callback, L.Callback) for h in hooks for callback in self.trainer.callbacks)
+        hooked = any(overrides(self, L.LightningModule, h) for h in hooks) or any(
+            overrides(callback, L.Callback, h) for h in hooks for callback in self.trainer.callbacks)
         self._plain_steps = (type(self.trainer.precision_plugin) is Precision
                              and type(self.trainer.strategy) is SingleDeviceStrategy and not hooked)
 
@@ -230,60 +269,7 @@ class LossTask(EpochLoggingMixin, L.LightningModule):
                                     monitor="val/loss" if self.automatic_optimization else None)
 
 
-class BestWeights(L.Callback):
-    """Keep the weights of the epoch with the lowest ``monitor`` in memory and restore them when fitting
-    ends, so early stopping and overfitting never leave the last (worse) weights behind. In memory,
-    because writing a checkpoint file every epoch costs more than these small models take to train."""
-
-    def __init__(self, monitor: str = "val/loss") -> None:
-        self.monitor = monitor
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
-        self._state: dict[str, torch.Tensor] | None = None
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After the epoch's metrics are logged (the module's on_validation_epoch_end runs after callbacks').
-        if trainer.sanity_checking:
-            return
-        score = trainer.callback_metrics.get(self.monitor)
-        if score is None:
-            return
-        score = float(score)
-        if not math.isfinite(score):  # never keep the weights of a diverged epoch (log_epoch stops the fit)
-            return
-        if self.best_score is None or score < self.best_score:
-            self.best_score, self.best_epoch = score, trainer.current_epoch
-            # A tensor-by-tensor copy: deepcopy's generic machinery costs more than the copy on small models.
-            self._state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-                           for k, v in pl_module.state_dict().items()}
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._state is not None:
-            pl_module.load_state_dict(self._state)
-        trainer.callback_metrics["fit/epochs"] = torch.tensor(float(trainer.current_epoch))
-        if self.best_score is not None:
-            # With strategy=ddp_spawn fitting runs in other processes; callback metrics are what Lightning
-            # carries back to the one that called fit (the weights, best ones loaded above, come back too).
-            trainer.callback_metrics["best/score"] = torch.tensor(self.best_score)
-            trainer.callback_metrics["best/epoch"] = torch.tensor(float(self.best_epoch))
-
-    @staticmethod
-    def epochs(trainer: L.Trainer) -> int:
-        """Epochs trained, also after a spawned fit (whose loop state stays in the spawned processes)."""
-        carried = trainer.callback_metrics.get("fit/epochs")
-        return max(trainer.current_epoch, int(carried) if carried is not None else 0)
-
-    def result(self, trainer: L.Trainer) -> tuple[float | None, int | None]:
-        """(best score, its epoch), from this callback or, after a spawned fit, from the trainer."""
-        if self.best_score is not None:
-            return self.best_score, self.best_epoch
-        score, epoch = trainer.callback_metrics.get("best/score"), trainer.callback_metrics.get("best/epoch")
-        return (float(score), int(epoch)) if score is not None else (None, None)
-
-    # Saved in resume checkpoints (stages.checkpoints), so a resumed fit still knows its best epoch so far.
-    def state_dict(self) -> dict:
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "state": self._state}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.best_score, self.best_epoch = state_dict["best_score"], state_dict["best_epoch"]
-        self._state = state_dict["state"]
+def overrides(obj: object, base: type, method: str) -> bool:
+    """Whether ``obj``'s class defines ``method`` other than ``base`` does (plain Python: what Lightning's
+    internal ``is_overridden`` helper answers for these hooks)."""
+    return getattr(type(obj), method, None) is not getattr(base, method, None)

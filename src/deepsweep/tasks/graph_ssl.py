@@ -6,15 +6,14 @@ No labels are read: the batch's labels and mask are ignored; every node and edge
 
 from __future__ import annotations
 
-from typing import Callable
+
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
-from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
+from deepsweep.tasks.common import LossTask, TaskSetup
 
 METHODS = ("gae", "dgi", "random_walk")
 
@@ -64,18 +63,14 @@ class GraphSelfSupervisedTask(LossTask):
     def __init__(
         self,
         model: Family,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        regularization: Regularization | None = None,
-        activation: Callable[[], nn.Module] | None = None,
+        setup: TaskSetup,
+        *,
         method: str = "gae",
         walk_length: int = 5,
         walks_per_node: int = 1,
         num_negatives: int = 5,
-        steps_per_call: int = 1,
-        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
+        super().__init__(setup)
         from torch_geometric.nn import GAE, DeepGraphInfomax
 
         if method not in METHODS:

@@ -7,17 +7,14 @@ matching linear layer, so fine-tuning starts from the DBN."""
 
 from __future__ import annotations
 
-from typing import Callable
 
-import lightning as L
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
 from deepsweep.models.mlp import dense_stack
-from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import EpochLoggingMixin, OptimizerFactory, SchedulerFactory, check_stepwise_optimizer
+from deepsweep.tasks.common import Task, TaskSetup
 
 VISIBLE = ("bernoulli", "gaussian")
 
@@ -63,24 +60,16 @@ class RBM(nn.Module):
         return F.mse_loss(v, v0)
 
 
-class DeepBeliefTask(EpochLoggingMixin, L.LightningModule):
-    kind = "tensor"
+class DeepBeliefTask(Task):
+    steps_by_hand = True  # CD-k gradients, one RBM's optimizer per batch
     keep_best_weights = False  # reconstruction errors of different layers are not comparable
+    scores_anomalies = True
+    score_name = "free_energy"
 
-    def __init__(
-        self,
-        model: Family,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        regularization: Regularization | None = None,
-        activation: Callable[[], nn.Module] | None = None,
-        cd_k: int = 1,
-        visible: str = "bernoulli",
-        epochs_per_layer: int = 5,
-    ) -> None:
-        super().__init__()
+    def __init__(self, model: Family, setup: TaskSetup, *, cd_k: int = 1, visible: str = "bernoulli",
+                 epochs_per_layer: int = 5) -> None:
+        super().__init__(setup)
         self.automatic_optimization = False
-        check_stepwise_optimizer(optimizer, "pretrain=dbn")
         if cd_k < 1:
             raise ValueError(f"pretrain.task.cd_k: must be >= 1, got {cd_k}")
         self.model = model
@@ -90,7 +79,6 @@ class DeepBeliefTask(EpochLoggingMixin, L.LightningModule):
             RBM(a, b, visible if i == 0 else "bernoulli") for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
         )
         self.cd_k, self.epochs_per_layer = cd_k, epochs_per_layer
-        self.optimizer_factory = optimizer
 
     @property
     def layer(self) -> int:
@@ -118,8 +106,6 @@ class DeepBeliefTask(EpochLoggingMixin, L.LightningModule):
         rbm = self.rbms[self.layer]
         self.track("val/loss", F.mse_loss(rbm.visible_mean(rbm.hidden_probs(v)), v), len(x))
         self.track("val/free_energy", rbm.free_energy(v).mean(), len(x))
-
-    score_name = "free_energy"
 
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         """The bottom RBM's free energy: -log p(x) up to a constant, so high for unlikely inputs."""

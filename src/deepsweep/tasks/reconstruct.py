@@ -19,8 +19,7 @@ from torch.nn import functional as F
 from deepsweep.models.base import Family
 from deepsweep.models.mlp import dense_stack
 from deepsweep.nn.generators import create_generator
-from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
+from deepsweep.tasks.common import LossTask, TaskSetup
 
 NOISES = ("none", "masking", "gaussian")
 log = logging.getLogger(__name__)
@@ -45,35 +44,32 @@ class ReconstructTask(LossTask):
     """encoder (from the family) -> decoder (an MLP: feature_dim -> decoder_dims -> input size) ->
     mean squared error against the clean input."""
 
-    kind = "tensor"
+    scores_anomalies = True
+    score_name = "reconstruction_error"
 
     def __init__(
         self,
         model: Family,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        regularization: Regularization | None = None,
-        activation: Callable[[], nn.Module] = nn.ReLU,
+        setup: TaskSetup,
+        *,
         decoder: str = "dense",
         decoder_dims: Sequence[int] = (128,),
         tied: bool = False,
         sparsity: float = 0.0,
         noise: str = "none",
         noise_level: float = 0.0,
-        steps_per_call: int = 1,
-        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
+        super().__init__(setup)
         check_noise(noise)
         if sparsity < 0:
             raise ValueError(f"pretrain.task.sparsity: must be >= 0, got {sparsity}")
         self.encoder = model.encoder
         self.input_shape = model.input_shape
         if tied:
-            self.decoder: nn.Module = TiedDecoder(dense_stack(model, "pretrain.task.tied=true"), activation,
+            self.decoder: nn.Module = TiedDecoder(dense_stack(model, "pretrain.task.tied=true"), setup.activation,
                                                   self.input_shape)
         else:
-            self.decoder = create_generator(decoder, model.feature_dim, self.input_shape, decoder_dims, activation,
+            self.decoder = create_generator(decoder, model.feature_dim, self.input_shape, decoder_dims, setup.activation,
                                             batch_norm=False, output="linear", key="pretrain.task")
         overcomplete = model.feature_dim > math.prod(self.input_shape)
         if overcomplete and noise == "none" and sparsity == 0:
@@ -85,7 +81,6 @@ class ReconstructTask(LossTask):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))  # every decoder here outputs the input's shape
 
-    score_name = "reconstruction_error"
 
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per-input reconstruction error: high where the input is unlike the training data."""
@@ -138,23 +133,18 @@ class StackedAutoencoderTask(LossTask):
     ``pretrain.epochs`` train all blocks and the decoders, unrolled in reverse, to reconstruct the input.
     """
 
-    kind = "tensor"
     keep_best_weights = False  # each phase has its own loss: their values are not comparable
 
     def __init__(
         self,
         model: Family,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        regularization: Regularization | None = None,
-        activation: Callable[[], nn.Module] = nn.ReLU,
+        setup: TaskSetup,
+        *,
         epochs_per_layer: int = 5,
         noise: str = "none",
         noise_level: float = 0.0,
-        steps_per_call: int = 1,
-        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
+        super().__init__(setup)
         check_noise(noise)
         if epochs_per_layer < 1:
             raise ValueError(f"pretrain.task.epochs_per_layer: must be >= 1, got {epochs_per_layer}")
@@ -193,6 +183,7 @@ class StackedAutoencoderTask(LossTask):
         source = corrupt(target, self.noise, self.noise_level) if noisy else target
         return F.mse_loss(self.decoders[layer](self.blocks[layer](source)), target)
 
+    scores_anomalies = True
     score_name = "reconstruction_error"
 
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:

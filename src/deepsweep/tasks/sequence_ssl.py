@@ -8,15 +8,14 @@ become <mask>, 10% a random token, 10% stay; predict the original tokens at the 
 
 from __future__ import annotations
 
-from typing import Callable
+
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepsweep.models.base import Family
-from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
+from deepsweep.tasks.common import LossTask, TaskSetup
 
 METHODS = ("next_step", "masked_token")
 MASK_ID, FIRST_WORD_ID = 1, 3  # ids 0-2 are <pad>, <mask>, <unk> (deepsweep.data.sequences.SPECIALS)
@@ -39,16 +38,12 @@ class SequencePretrainTask(LossTask):
     def __init__(
         self,
         model: Family,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        regularization: Regularization | None = None,
-        activation: Callable[[], nn.Module] | None = None,
+        setup: TaskSetup,
+        *,
         method: str = "next_step",
         mask_prob: float = 0.15,
-        steps_per_call: int = 1,
-        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
+        super().__init__(setup)
         if method not in METHODS:
             raise ValueError(f"pretrain.task.method: unknown method {method!r}; allowed: {', '.join(METHODS)}")
         vocab = getattr(model, "vocab_size", None)

@@ -7,7 +7,7 @@ negative ELBO with a beta-weighted KL term (beta-VAE, Higgins et al. 2017)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -15,8 +15,7 @@ from torch.nn import functional as F
 
 from deepsweep.models.base import Family
 from deepsweep.nn.generators import create_generator
-from deepsweep.nn.regularizers import Regularization
-from deepsweep.tasks.common import LossTask, OptimizerFactory, SchedulerFactory
+from deepsweep.tasks.common import LossTask, TaskSetup
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -27,23 +26,21 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class VariationalTask(LossTask):
-    kind = "tensor"
+    scores_anomalies = True
+    score_name = "negative_elbo"
+    draws_figures = True
 
     def __init__(
         self,
         model: Family,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        regularization: Regularization | None = None,
-        activation: Callable[[], nn.Module] = nn.ReLU,
+        setup: TaskSetup,
+        *,
         latent_dim: int = 16,
         beta: float = 1.0,
         decoder_dims: Sequence[int] = (128,),
         likelihood: str = "bernoulli",
-        steps_per_call: int = 1,
-        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, regularization, steps_per_call, gradient_clip_val)
+        super().__init__(setup)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"pretrain.task.likelihood: unknown {likelihood!r}; allowed: {', '.join(LIKELIHOODS)}")
         self.encoder = model.encoder
@@ -51,7 +48,7 @@ class VariationalTask(LossTask):
         self.to_mu = nn.Linear(model.feature_dim, latent_dim)
         self.to_logvar = nn.Linear(model.feature_dim, latent_dim)
         # Outputs are logits (Bernoulli) or means (Gaussian): the likelihood applies the link itself.
-        self.decoder = create_generator("dense", latent_dim, self.input_shape, decoder_dims, activation,
+        self.decoder = create_generator("dense", latent_dim, self.input_shape, decoder_dims, setup.activation,
                                         batch_norm=False, output="linear")
         self.latent_dim, self.beta, self.likelihood = latent_dim, beta, likelihood
 
@@ -76,7 +73,6 @@ class VariationalTask(LossTask):
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         return self.reconstruction_nll(z, x).mean(), gaussian_kl(mu, logvar).mean()
 
-    score_name = "negative_elbo"
 
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per-input negative ELBO at the posterior mean: low for inputs like the training data."""

@@ -6,6 +6,7 @@ A run that dies is marked FAILED with the error as a tag; a run is never left RU
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -171,8 +172,13 @@ def setup(cfg: DictConfig) -> str:
 
 
 def git_tags() -> dict[str, str]:
-    """The code state a run came from: git commit and dirtiness, and a digest of dvc.lock."""
-    root = paths.project_root()
+    """The code state a run came from: git commit and dirtiness, and a digest of dvc.lock. Read once per process
+    and project (two git processes: a pipeline's five runs in one process share them)."""
+    return dict(_git_tags(paths.project_root()))
+
+
+@functools.lru_cache(maxsize=4)
+def _git_tags(root: Path) -> tuple[tuple[str, str], ...]:
     tags: dict[str, str] = {}
     try:
         commit = subprocess.run(
@@ -190,7 +196,7 @@ def git_tags() -> dict[str, str]:
     lock = root / "dvc.lock"
     if lock.is_file():
         tags["deepsweep.dvc_lock_md5"] = hashlib.md5(lock.read_bytes()).hexdigest()
-    return tags
+    return tuple(tags.items())
 
 
 def config_tags(cfg: DictConfig) -> dict[str, str]:

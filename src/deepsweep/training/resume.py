@@ -24,7 +24,7 @@ class Resume:
 
         self.every = int(cfg.trainer.get("checkpoint_every_n_epochs") or 0)
         if self.every < 0:
-            from deepsweep.config import ConfigError
+            from deepsweep.errors import ConfigError
 
             raise ConfigError(f"trainer.checkpoint_every_n_epochs: must be >= 0 (0 = off), got {self.every}")
         self.folder = Path(artifacts) / f"{stage}.resume"
@@ -36,6 +36,8 @@ class Resume:
         if not self.every:
             return []
         from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from deepsweep.training.callbacks import random_states
 
         if self.checkpoint() is None:
             self.done()
@@ -71,52 +73,3 @@ class Resume:
 def discard_checkpoint(artifacts: Path, stage: str) -> None:
     """Remove a stage's resume checkpoint: called once its output is committed, never before."""
     shutil.rmtree(Path(artifacts) / f"{stage}.resume", ignore_errors=True)
-
-
-def _generator(loader):
-    """The shuffling generator of a loader, through its wrappers (Chunked, device placement)."""
-    while loader is not None:
-        generator = getattr(loader, "generator", None)
-        if generator is not None:
-            return generator
-        loader = getattr(loader, "loader", None)
-    return None
-
-
-def random_states(*loaders):
-    """A callback whose state, saved in every resume checkpoint, is every random stream a fit draws from:
-    torch's (CPU and CUDA: dropout, noise, sampling), NumPy's, Python's and the loaders' shuffling
-    generators. Restored before the resumed fit's first epoch, so the epochs after the checkpoint draw what
-    they would have drawn had the fit never stopped: a resumed fit ends with the same weights as an
-    uninterrupted one (tests/faults/test_resume.py, bit for bit on CPU)."""
-    import random
-
-    import lightning as L
-    import numpy as np
-    import torch
-
-    generators = [g for g in (_generator(loader) for loader in loaders) if g is not None]
-
-    class RandomStates(L.Callback):
-        def state_dict(self) -> dict:
-            # Plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True).
-            kind, keys, pos, has_gauss, cached = np.random.get_state()
-            numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-            return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": list(random.getstate()),
-                    # Only a process that uses CUDA has a CUDA stream to keep, and only its current device's:
-                    # asking for every GPU's would start a context on each.
-                    "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else [],
-                    "loaders": [g.get_state() for g in generators]}
-
-        def load_state_dict(self, state: dict) -> None:
-            torch.set_rng_state(state["torch"])
-            kind, keys, pos, has_gauss, cached = state["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-            version, internal, gauss_next = state["python"]
-            random.setstate((version, tuple(internal), gauss_next))
-            if state["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state(state["cuda"][0])
-            for generator, saved in zip(generators, state["loaders"]):
-                generator.set_state(saved)
-
-    return RandomStates()

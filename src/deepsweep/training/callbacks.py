@@ -1,0 +1,119 @@
+"""The callbacks every fit uses: the best weights kept in memory, and every random stream saved with a resume
+checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning as L
+import torch
+
+from deepsweep import internals
+
+
+class BestWeights(L.Callback):
+    """Keep the weights of the epoch with the lowest ``monitor`` in memory and restore them when fitting
+    ends, so early stopping and overfitting never leave the last (worse) weights behind. In memory,
+    because writing a checkpoint file every epoch costs more than these small models take to train."""
+
+    def __init__(self, monitor: str = "val/loss") -> None:
+        self.monitor = monitor
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the epoch's metrics are logged (the module's on_validation_epoch_end runs after callbacks').
+        if trainer.sanity_checking:
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None:
+            return
+        score = float(score)
+        if not math.isfinite(score):  # never keep the weights of a diverged epoch (log_epoch stops the fit)
+            return
+        if self.best_score is None or score < self.best_score:
+            self.best_score, self.best_epoch = score, trainer.current_epoch
+            # A tensor-by-tensor copy: deepcopy's generic machinery costs more than the copy on small models.
+            self._state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                           for k, v in pl_module.state_dict().items()}
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._state is not None:
+            pl_module.load_state_dict(self._state)
+        carried = {"fit/epochs": torch.tensor(float(trainer.current_epoch))}
+        if self.best_score is not None:
+            # With strategy=ddp_spawn fitting runs in other processes; callback metrics are what Lightning
+            # carries back to the one that called fit (the weights, best ones loaded above, come back too).
+            carried.update({"best/score": torch.tensor(self.best_score),
+                            "best/epoch": torch.tensor(float(self.best_epoch))})
+        internals.set_callback_metrics(trainer, carried)
+
+    @staticmethod
+    def epochs(trainer: L.Trainer) -> int:
+        """Epochs trained, also after a spawned fit (whose loop state stays in the spawned processes)."""
+        carried = trainer.callback_metrics.get("fit/epochs")
+        return max(trainer.current_epoch, int(carried) if carried is not None else 0)
+
+    def result(self, trainer: L.Trainer) -> tuple[float | None, int | None]:
+        """(best score, its epoch), from this callback or, after a spawned fit, from the trainer."""
+        if self.best_score is not None:
+            return self.best_score, self.best_epoch
+        score, epoch = trainer.callback_metrics.get("best/score"), trainer.callback_metrics.get("best/epoch")
+        return (float(score), int(epoch)) if score is not None else (None, None)
+
+    # Saved in resume checkpoints (training.resume), so a resumed fit still knows its best epoch so far.
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "state": self._state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_score, self.best_epoch = state_dict["best_score"], state_dict["best_epoch"]
+        self._state = state_dict["state"]
+
+
+def _generator(loader):
+    """The shuffling generator of a loader, through its wrappers (Chunked, device placement)."""
+    while loader is not None:
+        generator = getattr(loader, "generator", None)
+        if generator is not None:
+            return generator
+        loader = getattr(loader, "loader", None)
+    return None
+
+
+def random_states(*loaders):
+    """A callback whose state, saved in every resume checkpoint, is every random stream a fit draws from:
+    torch's (CPU and CUDA: dropout, noise, sampling), NumPy's, Python's and the loaders' shuffling
+    generators. Restored before the resumed fit's first epoch, so the epochs after the checkpoint draw what
+    they would have drawn had the fit never stopped: a resumed fit ends with the same weights as an
+    uninterrupted one (tests/faults/test_resume.py, bit for bit on CPU)."""
+    import random
+
+    import numpy as np
+
+    generators = [g for g in (_generator(loader) for loader in loaders) if g is not None]
+
+    class RandomStates(L.Callback):
+        def state_dict(self) -> dict:
+            # Plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True).
+            kind, keys, pos, has_gauss, cached = np.random.get_state()
+            numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+            return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": list(random.getstate()),
+                    # Only a process that uses CUDA has a CUDA stream to keep, and only its current device's:
+                    # asking for every GPU's would start a context on each.
+                    "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else [],
+                    "loaders": [g.get_state() for g in generators]}
+
+        def load_state_dict(self, state: dict) -> None:
+            torch.set_rng_state(state["torch"])
+            kind, keys, pos, has_gauss, cached = state["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            version, internal, gauss_next = state["python"]
+            random.setstate((version, tuple(internal), gauss_next))
+            if state["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state(state["cuda"][0])
+            for generator, saved in zip(generators, state["loaders"]):
+                generator.set_state(saved)
+
+    return RandomStates()

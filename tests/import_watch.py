@@ -1,0 +1,30 @@
+"""Run ``deepsweep ARGS`` in this fresh interpreter and print, as JSON, each watched module it imported with the
+chain of calls that imported it first (tests/test_imports.py). Not a test module: run as a script."""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import sys
+import traceback
+
+WATCHED = ("lightning", "torch_geometric", "matplotlib", "torchmetrics", "tensorboard", "sklearn", "scipy")
+first: dict[str, list[str]] = {}
+
+
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in WATCHED and top not in first:
+            first[top] = [f"{f.filename.rsplit('site-packages/', 1)[-1].rsplit('src/', 1)[-1]}:{f.lineno} {f.name}"
+                          for f in traceback.extract_stack()[:-1] if "importlib" not in f.filename
+                          and not f.filename.startswith("<")]
+        return None
+
+
+if __name__ == "__main__":
+    sys.meta_path.insert(0, Watch())
+    from deepsweep.cli.main import main
+
+    code = main(sys.argv[1:])
+    print(json.dumps({"rc": code, "imported": first}))
