@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -62,17 +61,10 @@ def deepsweep_cli(*args: str, cwd: Path | None = None, env: dict | None = None) 
 
 @pytest.fixture
 def project_copy(tmp_path):
-    """A throwaway copy of the project (code, conf, DVC pipeline) inside its own git repo."""
-    dest = tmp_path / "project"
-    ignore = shutil.ignore_patterns(".venv", ".git", "artifacts", "outputs", "mlflow.db", "mlartifacts",
-                                    "__pycache__", "*.egg-info", ".dvc", "dvc.lock", "tests", "dvc_plots")
-    shutil.copytree(ROOT, dest, ignore=ignore)
-    shutil.copytree(ROOT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=dest, check=True, env=env, capture_output=True)
-    return dest
+    """A throwaway copy of the project (code, conf, DVC pipeline) inside its own git repo (as make bench times it)."""
+    from deepsweep.bench import scratch_project
+
+    return scratch_project(ROOT, tmp_path / "project")
 
 
 @contextlib.contextmanager

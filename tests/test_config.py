@@ -119,3 +119,20 @@ def test_ready_made_pipelines_match_the_root_stages_and_validate():
     assert pipelines.drift() == [], "run `make pipelines` (deepsweep pipelines) and commit the result"
     for name in pipelines.names():
         load_params(ROOT / "pipelines" / name / "params.yaml")
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_the_schema_read_from_option_files_is_what_hydra_composes(group):
+    """config._reference reads option files directly (no Hydra at a stage's start-up): for every option of every
+    group it must equal Hydra's composition of that option."""
+    from omegaconf import OmegaConf
+
+    from deepsweep import paths
+    from deepsweep.config import _reference, compose, options
+
+    for option in options(group):
+        choices = (f"{group}={option}",)
+        composed = OmegaConf.to_container(compose(list(choices)), resolve=True)
+        direct = _reference(str(paths.conf_dir()), choices)
+        assert direct[group] == composed[group], f"{group}={option}"
+        assert direct["seed"] == composed["seed"] and direct["optimized_metric"] == composed["optimized_metric"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -236,9 +235,11 @@ def pipeline_costs(source: Path, label: str, repeats: int) -> dict:
     """Whole-process wall times of the default pipeline (digits) for the code at ``source``, in a scratch copy:
     ``dvc repro -f`` (four stage processes), ``deepsweep run`` (one process), each ``deepsweep stage`` alone
     (after a repro, so its inputs exist), and the stages' compute time (their MLflow runs' durations)."""
-    folder = scratch_project(source, Path(tempfile.gettempdir()) / f"deepsweep-bench-{label}")
+    folder = scratch_project(source, Path(tempfile.mkdtemp(prefix="deepsweep-bench-")) / "project")
     env = {**os.environ, "DEEPSWEEP_ROOT": str(folder), "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(source / "src"), os.environ.get("PYTHONPATH")]))}
+           # the checkout's own package first; dvc.yaml's `deepsweep stage` from this interpreter's environment
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(source / "src"), os.environ.get("PYTHONPATH")])),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     deepsweep = [sys.executable, "-m", "deepsweep"]
 
     def timed(cmd: list[str]) -> float:
@@ -253,7 +254,7 @@ def pipeline_costs(source: Path, label: str, repeats: int) -> dict:
     out["compute_s"] = _stage_compute_s(folder / "mlflow.db")
     out["deepsweep_run_s"] = timed([*deepsweep, "run", f"hydra.run.dir={folder / 'run'}"])
     out["stage_s"] = {stage: timed([*deepsweep, "stage", stage]) for stage in ("prepare", "pretrain", "finetune", "evaluate")}
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder.parent, ignore_errors=True)
     return out
 
 
@@ -293,14 +294,9 @@ def sweep_throughput(jobs: int, epochs: int, pretrain_epochs: int, overrides: li
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from deepsweep.utils.machine import cpu_model
+
+    cpu = cpu_model()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} cores ({cpu}), {device}, torch {torch.__version__}, torch threads {torch.get_num_threads()}"
 

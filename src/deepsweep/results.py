@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -299,15 +298,9 @@ TABLES = [
 # --- README --------------------------------------------------------------------------------------------
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, CPU"
+    from deepsweep.utils.machine import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, CPU"
 
 
 def commit() -> str:

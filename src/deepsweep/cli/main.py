@@ -65,9 +65,16 @@ def _cmd_pipelines(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
+    import subprocess
+
     from deepsweep import results
 
-    return results.main(args.tables, quick=args.quick)
+    try:
+        return results.main(args.tables, quick=args.quick)
+    except subprocess.CalledProcessError as exc:  # the command's own output, above, says why
+        print(f"deepsweep results: `{' '.join(map(str, exc.cmd))}` failed with exit status {exc.returncode}",
+              file=sys.stderr)
+        return 1
 
 
 def _cmd_options(args: argparse.Namespace) -> int:
