@@ -32,7 +32,7 @@ run: venv
 test: venv
 	$(BIN)/python -m pytest -q -n 2 tests
 
-# Training overhead vs a hand-written loop, start-up times, sweep throughput -> docs/benchmarks.md
+# Training overhead vs a hand-written loop, start-up, sweep throughput, stage and pipeline costs -> docs/benchmarks.md
 bench: venv
 	$(BIN)/python -m deepsweep.bench
 
