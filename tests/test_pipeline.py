@@ -156,7 +156,7 @@ def test_buffered_epoch_metrics_all_reach_mlflow_when_fit_ends_or_fails(compose,
     from deepsweep.factory import build
     from deepsweep.data.loaders import InMemoryLoader, TensorSplit
     from deepsweep.tasks.classify import ClassifyTask
-    from deepsweep.tracking.lightning import MlflowRunLogger
+    from deepsweep.training.mlflow_logger import MlflowRunLogger
 
     cfg = compose()
     split = TensorSplit(torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,)))

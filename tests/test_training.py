@@ -178,7 +178,7 @@ def test_direct_epoch_logging_records_what_self_log_would(compose, digits, monke
     from lightning.pytorch.callbacks import EarlyStopping
 
     from deepsweep.tasks.common import EpochLoggingMixin
-    from deepsweep.tracking.lightning import MlflowRunLogger
+    from deepsweep.training.mlflow_logger import MlflowRunLogger
 
     train, val = digits
     cfg = compose("optimizer=adam", "scheduler=plateau", "scheduler.patience=0", "scheduler.mode=max")

@@ -23,17 +23,17 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     from deepsweep.tasks.classify import task_for
 
     data = PreparedData.load(inputs["prepare"])
-    batch = int(cfg.data.batch_size)
-    train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
-                               label_fraction=float(cfg.finetune.label_fraction),
-                               num_neighbors=cfg.data.get("num_neighbors"))
-    val_loader = data.loader("val", batch)
     pretrained = cfg.pretrain.name != "none" and cfg.finetune.load_pretrained
     mlflow.set_tag("deepsweep.pretrained_encoder", str(pretrained).lower())
     model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"),
                                 encoder=inputs["pretrain"] / ENCODER_FILE if pretrained else None)
     task = factory.build_task(cfg, task_for(data.kind), model, "finetune",
                               freeze_encoder_epochs=int(cfg.finetune.freeze_encoder_epochs))
+    batch = int(cfg.data.batch_size)
+    train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
+                               label_fraction=float(cfg.finetune.label_fraction),
+                               num_neighbors=cfg.data.get("num_neighbors"))
+    val_loader = data.loader("val", batch)
     result = fit(cfg, task, train_loader, val_loader, out, stage="finetune", epochs=int(cfg.trainer.max_epochs),
                  run_id=run_id, validate=True, early_stopping_patience=task.regularization.early_stopping_patience)
 

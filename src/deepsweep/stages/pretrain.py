@@ -48,11 +48,12 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
             scores = torch.cat([task.anomaly_score(x.to(task.device)).cpu() for x, _ in data.loader("test", 1024)])
         torch.save({"name": task.score_name, "scores": scores}, out / SCORES_FILE)
     torch.save({"model": cfg.model.name, "encoder": model.encoder.state_dict()}, out / ENCODER_FILE)
+    # e.g. VAE samples and latent interpolation, GAN samples and loss curves
+    figures = task.save_figures(out, next(iter(data.loader("val", 64)))[0]) if task.draws_figures else []
+    for path in figures:
+        log_artifact(path, "figures")
     if cfg.logger.log_checkpoints:
         log_artifact(out / ENCODER_FILE, "checkpoints")
-    if task.draws_figures:  # e.g. VAE samples and latent interpolation
-        for path in task.save_figures(out, next(iter(data.loader("val", 64)))[0]):
-            log_artifact(path, "figures")
     if result.best_score is None:  # tasks whose epochs no validation loss ranks: their last epoch's values
         return {"epochs": float(result.epochs), **{k.replace("/", "_"): v for k, v in result.last_metrics.items()}}
     return {"best_val_loss": result.best_score, "best_epoch": float(result.best_epoch)}

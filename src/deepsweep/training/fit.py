@@ -126,7 +126,7 @@ def fit(cfg: DictConfig, task, train_loader, val_loader, out: Path, *, stage: st
     callbacks += resume.callbacks(train_loader)
     logger = None
     if run_id is not None:
-        from deepsweep.tracking.lightning import MlflowRunLogger
+        from deepsweep.training.mlflow_logger import MlflowRunLogger
 
         logger = MlflowRunLogger(run_id)
     trainer = build_trainer(cfg, epochs, logger, callbacks, out, manual_optimization=not task.automatic_optimization)

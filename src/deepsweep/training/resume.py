@@ -9,6 +9,7 @@ deletes it once its output is committed: that output is then the thing to keep."
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -20,15 +21,20 @@ FINGERPRINT = "fingerprint.txt"
 
 class Resume:
     def __init__(self, cfg: DictConfig, artifacts: Path, stage: str) -> None:
-        from deepsweep.launch import fingerprint
-
         self.every = int(cfg.trainer.get("checkpoint_every_n_epochs") or 0)
         if self.every < 0:
             from deepsweep.errors import ConfigError
 
             raise ConfigError(f"trainer.checkpoint_every_n_epochs: must be >= 0 (0 = off), got {self.every}")
         self.folder = Path(artifacts) / f"{stage}.resume"
-        self.fingerprint = fingerprint(cfg)
+        self.cfg = cfg
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The config's fingerprint (``provenance.fingerprint``), computed only where checkpoints are on."""
+        from deepsweep.provenance import fingerprint
+
+        return fingerprint(self.cfg)
 
     def callbacks(self, *loaders) -> list:
         """The checkpoint writer for the trainer, and the keeper of every random stream the fit draws from

@@ -70,7 +70,7 @@ class MlflowRunLogger(Logger):
 
     def flush(self) -> None:
         """Write the buffered metrics (MLflow takes at most 1000 per batch)."""
-        from deepsweep.tracking.runs import retry_locked
+        from deepsweep.utils.retry import retry_locked
 
         for start in range(0, len(self._pending), 1000):
             retry_locked(self.client.log_batch, self.run_id, metrics=self._pending[start : start + 1000], synchronous=True)
