@@ -19,9 +19,57 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def requires_shared(*names: str):
-    """Skip (with the reason) where ../shared/data/<name> is not beside the project; CI has it."""
+    """Skip (with the reason) where ../shared/data/<name>, which the test mirror serves, is not beside the
+    project; CI has it."""
     missing = [n for n in names if not (SHARED_DATA / n).is_dir()]
     return pytest.mark.skipif(bool(missing), reason=f"needs ../shared/data/{', '.join(missing)}")
+
+
+@contextlib.contextmanager
+def http_folder(folder: Path):
+    """``folder`` served over HTTP on 127.0.0.1 (a thread of this process); yields the base URL and the list of
+    paths requested so far."""
+    import functools
+    import http.server
+    import threading
+
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_mirror():
+    """Every download of the suite (and of the commands it starts) comes from ../shared/data over HTTP on
+    127.0.0.1, through the mirror setting users have: no test needs the internet."""
+    if not SHARED_DATA.is_dir():
+        yield None
+        return
+    with http_folder(SHARED_DATA) as (url, _):
+        previous = os.environ.get("DEEPSWEEP_DATA_MIRROR")
+        os.environ["DEEPSWEEP_DATA_MIRROR"] = url
+        try:
+            yield url
+        finally:
+            if previous is None:
+                os.environ.pop("DEEPSWEEP_DATA_MIRROR", None)
+            else:
+                os.environ["DEEPSWEEP_DATA_MIRROR"] = previous
 
 
 @pytest.fixture(autouse=True)

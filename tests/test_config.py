@@ -75,12 +75,16 @@ def test_cli_rejects_bad_params_before_work(tmp_path):
     assert not (tmp_path / "artifacts").exists()
 
 
-def test_missing_data_folder_names_the_path(tmp_path):
+def test_missing_data_that_cannot_be_fetched_names_the_url(tmp_path):
     result = deepsweep_cli("params", "data=mnist", f"data.root={tmp_path}/nowhere", "-o", str(tmp_path / "p.yaml"))
     assert result.returncode == 0, result.stderr
-    result = deepsweep_cli("stage", "prepare", "--params", str(tmp_path / "p.yaml"), "--artifacts", str(tmp_path / "a"))
-    assert result.returncode == 2
-    assert f"data.root: folder {tmp_path}/nowhere does not exist" in result.stderr
+    result = deepsweep_cli("stage", "prepare", "--params", str(tmp_path / "p.yaml"), "--artifacts", str(tmp_path / "a"),
+                           env={"DEEPSWEEP_DATA_MIRROR": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "deepsweep: error: http://127.0.0.1:9/mnist/raw/train-images-idx3-ubyte.gz: cannot download ([Errno 111] "
+        "Connection refused); check $DEEPSWEEP_DATA_MIRROR (http://127.0.0.1:9), or place the file yourself")
+    assert not (tmp_path / "nowhere").exists() or not any((tmp_path / "nowhere").iterdir())
 
 
 def test_hydra_run_rejects_typo_before_training(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import SHARED_DATA, requires_shared
+from conftest import requires_shared
 from deepsweep.config import ConfigError
 from deepsweep.factory import check_compatible, build_model
 from deepsweep.stages.pipeline import execute
@@ -76,10 +76,13 @@ def test_karate_pipeline_end_to_end(compose, tmp_path, pretrain):
 
 
 @requires_shared("planetoid")
-def test_cora_public_split_read_without_writing_shared(compose, tmp_path):
-    shared = SHARED_DATA / "planetoid"
+def test_cora_public_split_read_without_writing_into_the_raw_folder(compose, tmp_path):
+    from deepsweep.data.downloads import ensure
+
+    shared = tmp_path / "planetoid"
+    ensure("cora", shared)  # from the test mirror
     before = sorted(p.name for p in shared.rglob("*"))
-    execute("prepare", compose("data=cora", "model=gcn", "pretrain=none"), tmp_path / "artifacts")
+    execute("prepare", compose("data=cora", "model=gcn", "pretrain=none", f"data.root={shared}"), tmp_path / "artifacts")
     meta = json.loads((tmp_path / "artifacts" / "prepare" / "meta.json").read_text())
     assert meta["sizes"] == {"train": 140, "val": 500, "test": 1000}
     assert meta["num_nodes"] == 2708 and meta["num_edges"] == 10556 and meta["input_shape"] == [1433]

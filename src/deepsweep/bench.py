@@ -154,7 +154,10 @@ def profile(name: str, loops: dict, folder: Path, top: int = 35) -> Path:
 
 def training_workload(name: str, overrides: list[str], epochs: int, repeats: int,
                       train_subset: int | None = None, profile_to: Path | None = None) -> dict:
+    from deepsweep.data.downloads import ensure_for
+
     cfg = compose(overrides)
+    ensure_for(cfg.data)
     if build(cfg.data).kind == "graph":
         graph, meta = build(cfg.data).load()
         data, raw, samples_per_epoch = GraphData(graph, meta), raw_graph_loop, int(graph["train_mask"].sum())
@@ -209,8 +212,15 @@ def startup(repeats: int) -> list[dict]:
 def scratch_project(source: Path, folder: Path) -> Path:
     """A throwaway copy of the project at ``source`` (code, conf, the root DVC pipeline) in its own git repo, so
     timing ``dvc repro -f`` rewrites nothing of the real project."""
-    ignore = shutil.ignore_patterns(".venv", ".git", "artifacts", "outputs", "mlflow.db*", "mlartifacts", "bench",
-                                    "__pycache__", "*.egg-info", ".dvc", "dvc.lock", "tests", "pipelines", "docs")
+    by_name = shutil.ignore_patterns(".venv", ".git", "artifacts", "outputs", "mlflow.db*", "mlartifacts", "bench",
+                                     "__pycache__", "*.egg-info", ".dvc", "dvc.lock", "tests", "pipelines", "docs")
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skipped = set(by_name(directory, names))
+        if Path(directory) == source / "data":  # fetched raw data: the copy starts as a fresh clone does
+            skipped |= {n for n in names if (Path(directory) / n).is_dir()}
+        return skipped
+
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(source, folder, ignore=ignore)
     shutil.copytree(source / ".dvc", folder / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))

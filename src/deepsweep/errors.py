@@ -18,3 +18,7 @@ class FolderInUse(RuntimeError):
 
 class DataFileError(ValueError):
     """A data file that cannot be read as its format says: the message starts with the file (and line)."""
+
+
+class DownloadError(RuntimeError):
+    """A raw data file could not be fetched, or arrived with other bytes than its checksum says."""

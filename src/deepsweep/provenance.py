@@ -75,6 +75,12 @@ def _files_digest(files: tuple[Path, ...]) -> str:
 
 
 def data_digest(cfg: DictConfig) -> str:
+    """The raw data's digest: a catalog data set's from its checksums (prepare reads no other bytes, and
+    hashing them here would cost each stage a read of up to 31 MB), any other folder's from its files."""
+    from deepsweep.data.downloads import CATALOG, catalog_digest
+
+    if cfg.data.get("name") in CATALOG and cfg.data.get("root"):
+        return catalog_digest(cfg.data.name)
     files = tuple(data_files(cfg))
     return _files_digest(files) if files else "bundled"
 

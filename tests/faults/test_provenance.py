@@ -36,8 +36,12 @@ def test_the_import_closure_sees_lazy_imports():
 
 def test_pipelines_with_raw_data_depend_on_it():
     stages = yaml.safe_load((ROOT / "pipelines/mnist_lenet/dvc.yaml").read_text())["stages"]
-    data = [d for d in stages["prepare"]["deps"] if "shared/data" in d]
-    assert data and (ROOT / "pipelines/mnist_lenet" / data[0]).resolve() == (ROOT.parent / "shared/data/mnist/raw").resolve()
+    data = [d for d in stages["prepare"]["deps"] if not d.startswith("../../src/")]
+    assert data == ["../../data/mnist/raw"]
+    # ... and that folder is the output of the stage that fetches it, so DVC runs that stage first.
+    fetch = yaml.safe_load((ROOT / "data/dvc.yaml").read_text())["stages"]["mnist"]
+    assert fetch["outs"] == [{"mnist/raw": {"cache": False, "persist": True}}]
+    assert fetch["cmd"] == "deepsweep fetch mnist"
 
 
 def test_fingerprint_covers_config_code_data_and_versions(compose, monkeypatch, tmp_path):
@@ -50,10 +54,23 @@ def test_fingerprint_covers_config_code_data_and_versions(compose, monkeypatch, 
     monkeypatch.setattr(provenance, "library_versions", lambda: "torch=9.9")
     assert provenance.fingerprint(compose()) != base
     monkeypatch.undo()
+    # A catalog data set's bytes are its checksums (prepare verifies every file against them) ...
+    from dataclasses import replace
+
+    from deepsweep.data import downloads
+
+    with_data = compose("data=ecg200")
+    before = provenance.fingerprint(with_data)
+    ecg = downloads.CATALOG["ecg200"]
+    edited = replace(ecg, files=(replace(ecg.files[0], sha256="0" * 64), *ecg.files[1:]))
+    monkeypatch.setitem(downloads.CATALOG, "ecg200", edited)
+    assert provenance.fingerprint(with_data) != before
+    monkeypatch.undo()
+    # ... any other folder's are its files.
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "a.csv").write_text("1,2\n")
-    with_data = compose("data=ecg200", f"data.root={raw}")
+    with_data = compose("data=ecg200", "data.name=my_ecg", f"data.root={raw}")
     before = provenance.fingerprint(with_data)
     (raw / "a.csv").write_text("1,3\n")
     provenance._files_digest.cache_clear()

@@ -4,6 +4,7 @@
     deepsweep stage NAME [--params FILE]      run one stage from a params file (what dvc.yaml calls)
     deepsweep params [overrides] [-o FILE]    compose conf/ with overrides into a params file for DVC
     deepsweep options [GROUP]                 list the config groups and their options
+    deepsweep fetch [DATASET...]              download raw data sets into data/, sha256-checked
     deepsweep pipelines [--check]             regenerate (or check) dvc.yaml code deps and pipelines/*
     deepsweep results [--quick] [TABLE...]    rerun what README's result tables quote and rewrite them
 
@@ -61,6 +62,21 @@ def _cmd_pipelines(args: argparse.Namespace) -> int:
         return 1 if stale else 0
     for path in pipelines.write():
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from deepsweep.config import compose, validate
+    from deepsweep.data.downloads import CATALOG, ensure_for
+
+    names = args.datasets or list(CATALOG)
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        raise ConfigError(f"fetch: unknown data set {', '.join(unknown)}; allowed: {', '.join(CATALOG)}")
+    for name in names:
+        cfg = validate(compose([f"data={name}", *args.overrides]))
+        files = ensure_for(cfg.data)
+        print(f"{name}: {len(files)} file(s) verified in {cfg.data.root}")
     return 0
 
 
@@ -234,13 +250,13 @@ def _fail(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deepsweep.errors import DataFileError, FolderInUse, NonFiniteError
+    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError
 
     argv = sys.argv[1:] if argv is None else argv
     # --debug (anywhere before Hydra's overrides): show tracebacks instead of one-line errors.
     debug = "--debug" in argv
     argv = [arg for arg in argv if arg != "--debug"]
-    reported = (ConfigError, FileNotFoundError, DataFileError, NonFiniteError, FolderInUse)
+    reported = (ConfigError, FileNotFoundError, DataFileError, DownloadError, NonFiniteError, FolderInUse)
     if argv and argv[0] == "run":
         # Everything after `run` belongs to Hydra (overrides, -m, --cfg, --help).
         try:
@@ -270,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pipelines", help="regenerate the root dvc.yaml's code deps and pipelines/*/{dvc,params}.yaml")
     p.add_argument("--check", action="store_true", help="list the files that differ, change nothing (exit 1 if any)")
     p.set_defaults(func=_cmd_pipelines)
+    p = sub.add_parser("fetch", help="download the raw files of data sets (default: all) into data.root, sha256-checked "
+                                     "($DEEPSWEEP_DATA_MIRROR: another base URL or folder)")
+    p.add_argument("datasets", nargs="*", help="data options, e.g. mnist cora (default: every one with raw files)")
+    p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --override data.root=/srv/mnist")
+    p.set_defaults(func=_cmd_fetch)
     p = sub.add_parser("results", help="rerun what README's result tables quote and rewrite them (--quick: check a few rows)")
     p.add_argument("tables", nargs="*", help="tables to redo (default: all): pipelines, pretrained, pretraining, "
                                               "anomaly, vanishing, cora, cora_inductive")

@@ -1,7 +1,7 @@
 """Graph data sources (torch-geometric): Cora with the Planetoid public split, and Zachary's karate club.
 
-Nothing is downloaded: Planetoid reads the raw files from ``root`` (copied to a scratch folder first, so
-the read-only shared data is never written to), and KarateClub ships inside torch-geometric.
+Planetoid reads the raw files from ``root`` (fetched by ``data.downloads`` when missing; copied to a scratch
+folder first, so PyG's processed/ cache never lands beside them), and KarateClub ships inside torch-geometric.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Planetoid:
     """Cora / CiteSeer / PubMed in the Planetoid format, with the public split (Yang et al. 2016)."""
 
     kind = "graph"
-    root: str = "../shared/data/planetoid"
+    root: str = "data/planetoid"
     name_in_source: str = "Cora"
     split: str = "public"
     normalize_features: bool = True

@@ -48,7 +48,7 @@ class SmsSpam:
     """SMS Spam Collection v.1 (5,574 messages, ham/spam), stratified train/val/test."""
 
     kind = "sequence"
-    root: str = "../shared/data/sms_spam/raw"
+    root: str = "data/sms_spam/raw"
     max_len: int = 64
     min_freq: int = 2
     max_vocab: int = 8000
@@ -88,7 +88,7 @@ class Ecg200:
     infarction. The official test set is the test split; validation is held out of the training set."""
 
     kind = "sequence"
-    root: str = "../shared/data/ecg200/raw"
+    root: str = "data/ecg200/raw"
     val_fraction: float = 0.2
     split_seed: int = 0
     batch_size: int = 16

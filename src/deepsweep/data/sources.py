@@ -1,4 +1,4 @@
-"""Data sources: each reads a real dataset from disk (nothing is downloaded) into a train/val/test split.
+"""Data sources: each reads a real dataset from disk (``data.downloads`` fetched it first) into a train/val/test split.
 
 Pixels are scaled to [0, 1]; images keep their (channels, height, width) shape so that MLP and CNN
 families read the same prepared data.
@@ -118,7 +118,7 @@ class IdxImages:
 
     kind = "tensor"
 
-    root: str = "../shared/data/mnist/raw"
+    root: str = "data/mnist/raw"
     val_fraction: float = 0.1
     train_subset: int | None = None
     split_seed: int = 0

@@ -1,4 +1,4 @@
-"""prepare: read the dataset from disk, split it (stratified, seeded), write tensors + meta.json.
+"""prepare: fetch the raw files if missing (checksummed), read the dataset, split it (stratified, seeded), write tensors + meta.json.
 
 Tensor datasets are written as ``{train,val,test}.pt``; a graph as ``graph.pt`` with its split masks."""
 
@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from deepsweep.factory import build
+from deepsweep.data.downloads import ensure_for
 from deepsweep.data.loaders import GRAPH_FILE
 from deepsweep.data.sources import load_splits
 from deepsweep.utils.io import write_json
@@ -19,6 +20,7 @@ from deepsweep.utils.io import write_json
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     import mlflow
 
+    ensure_for(cfg.data)
     source = build(cfg.data)
     if source.kind == "graph":
         graph, meta = source.load()

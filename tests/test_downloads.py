@@ -1,0 +1,122 @@
+"""Raw data from its sources: checksummed, placed atomically, through the mirror setting (never the internet)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+import urllib.request
+import zipfile
+
+import pytest
+
+from conftest import ROOT, SHARED_DATA, deepsweep_cli, http_folder, requires_shared
+from deepsweep.data import downloads
+from deepsweep.data.downloads import CATALOG, ensure
+from deepsweep.errors import DataFileError, DownloadError
+
+
+@requires_shared("mnist", "fashion_mnist", "planetoid", "sms_spam", "ecg200")
+def test_catalog_checksums_match_the_published_files():
+    for name, dataset in CATALOG.items():
+        for raw in dataset.files:
+            path = SHARED_DATA / dataset.folder / raw.name
+            assert (path.stat().st_size, downloads.file_sha256(path)) == (raw.size, raw.sha256), path
+
+
+@requires_shared("ecg200")
+def test_http_mirror_download_is_verified_and_atomic(tmp_path):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(SHARED_DATA / "ecg200", mirror / "ecg200")
+    with http_folder(mirror) as (url, requested):
+        placed = ensure("ecg200", tmp_path / "cache", mirror=url)
+        assert [p.name for p in placed] == ["ECG200_TRAIN.txt", "ECG200_TEST.txt"]
+        assert requested == ["/ecg200/raw/ECG200_TRAIN.txt", "/ecg200/raw/ECG200_TEST.txt"]
+        for path in placed:
+            assert path.read_bytes() == (SHARED_DATA / "ecg200/raw" / path.name).read_bytes()
+            assert path.stat().st_mode & 0o777 == 0o644
+        # Present and right: checked, not fetched again.
+        ensure("ecg200", tmp_path / "cache", mirror=url)
+        assert len(requested) == 2
+
+        # A mirror serving other bytes: the file is named with both checksums, and nothing is left behind.
+        corrupt = mirror / "ecg200/raw/ECG200_TEST.txt"
+        corrupt.write_bytes(corrupt.read_bytes().replace(b"e-01", b"e-02", 1))
+        got = hashlib.sha256(corrupt.read_bytes()).hexdigest()
+        fresh = tmp_path / "fresh"
+        with pytest.raises(DownloadError, match=rf"^{fresh}/ECG200_TEST.txt: downloaded from {url}/ecg200/raw/"
+                                                rf"ECG200_TEST.txt with sha256 {got} \(155300 bytes\), expected "
+                                                rf"907c243f6e.*; nothing was kept$"):
+            ensure("ecg200", fresh, mirror=url)
+        assert sorted(p.name for p in fresh.iterdir()) == ["ECG200_TRAIN.txt"]
+
+
+def test_a_wrong_file_in_place_is_named_not_overwritten(tmp_path):
+    (tmp_path / "SMSSpamCollection").write_text("ham\thello\n")
+    with pytest.raises(DataFileError, match=rf"^{tmp_path}/SMSSpamCollection: 10 bytes, expected sha256 7d039a24"
+                                            r".*\(477907 bytes\); delete it to download it again$"):
+        ensure("sms_spam", tmp_path, mirror="http://127.0.0.1:9")
+    assert (tmp_path / "SMSSpamCollection").read_text() == "ham\thello\n"
+
+
+@requires_shared("sms_spam")
+def test_a_local_folder_is_a_mirror_too(tmp_path):
+    placed = ensure("sms_spam", tmp_path / "cache", mirror=str(SHARED_DATA))
+    assert placed[0].read_bytes() == (SHARED_DATA / "sms_spam/raw/SMSSpamCollection").read_bytes()
+
+
+@requires_shared("sms_spam")
+def test_without_a_mirror_the_canonical_source_is_read_and_its_zip_unpacked(tmp_path, monkeypatch):
+    """No mirror: the UCI zip is requested and the collection taken out of it (the network is faked here)."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(SHARED_DATA / "sms_spam/raw/SMSSpamCollection", "SMSSpamCollection")
+        zipped.writestr("readme", "SMS Spam Collection v.1")
+    archive_file = tmp_path / "sms+spam+collection.zip"
+    archive_file.write_bytes(archive.getvalue())
+    requested, real_urlopen = [], urllib.request.urlopen
+
+    def fake_urlopen(url, timeout):
+        requested.append(url)
+        return real_urlopen(archive_file.as_uri(), timeout=timeout)
+
+    monkeypatch.delenv("DEEPSWEEP_DATA_MIRROR", raising=False)
+    monkeypatch.setattr(downloads.urllib.request, "urlopen", fake_urlopen)
+    placed = ensure("sms_spam", tmp_path / "cache")
+    assert requested == ["https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"]
+    assert placed[0].read_bytes() == (SHARED_DATA / "sms_spam/raw/SMSSpamCollection").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["SMSSpamCollection"]
+
+
+def test_unreachable_source_is_one_line_naming_the_url(tmp_path):
+    result = deepsweep_cli("fetch", "ecg200", "--override", f"data.root={tmp_path}/raw",
+                           env={"DEEPSWEEP_DATA_MIRROR": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "deepsweep: error: http://127.0.0.1:9/ecg200/raw/ECG200_TRAIN.txt: cannot download ([Errno 111] Connection "
+        "refused); check $DEEPSWEEP_DATA_MIRROR (http://127.0.0.1:9), or place the file yourself")
+    result = deepsweep_cli("fetch", "imagenet")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("deepsweep: error: fetch: unknown data set imagenet; allowed: "
+                                     + ", ".join(CATALOG))
+
+
+@requires_shared("ecg200")
+def test_dvc_fetches_a_pipelines_data_first_in_a_fresh_clone(project_copy, monkeypatch):
+    """A clone has no data/: the pipeline's prepare depends on data/ecg200/raw, which data/dvc.yaml's stage
+    makes, so DVC runs that stage first; once the files are there the stage is up to date."""
+    shutil.copytree(ROOT / "pipelines" / "ecg_gru", project_copy / "pipelines" / "ecg_gru",
+                    ignore=shutil.ignore_patterns("artifacts", "dvc.lock"))
+    monkeypatch.setenv("DEEPSWEEP_ROOT", str(project_copy))
+    dvc = [str(ROOT / ".venv/bin/dvc") if (ROOT / ".venv/bin/dvc").exists() else "dvc"]
+    assert not (project_copy / "data/ecg200").exists()
+    dry = subprocess.run([*dvc, "repro", "--dry", "pipelines/ecg_gru/dvc.yaml"], cwd=project_copy,
+                         capture_output=True, text=True)
+    assert dry.stdout.startswith("Running stage 'data/dvc.yaml:ecg200':\n> deepsweep fetch ecg200"), dry.stdout
+    done = subprocess.run([*dvc, "repro", "data/dvc.yaml:ecg200"], cwd=project_copy, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (project_copy / "data/ecg200/raw/ECG200_TEST.txt").read_bytes() == \
+        (SHARED_DATA / "ecg200/raw/ECG200_TEST.txt").read_bytes()
+    status = subprocess.run([*dvc, "status", "data/dvc.yaml:ecg200"], cwd=project_copy, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
