@@ -5,6 +5,7 @@
     deepsweep params [overrides] [-o FILE]    compose conf/ with overrides into a params file for DVC
     deepsweep options [GROUP]                 list the config groups and their options
     deepsweep fetch [DATASET...]              download raw data sets into data/, sha256-checked
+    deepsweep register TARGET [--name NAME]   register a run's (or a sweep's best job's) model in MLflow
     deepsweep pipelines [--check]             regenerate (or check) dvc.yaml code deps and pipelines/*
     deepsweep results [--quick] [TABLE...]    rerun what README's result tables quote and rewrite them
 
@@ -77,6 +78,19 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         cfg = validate(compose([f"data={name}", *args.overrides]))
         files = ensure_for(cfg.data)
         print(f"{name}: {len(files)} file(s) verified in {cfg.data.root}")
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from deepsweep.tracking.models import register
+    from deepsweep.tracking.runs import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": args.tracking_uri}})))
+    version = register(args.target, args.name)
+    print(f"registered models:/{version.name}/{version.version} (finetune run {version.run_id or version.tags})")
     return 0
 
 
@@ -292,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --override data.root=/srv/mnist")
     p.set_defaults(func=_cmd_fetch)
+    p = sub.add_parser("register", help="register the fine-tuned model of a run, or of a sweep's best job, in the "
+                                        "MLflow model registry")
+    p.add_argument("target", help="a sweep folder, or an MLflow run id: sweep parent, pipeline or finetune run")
+    p.add_argument("--name", help="registered model name (default: deepsweep-<model>-<data>)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.set_defaults(func=_cmd_register)
     p = sub.add_parser("results", help="rerun what README's result tables quote and rewrite them (--quick: check a few rows)")
     p.add_argument("tables", nargs="*", help="tables to redo (default: all): pipelines, pretrained, pretraining, "
                                               "anomaly, vanishing, cora, cora_inductive")

@@ -40,6 +40,10 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     torch.save({"model": cfg.model.name, "state_dict": model.state_dict()}, out / MODEL_FILE)
     if cfg.logger.log_checkpoints:
         log_artifact(out / MODEL_FILE, "checkpoints")
+    if cfg.logger.log_model:
+        from deepsweep.tracking.models import log_model
+
+        log_model(cfg, model, data, out / MODEL_FILE)
     summary = {f"best_{k.replace('/', '_')}": v for k, v in result.val_metrics.items()}
     summary.update(best_epoch=float(result.best_epoch), epochs_trained=float(result.epochs),
                    n_train_labels=float(train_loader.num_labels))
