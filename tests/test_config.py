@@ -140,3 +140,9 @@ def test_the_schema_read_from_option_files_is_what_hydra_composes(group):
         direct = _reference(str(paths.conf_dir()), choices)
         assert direct[group] == composed[group], f"{group}={option}"
         assert direct["seed"] == composed["seed"] and direct["optimized_metric"] == composed["optimized_metric"]
+
+
+def test_each_experiment_names_itself_as_a_param():
+    assert compose([])["experiment_name"] == "none"
+    for name in options("experiment"):
+        assert flatten(compose([f"experiment={name}"]))["experiment_name"] == name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import subprocess
 import urllib.request
@@ -104,19 +105,20 @@ def test_unreachable_source_is_one_line_naming_the_url(tmp_path):
 
 @requires_shared("ecg200")
 def test_dvc_fetches_a_pipelines_data_first_in_a_fresh_clone(project_copy, monkeypatch):
-    """A clone has no data/: the pipeline's prepare depends on data/ecg200/raw, which data/dvc.yaml's stage
-    makes, so DVC runs that stage first; once the files are there the stage is up to date."""
+    """A clone has no data/: a ready-made pipeline (its own DVC project) starts with its fetch stage, whose
+    output (the files' sha256) and the raw folder are prepare's deps; then the stage is up to date."""
     shutil.copytree(ROOT / "pipelines" / "ecg_gru", project_copy / "pipelines" / "ecg_gru",
-                    ignore=shutil.ignore_patterns("artifacts", "dvc.lock"))
-    monkeypatch.setenv("DEEPSWEEP_ROOT", str(project_copy))
-    dvc = [str(ROOT / ".venv/bin/dvc") if (ROOT / ".venv/bin/dvc").exists() else "dvc"]
+                    ignore=shutil.ignore_patterns("artifacts", "dvc.lock", "fetched.json", "tmp", "cache"))
+    monkeypatch.setenv("DEEPSWEEP_ROOT", "")
+    dvc = [str(ROOT / ".venv/bin/dvc") if (ROOT / ".venv/bin/dvc").exists() else "dvc", "--cd", "pipelines/ecg_gru"]
     assert not (project_copy / "data/ecg200").exists()
-    dry = subprocess.run([*dvc, "repro", "--dry", "pipelines/ecg_gru/dvc.yaml"], cwd=project_copy,
-                         capture_output=True, text=True)
-    assert dry.stdout.startswith("Running stage 'data/dvc.yaml:ecg200':\n> deepsweep fetch ecg200"), dry.stdout
-    done = subprocess.run([*dvc, "repro", "data/dvc.yaml:ecg200"], cwd=project_copy, capture_output=True, text=True)
+    dry = subprocess.run([*dvc, "repro", "--dry"], cwd=project_copy, capture_output=True, text=True)
+    assert dry.stdout.startswith("Running stage 'fetch':\n> deepsweep fetch ecg200 --manifest fetched.json"), dry.stdout
+    done = subprocess.run([*dvc, "repro", "fetch"], cwd=project_copy, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (project_copy / "data/ecg200/raw/ECG200_TEST.txt").read_bytes() == \
         (SHARED_DATA / "ecg200/raw/ECG200_TEST.txt").read_bytes()
-    status = subprocess.run([*dvc, "status", "data/dvc.yaml:ecg200"], cwd=project_copy, capture_output=True, text=True)
+    manifest = json.loads((project_copy / "pipelines/ecg_gru/fetched.json").read_text())
+    assert manifest["sha256"] == {raw.name: raw.sha256 for raw in CATALOG["ecg200"].files}
+    status = subprocess.run([*dvc, "status", "fetch"], cwd=project_copy, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout

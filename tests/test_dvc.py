@@ -40,6 +40,16 @@ def test_repro_runs_then_skips_then_reruns_downstream(project_copy):
     assert metrics["accuracy"] > 0.5
     shown = dvc(project_copy, "metrics", "show", "--json")
     assert '"roc_auc"' in shown
+    # Learning curves as DVC plots: one point per epoch and curve (2 finetune epochs, 1 pretraining epoch).
+    plots = json.loads(dvc(project_copy, "plots", "show", "--json"))["data"]
+
+    def points(title: str, y: str) -> list[float]:
+        values = plots[title][0]["content"]["data"]["values"]
+        return [float(v[y]) for v in values if v.get("field", y) == y]
+
+    assert len(points("Fine-tuning loss", "train_loss")) == len(points("Fine-tuning loss", "val_loss")) == 2
+    assert len(points("Fine-tuning validation accuracy", "val_acc")) == 2
+    assert len(points("Pretraining loss", "val_loss")) == 1
 
     assert ran(dvc(project_copy, "repro")) == []
 
@@ -85,6 +95,16 @@ def test_exp_run_with_set_param(project_copy):
     assert recorded["model"]["hidden_dims"] == [32]
     metrics = json.loads((project_copy / "artifacts/evaluate/metrics.json").read_text())
     assert data["metrics"]["artifacts/evaluate/metrics.json"]["data"] == pytest.approx(metrics)
+    # The readable table: the params that differ between the runs shown, and the metrics.
+    # (This copy's first commit has no dvc.lock, so its code deps show as changed too: left out here.)
+    header = dvc(project_copy, "exp", "show", "--only-changed", "--csv").splitlines()[0].split(",")
+    assert {"model.hidden_dims", "trainer.max_epochs", "accuracy", "roc_auc"} <= set(header), header
+    shown = [h for h in header if not h.startswith("src/")]
+    assert len(shown) <= 25, shown
+    # dvc plots diff overlays the experiment's learning curves on the workspace's.
+    name = revisions[0]["name"]
+    diff = json.loads(dvc(project_copy, "plots", "diff", name, "--json"))["data"]
+    assert set(diff["Fine-tuning loss"][0]["revisions"]) == {name, "workspace"}
 
 
 def test_queued_experiments_run_on_parallel_queue_workers(project_copy):
@@ -121,3 +141,19 @@ def test_queued_experiments_run_on_parallel_queue_workers(project_copy):
     runs = client.search_runs([client.get_experiment_by_name("deepsweep").experiment_id])
     assert sorted(r.data.params["optimizer.lr"] for r in runs if r.info.run_name == "evaluate") == ["0.003", "0.01"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_ready_made_pipelines_are_their_own_dvc_projects():
+    """So the root's `dvc exp show` holds the root pipeline alone (it had 853 columns with them), and each
+    runs from the root with `dvc --cd`."""
+    root = Path(__file__).resolve().parents[1]
+    from deepsweep.pipelines import names
+
+    for name in names():
+        assert (root / "pipelines" / name / ".dvc" / "config").is_file(), name
+    listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all"], cwd=root, capture_output=True,
+                            text=True, timeout=120).stdout
+    assert listed and "pipelines/" not in listed, listed
+    listed = subprocess.run([sys.executable, "-m", "dvc", "--cd", "pipelines/mnist_lenet", "stage", "list"], cwd=root,
+                            capture_output=True, text=True, timeout=120).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["fetch", "prepare", "pretrain", "finetune", "evaluate"], listed

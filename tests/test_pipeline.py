@@ -48,7 +48,7 @@ def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
     assert finetune.data.params["model.hidden_dims"] == "[128, 64]"
     history = mlflow.MlflowClient().get_metric_history(finetune.info.run_id, "val/loss")
     assert [m.step for m in history] == [0, 1]  # one point per epoch
-    assert runs["evaluate"].data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
+    assert runs["evaluate"].data.metrics["evaluate.accuracy"] == pytest.approx(metrics["accuracy"])
     artifacts_logged = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["evaluate"].info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts_logged and "evaluation/roc_curve.png" in artifacts_logged
     ckpt = {a.path for a in mlflow.MlflowClient().list_artifacts(finetune.info.run_id, "checkpoints")}

@@ -34,7 +34,7 @@ GROUPS = (
     "trainer",
     "logger",
 )
-TOP_LEVEL = ("seed", "optimized_metric")
+TOP_LEVEL = ("seed", "experiment_name", "optimized_metric")
 
 
 def _invalid(errors: list[str]) -> ConfigError:
@@ -166,8 +166,9 @@ def _check(reference: Any, value: Any, key: str, source: str, errors: list[str],
     # Rules are about numbers: a name or a flag under a pattern such as model.* is the type check's alone.
     # (a field whose default is null has no type to check: its rule says what it takes.)
     numbers = reference is None or numeric(reference) or numeric(value) or (isinstance(reference, list) and value == [])
-    if rule is not None and numbers and not rule.accepts(value, whole):
-        errors.append(f"{key}: {_show(value)} is out of range; allowed: {rule.allowed}")
+    if rule is not None and (numbers or rule.names) and not rule.accepts(value, whole):
+        errors.append(f"{key}: {_show(value)} is {'not allowed' if rule.names else 'out of range'}; "
+                      f"allowed: {rule.allowed}")
 
 
 @functools.lru_cache(maxsize=64)

@@ -32,6 +32,7 @@ class Rule:
     allowed: str
     check: Callable[[Any, Mapping[str, Any]], bool]
     nullable: bool = False  # null is a meaningful value here even where the default is not null
+    names: bool = False  # the rule checks names too (a choice among words), not only numbers
 
     def accepts(self, value: Any, cfg: Mapping[str, Any]) -> bool:
         if value is None:
@@ -40,6 +41,11 @@ class Rule:
             return bool(self.check(value, cfg))
         except (TypeError, ValueError):
             return False
+
+
+def one_of(*choices: str) -> Rule:
+    """One of a few words."""
+    return Rule(f"one of {', '.join(choices)}", lambda v, _cfg: v in choices, names=True)
 
 
 def real(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Rule:
@@ -158,6 +164,8 @@ RULES: tuple[tuple[str, Rule], ...] = (
                                                                            and all(_integer(d) and d >= 0 for d in v)))),
     ("trainer.gradient_clip_val", POSITIVE),
     ("trainer.checkpoint_every_n_epochs", integer(0, "an integer >= 0 (0 = off)")),
+    ("trainer.progress", one_of("auto", "bar", "epochs", "none")),
+    ("logger.embedding_plot", one_of("auto", "tsne", "pca", "none")),
     ("trainer.*", COUNT),  # steps_per_call, num_threads, jobs_per_gpu
 )
 

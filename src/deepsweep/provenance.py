@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "lightning", "torch_geometric", "torchmetrics", "numpy", "scikit-learn")
 # Keys that change where results go or how they are shown, never what a job computes.
-NOT_FINGERPRINTED = ("logger", "trainer.enable_progress_bar", "trainer.num_threads", "trainer.devices")
+NOT_FINGERPRINTED = ("logger", "trainer.progress", "trainer.num_threads", "trainer.devices")
 
 
 @functools.lru_cache(maxsize=None)

@@ -67,11 +67,11 @@ class Pipeline:
 
     @property
     def command(self) -> str:
-        return "make run" if not self.name else f"dvc repro pipelines/{self.name}/dvc.yaml"
+        return "make run" if not self.name else f"dvc --cd pipelines/{self.name} repro"
 
     def run(self) -> tuple[dict[str, float], float]:
-        target = "dvc.yaml" if not self.name else f"pipelines/{self.name}/dvc.yaml"
-        seconds = _run([_bin("dvc"), "repro", "-f", target])
+        where = [] if not self.name else ["--cd", f"pipelines/{self.name}"]  # its own DVC project
+        seconds = _run([_bin("dvc"), *where, "repro", "-f"])
         folder = _root() / ("artifacts" if not self.name else f"pipelines/{self.name}/artifacts")
         return _metrics(folder), seconds
 
@@ -197,7 +197,7 @@ def _pretrained(quick: bool) -> tuple[list[list[str]], str]:
         without, _ = Baseline(label, name).run()
         rows.append([label, " / ".join(_triple(with_pretraining)), f"{with_pretraining['probe_accuracy']:.4f}",
                      " / ".join(_triple(without)), f"{without['probe_accuracy']:.4f}", _seconds(seconds),
-                     f"`dvc repro pipelines/{name}/dvc.yaml`"])
+                     f"`dvc --cd pipelines/{name} repro`"])
     return rows, ""
 
 

@@ -37,11 +37,10 @@ def test_the_import_closure_sees_lazy_imports():
 def test_pipelines_with_raw_data_depend_on_it():
     stages = yaml.safe_load((ROOT / "pipelines/mnist_lenet/dvc.yaml").read_text())["stages"]
     data = [d for d in stages["prepare"]["deps"] if not d.startswith("../../src/")]
-    assert data == ["../../data/mnist/raw"]
-    # ... and that folder is the output of the stage that fetches it, so DVC runs that stage first.
-    fetch = yaml.safe_load((ROOT / "data/dvc.yaml").read_text())["stages"]["mnist"]
-    assert fetch["outs"] == [{"mnist/raw": {"cache": False, "persist": True}}]
-    assert fetch["cmd"] == "deepsweep fetch mnist"
+    assert data == ["fetched.json", "../../data/mnist/raw"]
+    # ... fetched.json is the output of the stage that fetches the files, so DVC runs that stage first.
+    assert stages["fetch"]["outs"] == [{"fetched.json": {"cache": False}}]
+    assert stages["fetch"]["cmd"] == "deepsweep fetch mnist --manifest fetched.json"
 
 
 def test_fingerprint_covers_config_code_data_and_versions(compose, monkeypatch, tmp_path):

@@ -74,10 +74,19 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
         raise ConfigError(f"fetch: unknown data set {', '.join(unknown)}; allowed: {', '.join(CATALOG)}")
+    if args.manifest and len(names) != 1:
+        raise ConfigError(f"fetch --manifest: give one data set, not {len(names)}")
     for name in names:
         cfg = validate(compose([f"data={name}", *args.overrides]))
         files = ensure_for(cfg.data)
         print(f"{name}: {len(files)} file(s) verified in {cfg.data.root}")
+        if args.manifest:
+            from deepsweep.data.downloads import CATALOG
+            from deepsweep.utils.io import write_json
+
+            # What DVC records as the fetch stage's output: the bytes prepare reads, by their sha256.
+            write_json(Path(args.manifest), {"data": name, "root": str(cfg.data.root),
+                                             "sha256": {raw.name: raw.sha256 for raw in CATALOG[name].files}})
     return 0
 
 
@@ -305,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("datasets", nargs="*", help="data options, e.g. mnist cora (default: every one with raw files)")
     p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --override data.root=/srv/mnist")
+    p.add_argument("--manifest", metavar="FILE", help="also write the files' sha256 to FILE (a DVC fetch stage's output)")
     p.set_defaults(func=_cmd_fetch)
     p = sub.add_parser("register", help="register the fine-tuned model of a run, or of a sweep's best job, in the "
                                         "MLflow model registry")

@@ -111,7 +111,6 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
                             f"{cfg.model.name} node embeddings", method=cfg.logger.embedding_plot)
         figures.append("node_embedding.png")
 
-    mlflow.log_metrics({f"test/{name}": value for name, value in metrics.items()})
     for name in ("metrics.json", "confusion.csv", "roc.csv", *figures):
         mlflow.log_artifact(str(out / name), "evaluation")
     return metrics

@@ -47,5 +47,4 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     summary = {f"best_{k.replace('/', '_')}": v for k, v in result.val_metrics.items()}
     summary.update(best_epoch=float(result.best_epoch), epochs_trained=float(result.epochs),
                    n_train_labels=float(train_loader.num_labels))
-    mlflow.log_metrics(summary)
     return summary

@@ -46,6 +46,11 @@ def _lineage(inputs: dict[str, Path]) -> tuple[str | None, dict[str, str]]:
     return next(iter(pipeline_ids.values()), None), upstream
 
 
+def summary_metrics(stage: str, metrics: dict[str, float]) -> dict[str, float]:
+    """A stage's summary as MLflow metric names: ``<stage>.<metric>`` (``evaluate.accuracy``)."""
+    return {f"{stage}.{key.replace('/', '_')}": value for key, value in metrics.items()}
+
+
 def check_finite_metrics(metrics: dict[str, float]) -> None:
     """A stage's summary never holds NaN or inf: metrics.json, DVC and MLflow would show it as a result."""
     bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
@@ -69,6 +74,8 @@ def execute(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None
 
 
 def _execute_locked(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: str | None) -> dict[str, float]:
+    import mlflow
+
     from deepsweep.launch import fingerprint
     from deepsweep.training.resume import discard_checkpoint
     from deepsweep.tracking.runs import PARENT_RUN_ENV, start_run
@@ -83,6 +90,9 @@ def _execute_locked(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: st
             try:
                 metrics = stage.run(cfg, out, inputs, run.info.run_id)
                 check_finite_metrics(metrics)
+                # One name per number wherever it shows: the stage run and the pipeline run both say
+                # evaluate.accuracy, so a search_runs table over stages and jobs has one column for it.
+                mlflow.log_metrics(summary_metrics(name, metrics))
             except NonFiniteError as exc:
                 raise NonFiniteError(f"stage {name}: {exc}") from None
             write_json(out / RUN_FILE, {"stage": name, "run_id": run.info.run_id, "pipeline_id": pipeline_id,
@@ -130,7 +140,7 @@ def run_all(cfg: DictConfig, workdir: Path, run_name: str = "pipeline", tags: di
             else:
                 resume = False  # what follows a rerun stage reads its new outputs: rerun it too
                 metrics = execute(name, cfg, workdir, pipeline_id=pipeline_id)
-            stage_summary = {f"{name}.{k.replace('/', '_')}": v for k, v in metrics.items()}
+            stage_summary = summary_metrics(name, metrics)
             mlflow.log_metrics(stage_summary)
             summary.update(stage_summary)
         mlflow.set_tag("deepsweep.pipeline_id", pipeline_id)

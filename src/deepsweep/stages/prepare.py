@@ -44,6 +44,4 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     meta["dataset"] = cfg.data.name
     write_json(out / "meta.json", meta)
     mlflow.log_dict(meta, "meta.json")
-    metrics = {f"n_{k}": float(v) for k, v in meta["sizes"].items()}
-    mlflow.log_metrics(metrics)
-    return metrics
+    return {f"n_{k}": float(v) for k, v in meta["sizes"].items()}

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from deepsweep import factory
 from deepsweep.training import fit
+from deepsweep.training.fit import CURVES_FILE, write_curves
 from deepsweep.data.loaders import PreparedData
 from deepsweep.errors import ConfigError
 from deepsweep.tracking.runs import log_artifact
@@ -20,6 +21,7 @@ SCORES_FILE = "test_scores.pt"
 
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     if cfg.pretrain.name == "none":
+        write_curves(out / CURVES_FILE, {})  # no epochs: the DVC plot of pretraining is empty, not missing
         return {}
     data = PreparedData.load(inputs["prepare"])
     model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))

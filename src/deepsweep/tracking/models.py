@@ -63,8 +63,9 @@ def input_example(data) -> Any:
     """A few real test inputs: images or sequences as an array, a graph as its first nodes and their edges."""
     if data.kind == "graph":
         x, edge_index = data.graph["x"], data.graph["edge_index"]
-        keep = (edge_index < EXAMPLE_ROWS).all(dim=0)
-        return {"x": x[:EXAMPLE_ROWS].numpy(), "edge_index": edge_index[:, keep].numpy().astype(np.int64)}
+        kept = edge_index[:, (edge_index < EXAMPLE_ROWS).all(dim=0)]
+        kept = kept[:, kept[1].argsort(stable=True)]  # sorted by target node, as some aggregations (LSTM) require
+        return {"x": x[:EXAMPLE_ROWS].numpy(), "edge_index": kept.numpy().astype(np.int64)}
     return data.test.x[:EXAMPLE_ROWS].numpy()
 
 

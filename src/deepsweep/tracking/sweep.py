@@ -11,16 +11,62 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from deepsweep.tracking.runs import PARENT_RUN_ENV
 
 PARENT_FILE = "mlflow_parent_run_id"
 DONE_DIR = ".jobs_done"
+TOTAL_FILE = ".jobs_total"  # "<total jobs or empty> <start time>": what the progress lines count against
+
+
+def total_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep runs: an Optuna search's n_trials, else the product of the swept values
+    (choices, ranges, globs over a group's options); None when that cannot be told up front."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob, IntervalSweep
+
+    from deepsweep.config import options
+
+    trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
+    if trials is not None:
+        return int(trials)
+    total = 1
+    try:
+        for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+            if not override.is_sweep_override():
+                continue
+            value = override.value()
+            if isinstance(value, IntervalSweep):
+                return None
+            if isinstance(value, Glob):
+                total *= len(value.filter(options(override.get_key_element())))
+            else:
+                total *= len(list(override.sweep_string_iterator()))
+    except Exception:  # a launcher's own syntax: progress without a total then
+        return None
+    return total
+
+
+def progress_text(sweep_dir: Path, done: int, failed: int) -> str:
+    """``5/8 jobs done, 1 failed, 0:00:42 left`` (from the mean job time so far, across parallel workers)."""
+    try:
+        total_text, started = (sweep_dir / TOTAL_FILE).read_text().split(" ")
+        total = int(total_text) if total_text else None
+        elapsed = time.time() - float(started)
+    except (OSError, ValueError):
+        total, elapsed = None, None
+    text = f"{done}/{total} jobs done" if total else f"{done} jobs done"
+    text += f", {failed} failed"
+    if total and elapsed is not None and 0 < done < total:
+        left = round(elapsed / done * (total - done))
+        text += f", {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d} left"
+    return text
 
 
 def _resumable_parent(client: Any, sweep_dir: Path) -> str | None:
@@ -84,6 +130,8 @@ class MlflowSweepCallback(Callback):
             ).info.run_id
             (sweep_dir / PARENT_FILE).write_text(run_id)
         shutil.rmtree(sweep_dir / DONE_DIR, ignore_errors=True)
+        (sweep_dir / DONE_DIR).mkdir()
+        (sweep_dir / TOTAL_FILE).write_text(f"{total_jobs(config) or ''} {time.time()}")
         os.environ[PARENT_RUN_ENV] = run_id
         # If the sweep process dies (Ctrl-C, a launcher error), the parent run must not stay RUNNING.
         atexit.register(_fail_if_running, run_id)
@@ -96,18 +144,19 @@ class MlflowSweepCallback(Callback):
 
         if config.hydra.mode != RunMode.MULTIRUN:  # Hydra calls job hooks for a single run too
             return
-        done_dir = Path(config.hydra.sweep.dir) / DONE_DIR
+        sweep_dir = Path(config.hydra.sweep.dir)
+        done_dir = sweep_dir / DONE_DIR
         done_dir.mkdir(parents=True, exist_ok=True)
         num = config.hydra.job.num
-        (done_dir / str(num)).touch()
         try:
             value = job_return.return_value
             failed = value != value  # a job that fails returns NaN (cli.run), so the sweep goes on
         except Exception:
             failed = True
-        logging.getLogger("deepsweep").info(
-            "sweep progress: %d jobs done (job %s %s)", len(list(done_dir.iterdir())), num,
-            "FAILED" if failed else "finished")
+        (done_dir / f"{num}{'.failed' if failed else ''}").touch()
+        marks = [p.name for p in done_dir.iterdir()]
+        logging.getLogger("deepsweep").info("sweep progress: %s (job %s %s)", progress_text(
+            sweep_dir, len(marks), sum(m.endswith(".failed") for m in marks)), num, "FAILED" if failed else "finished")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from deepsweep.tracking.report import finish_sweep

@@ -62,6 +62,39 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
+CURVES_FILE = "curves.csv"
+# The columns every curves.csv starts with (empty where a task logs no such value), so one DVC plot
+# definition fits every pretraining objective and family.
+CURVE_COLUMNS = ("train_loss", "val_loss", "val_acc")
+
+
+def write_curves(path: Path, history: dict[int, dict[str, float]]) -> None:
+    """Per-epoch metrics as CSV (``epoch,train_loss,val_loss,val_acc,...``): the DVC plots of a stage."""
+    import csv
+
+    rows = {epoch: {key.replace("/", "_"): value for key, value in metrics.items()} for epoch, metrics in history.items()}
+    extra = sorted({key for row in rows.values() for key in row} - set(CURVE_COLUMNS) - {"epoch"})
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *CURVE_COLUMNS, *extra])
+        for epoch in sorted(rows):
+            writer.writerow([epoch, *(rows[epoch].get(key, "") for key in (*CURVE_COLUMNS, *extra))])
+
+
+def progress(cfg: DictConfig) -> str:
+    """How a fit shows progress: ``trainer.progress``, where ``auto`` is Lightning's bar on a terminal, one line
+    per epoch elsewhere, and nothing inside a sweep job (the sweep reports jobs done, failed and left)."""
+    import os
+    import sys
+
+    chosen = str(cfg.trainer.get("progress", "auto"))
+    if chosen != "auto":
+        return chosen
+    if os.environ.get("DEEPSWEEP_PARENT_RUN_ID"):  # tracking.runs.PARENT_RUN_ENV: set for sweep jobs
+        return "none"
+    return "bar" if sys.stdout.isatty() else "epochs"
+
+
 def build_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: list, root_dir: str | Path,
                   manual_optimization: bool = False):
     """The Lightning trainer of ``cfg.trainer``. ``manual_optimization``: the task steps its optimizer itself
@@ -78,7 +111,7 @@ def build_trainer(cfg: DictConfig, max_epochs: int, logger: Any, callbacks: list
         precision=t.precision,
         gradient_clip_val=None if manual_optimization else t.gradient_clip_val,
         deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=progress(cfg) == "bar",
         # Best weights are kept in memory (tasks.common.BestWeights) and saved once by the stage; the only
         # checkpoints written are the opt-in resume ones (training.resume).
         enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
@@ -122,6 +155,10 @@ def fit(cfg: DictConfig, task, train_loader, val_loader, out: Path, *, stage: st
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if progress(cfg) == "epochs":
+        from deepsweep.training.callbacks import EpochLines
+
+        callbacks.append(EpochLines(stage))
     resume = Resume(cfg, Path(out).parent, stage)
     callbacks += resume.callbacks(train_loader)
     logger = None
@@ -138,6 +175,9 @@ def fit(cfg: DictConfig, task, train_loader, val_loader, out: Path, *, stage: st
 
         torch.cuda.synchronize(trainer.strategy.root_device)
     fit_seconds = time.perf_counter() - start
+    if logger is not None:
+        logger.flush()
+        write_curves(Path(out) / CURVES_FILE, logger.history)
 
     best_score, best_epoch = best.result(trainer)
     result = FitResult(best_score=best_score, best_epoch=best_epoch, epochs=best.epochs(trainer),

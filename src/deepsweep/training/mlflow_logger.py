@@ -29,6 +29,7 @@ class MlflowRunLogger(Logger):
         self._client = None
         self.flush_seconds = flush_seconds
         self._pending: list = []
+        self.history: dict[int, dict[str, float]] = {}  # epoch -> its metrics: the stage's curves.csv
         self._last_flush = float("-inf")  # the first epoch's metrics are written at once
 
     @property
@@ -65,6 +66,7 @@ class MlflowRunLogger(Logger):
         step = int(epoch) if epoch is not None else int(step or 0)
         now = int(time.time() * 1000)
         self._pending += [Metric(f"{self.prefix}{k}", float(v), now, step) for k, v in metrics.items()]
+        self.history.setdefault(step, {}).update({k: float(v) for k, v in metrics.items()})
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
