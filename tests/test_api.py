@@ -60,6 +60,12 @@ def test_load_sweep_gives_one_row_per_job(tmp_path, isolated_tracking):
     done = deepsweep_cli("run", "-m", "seed=0,1", *FAST, f"hydra.sweep.dir={sweep}", "hydra.launcher.n_jobs=1",
                          env={"MLFLOW_TRACKING_URI": f"sqlite:///{isolated_tracking}"})
     assert done.returncode == 0, done.stderr[-2000:]
+    # Progress against the total, failures and time left; no per-epoch lines from inside sweep jobs.
+    progress = [line.split(" - ")[1] for line in done.stdout.splitlines() + done.stderr.splitlines()
+                if "sweep progress" in line]
+    assert progress[0].startswith("sweep progress: 1/2 jobs done, 0 failed, 0:0") and " left (job " in progress[0]
+    assert progress[1].startswith("sweep progress: 2/2 jobs done, 0 failed (job 1 finished)"), progress
+    assert " epoch " not in done.stderr
     table = deepsweep.load_sweep(sweep)
     assert sorted(table["params.seed"]) == ["0", "1"] and set(table["status"]) == {"FINISHED"}
     assert table["metrics.evaluate.accuracy"].notna().all()

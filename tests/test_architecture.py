@@ -77,3 +77,7 @@ def test_a_new_objective_is_one_class_and_one_yaml_file(tmp_path):
     assert pretrain["best_val_loss"] < 0.9 * 1.3863, pretrain  # chance: cross-entropy of 4 equal guesses
     assert (tmp_path / "run" / "pretrain" / "encoder.pt").is_file()
     assert (tmp_path / "run" / "evaluate" / "metrics.json").is_file()
+    # Not a terminal: one progress line per epoch (trainer.progress=auto), the new objective's included.
+    lines = [line for line in result.stderr.splitlines() if " epoch " in line]
+    assert [line.split(":")[0] for line in lines] == [*(f"pretrain epoch {e}/4" for e in range(1, 5)), "finetune epoch 1/1"]
+    assert "train/loss" in lines[0] and "val/loss" in lines[0]

@@ -48,7 +48,18 @@ def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
     assert finetune.data.params["model.hidden_dims"] == "[128, 64]"
     history = mlflow.MlflowClient().get_metric_history(finetune.info.run_id, "val/loss")
     assert [m.step for m in history] == [0, 1]  # one point per epoch
+    # One name per number: each stage run says <stage>.<metric>, as the pipeline run and sweep reports do.
     assert runs["evaluate"].data.metrics["evaluate.accuracy"] == pytest.approx(metrics["accuracy"])
+    assert set(runs["prepare"].data.metrics) == {"prepare.n_train", "prepare.n_val", "prepare.n_test"}
+    assert runs["pretrain"].data.metrics["pretrain.best_val_loss"] > 0
+    assert finetune.data.metrics["finetune.best_val_acc"] > 0.5 and finetune.data.params["experiment_name"] == "none"
+    # The data actually written, as MLflow dataset inputs: split, size and digest of the arrays.
+    inputs = mlflow.get_run(runs["prepare"].info.run_id).inputs.dataset_inputs
+    assert sorted(i.dataset.name for i in inputs) == ["digits-test", "digits-train", "digits-val"]
+    assert {i.tags[0].value for i in inputs} == {"train", "val", "test"} and all(i.dataset.digest for i in inputs)
+    # The learning curves DVC plots, in the stage output.
+    curves = (artifacts / "finetune" / "curves.csv").read_text().splitlines()
+    assert curves[0].startswith("epoch,train_loss,val_loss,val_acc,") and len(curves) == 3
     artifacts_logged = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["evaluate"].info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts_logged and "evaluation/roc_curve.png" in artifacts_logged
     ckpt = {a.path for a in mlflow.MlflowClient().list_artifacts(finetune.info.run_id, "checkpoints")}

@@ -17,6 +17,26 @@ from deepsweep.data.sources import load_splits
 from deepsweep.utils.io import write_json
 
 
+def log_datasets(cfg: DictConfig, splits: Mapping[str, tuple]) -> None:
+    """Each split as an MLflow dataset input of the prepare run (the UI's Datasets column): named after the
+    data option and split, with the digest of the arrays actually written and where they came from (the
+    canonical URL of a fetched data set, else the loader)."""
+    import mlflow
+    import numpy as np
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    from deepsweep.data.downloads import CATALOG
+
+    catalog = CATALOG.get(cfg.data.name)
+    origin = (HTTPDatasetSource(catalog.files[0].url) if catalog else
+              CodeDatasetSource({"loader": str(cfg.data.get("_target_")), "root": str(cfg.data.get("root"))}))
+    for split, (x, y) in splits.items():
+        dataset = mlflow.data.from_numpy(np.asarray(x), targets=np.asarray(y), source=origin,
+                                         name=f"{cfg.data.name}-{split}")
+        mlflow.log_input(dataset, context=split)
+
+
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     import mlflow
 
@@ -44,4 +64,9 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     meta["dataset"] = cfg.data.name
     write_json(out / "meta.json", meta)
     mlflow.log_dict(meta, "meta.json")
+    if source.kind == "graph":
+        log_datasets(cfg, {split: (graph["x"][graph[f"{split}_mask"]], graph["y"][graph[f"{split}_mask"]])
+                           for split in ("train", "val", "test")})
+    else:
+        log_datasets(cfg, {name: (getattr(splits, name).x, getattr(splits, name).y) for name in ("train", "val", "test")})
     return {f"n_{k}": float(v) for k, v in meta["sizes"].items()}
