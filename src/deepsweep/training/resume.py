@@ -26,7 +26,7 @@ class Resume:
             from deepsweep.errors import ConfigError
 
             raise ConfigError(f"trainer.checkpoint_every_n_epochs: must be >= 0 (0 = off), got {self.every}")
-        self.folder = Path(artifacts) / f"{stage}.resume"
+        self.folder = resume_folder(artifacts, stage)
         self.cfg = cfg
 
     @functools.cached_property
@@ -45,8 +45,8 @@ class Resume:
 
         from deepsweep.training.callbacks import random_states
 
-        if self.checkpoint() is None:
-            self.done()
+        if self.checkpoint() is None:  # another config's, or none: start clean
+            shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / FINGERPRINT).write_text(self.fingerprint)
         # No monitor and top-1: the newest epoch, overwritten in place as last.ckpt.
@@ -72,10 +72,12 @@ class Resume:
         trainer.fit(task, *loaders, ckpt_path=checkpoint)
         # Kept until the stage's output is committed (stages.pipeline calls discard_checkpoint).
 
-    def done(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+
+def resume_folder(artifacts: Path, stage: str) -> Path:
+    """Where a stage's resume checkpoint lives: beside its output folder, outside what DVC tracks of it."""
+    return Path(artifacts) / f"{stage}.resume"
 
 
 def discard_checkpoint(artifacts: Path, stage: str) -> None:
-    """Remove a stage's resume checkpoint: called once its output is committed, never before."""
-    shutil.rmtree(Path(artifacts) / f"{stage}.resume", ignore_errors=True)
+    """Remove a stage's resume checkpoint: once its output is committed, or when it belongs to another config."""
+    shutil.rmtree(resume_folder(artifacts, stage), ignore_errors=True)
