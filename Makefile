@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds vanishing pretraining anomaly results results-quick
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds vanishing pretraining anomaly results results-quick losses
 
 venv: $(VENV)/.installed
 
@@ -78,6 +78,11 @@ cora-seeds: venv
 
 # Memory over growing sequence length: RNN vs LSTM vs GRU on the first-bit task, 3 seeds each
 # (report in outputs/sweeps/vanishing_gradients/sweep_report.md; README quotes it).
+# The loss group compared on digits: every option, no pretraining, 3 seeds (README, "Losses compared").
+losses: venv
+	$(BIN)/deepsweep run -m loss=cross_entropy,label_smoothing,focal,multi_margin,mse pretrain=none seed=0,1,2 \
+	  hydra.sweep.dir=outputs/sweeps/losses
+
 vanishing: venv
 	$(BIN)/deepsweep run -m experiment=vanishing_gradients model=rnn,lstm,gru data.length=10,25,50,100 seed=0,1,2 \
 	  hydra.sweep.dir=outputs/sweeps/vanishing_gradients

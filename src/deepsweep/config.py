@@ -27,6 +27,7 @@ GROUPS = (
     "activation",
     "init",
     "regularizer",
+    "loss",
     "optimizer",
     "scheduler",
     "pretrain",

@@ -124,6 +124,11 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("regularizer.dropout", PROBABILITY),
     ("regularizer.early_stopping_patience", COUNT),
     ("regularizer.*", NON_NEGATIVE),  # l1, l2
+    # loss
+    ("loss.label_smoothing", PROBABILITY),
+    ("loss.gamma", NON_NEGATIVE),
+    ("loss.margin", POSITIVE),
+    ("loss.p", Rule("1 or 2", lambda v, _cfg: _integer(v) and v in (1, 2))),
     # optimizer (and the pretrain stage's fields of it)
     ("*.lr", POSITIVE),
     ("*.betas", Rule("two numbers in [0, 1), e.g. [0.9, 0.999]",

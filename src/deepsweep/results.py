@@ -278,6 +278,20 @@ def _cora_inductive(quick: bool) -> tuple[list[list[str]], str]:
     return table, f"`make cora-seeds` (the inductive sweep): {len(rows)} jobs, {_seconds(seconds)}"
 
 
+LOSS_OPTIONS = ("cross_entropy", "label_smoothing", "focal", "multi_margin", "mse")
+LOSSES = Sweep("losses", ["make", "losses"])
+
+
+def _losses(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = LOSSES.run()
+    rows = LOSSES.rows()
+    metrics = (*TRIPLE, "loss")
+    table = [[f"`{name}`", *(_stat(_where(rows, **{"loss.name": name}), f"evaluate.{k}", 4) for k in metrics),
+              _stat(_where(rows, **{"loss.name": name}), "finetune.epochs_trained", 1)]
+             for name in LOSS_OPTIONS]
+    return table, f"`make losses`: {len(rows)} jobs, {_seconds(seconds)}"
+
+
 TABLES = [
     Table("pipelines", ["pipeline", "accuracy", "macro F1", "ROC-AUC", "wall time", "command"], _pipelines,
           quick_rows=3),
@@ -292,6 +306,7 @@ TABLES = [
     Table("cora", ["experiment", "test accuracy", "macro F1", "ROC-AUC (OvR)", "published accuracy"], _cora),
     Table("cora_inductive", ["pretrain (50 epochs)", "test accuracy", "macro F1", "ROC-AUC (OvR)",
                              "linear probe accuracy"], _cora_inductive),
+    Table("losses", ["loss", "test accuracy", "macro F1", "ROC-AUC", "test cross-entropy", "epochs trained"], _losses),
 ]
 
 

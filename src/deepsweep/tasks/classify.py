@@ -1,9 +1,9 @@
-"""Supervised classification: cross-entropy on a family's logits, plus the regularizer's penalty."""
+"""Supervised classification: the loss group's loss (cross-entropy by default) on a family's logits, plus the
+regularizer's penalty."""
 
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from deepsweep.models.base import Family
 from deepsweep.tasks.batches import outputs_and_targets
@@ -38,13 +38,13 @@ class ClassifyTask(LossTask):
 
     def training_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         logits, y = self.logits_and_targets(batch)
-        loss = self.regularization.penalized(F.cross_entropy(logits, y), self.model)
+        loss = self.regularization.penalized(self.criterion(logits, y), self.model)
         self.track("train/loss", loss, len(y))
         return loss
 
     def validation_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         logits, y = self.logits_and_targets(batch)
-        self.track("val/loss", F.cross_entropy(logits, y), len(y))
+        self.track("val/loss", self.criterion(logits, y), len(y))
         self._val_predictions.append((logits.argmax(dim=-1), y))
 
     def on_validation_epoch_end(self) -> None:

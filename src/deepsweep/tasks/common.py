@@ -60,6 +60,7 @@ class TaskSetup:
     activation: Callable[[], nn.Module] = nn.ReLU
     steps_per_call: int = 1
     gradient_clip_val: float | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(default_factory=nn.CrossEntropyLoss)
     name: str = "this task"  # how messages name the objective, e.g. "pretrain=gan"
 
 
@@ -172,6 +173,7 @@ class Task(EpochLoggingMixin, L.LightningModule):
         self.optimizer_factory = setup.optimizer
         self.scheduler_factory = setup.scheduler
         self.regularization = setup.regularization
+        self.criterion = setup.loss  # the loss group: what supervised tasks minimize
         self.gradient_clip_val = setup.gradient_clip_val
         self.steps_per_call = 1 if self.steps_by_hand else setup.steps_per_call
 
