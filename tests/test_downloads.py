@@ -106,7 +106,7 @@ def test_unreachable_source_is_one_line_naming_the_url(tmp_path):
 @requires_shared("ecg200")
 def test_dvc_fetches_a_pipelines_data_first_in_a_fresh_clone(project_copy, monkeypatch):
     """A clone has no data/: a ready-made pipeline (its own DVC project) starts with its fetch stage, whose
-    output (the files' sha256) and the raw folder are prepare's deps; then the stage is up to date."""
+    output (the files' sha256) is prepare's dependency; prepare runs (and would fetch a missing file itself)."""
     shutil.copytree(ROOT / "pipelines" / "ecg_gru", project_copy / "pipelines" / "ecg_gru",
                     ignore=shutil.ignore_patterns("artifacts", "dvc.lock", "fetched.json", "tmp", "cache"))
     monkeypatch.setenv("DEEPSWEEP_ROOT", "")
@@ -114,11 +114,16 @@ def test_dvc_fetches_a_pipelines_data_first_in_a_fresh_clone(project_copy, monke
     assert not (project_copy / "data/ecg200").exists()
     dry = subprocess.run([*dvc, "repro", "--dry"], cwd=project_copy, capture_output=True, text=True)
     assert dry.stdout.startswith("Running stage 'fetch':\n> deepsweep fetch ecg200 --manifest fetched.json"), dry.stdout
-    done = subprocess.run([*dvc, "repro", "fetch"], cwd=project_copy, capture_output=True, text=True)
+    done = subprocess.run([*dvc, "repro", "prepare"], cwd=project_copy, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (project_copy / "data/ecg200/raw/ECG200_TEST.txt").read_bytes() == \
         (SHARED_DATA / "ecg200/raw/ECG200_TEST.txt").read_bytes()
     manifest = json.loads((project_copy / "pipelines/ecg_gru/fetched.json").read_text())
     assert manifest["sha256"] == {raw.name: raw.sha256 for raw in CATALOG["ecg200"].files}
-    status = subprocess.run([*dvc, "status", "fetch"], cwd=project_copy, capture_output=True, text=True)
-    assert "up to date" in status.stdout, status.stdout
+    assert (project_copy / "pipelines/ecg_gru/artifacts/prepare/meta.json").is_file()
+    # data/ deleted (as in a clone whose fetch stage DVC finds up to date): prepare fetches the files itself.
+    shutil.rmtree(project_copy / "data")
+    again = subprocess.run([*dvc, "repro", "--force", "--single-item", "prepare"], cwd=project_copy,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert (project_copy / "data/ecg200/raw/ECG200_TRAIN.txt").is_file()

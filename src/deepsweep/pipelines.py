@@ -49,8 +49,8 @@ MANIFEST = "fetched.json"
 
 def pipeline_dvc_yaml(name: str, root_text: str) -> str:
     """``pipelines/<name>/dvc.yaml``: the root's stages, paths from that folder; for raw data, a first stage
-    ``fetch`` (``deepsweep fetch``, whose output is the manifest of the verified files' sha256) and the raw
-    folder, as deps of ``prepare``."""
+    ``fetch`` (``deepsweep fetch``, whose output is the manifest of the verified files' sha256) as a dep of
+    ``prepare`` (a data set outside the catalog: its folder)."""
     from deepsweep.data.downloads import CATALOG
 
     cfg = validate(compose([f"experiment={name}"]))
@@ -60,7 +60,10 @@ def pipeline_dvc_yaml(name: str, root_text: str) -> str:
         folder = paths.project_root() / "pipelines" / name
         # normpath, not resolve(): a symlinked data folder keeps the path the config gives (the same in every clone)
         data = Path(os.path.relpath(os.path.normpath(paths.home_root() / os.path.expanduser(cfg.data.root)), folder))
-        deps = [MANIFEST, str(data)] if cfg.data.name in CATALOG else [str(data)]
+        # A fetched data set is a dependency through its manifest (the sha256 every file prepare reads must
+        # match, and prepare fetches what is missing): the raw folder itself is not, since DVC refuses to run
+        # a stage whose dependency is missing, and a clone, or a cleaned data/, has none.
+        deps = [MANIFEST] if cfg.data.name in CATALOG else [str(data)]
         stages = re.sub(r"(  prepare:\n    cmd: [^\n]*\n    deps:\n)", "\\1" + "".join(f"      - {d}\n" for d in deps),
                         stages, count=1)
         if cfg.data.name in CATALOG:

@@ -6,6 +6,7 @@
     deepsweep options [GROUP]                 list the config groups and their options
     deepsweep fetch [DATASET...]              download raw data sets into data/, sha256-checked
     deepsweep register TARGET [--name NAME]   register a run's (or a sweep's best job's) model in MLflow
+    deepsweep study [NAME] [--budget small]  run a study (a course claim as a sweep), write docs/studies/NAME.md
     deepsweep pipelines [--check]             regenerate (or check) dvc.yaml code deps and pipelines/*
     deepsweep results [--quick] [TABLE...]    rerun what README's result tables quote and rewrite them
 
@@ -100,6 +101,19 @@ def _cmd_register(args: argparse.Namespace) -> int:
     mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": args.tracking_uri}})))
     version = register(args.target, args.name)
     print(f"registered models:/{version.name}/{version.version} (finetune run {version.run_id or version.tags})")
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from deepsweep import studies
+
+    if args.list or not args.name:
+        for name in studies.NAMES:
+            study = studies.load(name)
+            print(f"{name}: {study.claim}")
+        return 0
+    path = studies.run(args.name, args.budget, Path(args.out) if args.out else None)
+    print(f"wrote {path}")
     return 0
 
 
@@ -322,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="registered model name (default: deepsweep-<model>-<data>)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.set_defaults(func=_cmd_register)
+    p = sub.add_parser("study", help="run a study (a claim of the course as a sweep) and write its page in docs/studies/")
+    p.add_argument("name", nargs="?", help="the study (--list shows them)")
+    p.add_argument("--list", action="store_true", help="list the studies and their claims")
+    p.add_argument("--budget", default="full", help="full (what the page reports) or small (a few short jobs)")
+    p.add_argument("--out", help="folder for the page and figures (default: docs/studies)")
+    p.set_defaults(func=_cmd_study)
     p = sub.add_parser("results", help="rerun what README's result tables quote and rewrite them (--quick: check a few rows)")
     p.add_argument("tables", nargs="*", help="tables to redo (default: all): pipelines, pretrained, pretraining, "
                                               "anomaly, vanishing, cora, cora_inductive")

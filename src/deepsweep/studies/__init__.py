@@ -1,0 +1,172 @@
+"""Studies: a claim of the course as one command, answered by a sweep and a page with figures.
+
+A study is a sweep (which groups and values, seeds, budget) plus the code that reads the sweep's MLflow runs
+into a table, figures and a verdict. ``deepsweep study <name>`` runs the sweep (``deepsweep run -m``: the
+same launcher, records and checks as any sweep), then writes ``docs/studies/<name>.md`` with its PNGs: the
+claim as the course states it, what was measured (mean +/- std over seeds), and whether it held.
+``--budget small`` runs a few short jobs (the tests use it); ``full`` is what the page reports.
+
+Adding a study is one module here with a ``STUDY`` and its name in ``NAMES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+NAMES = ("optimizers", "regularization")
+BUDGETS = ("small", "full")
+
+
+@dataclass
+class Finding:
+    """What a study's analysis found: a Markdown table, figures (written into the page's folder), one
+    sentence of what was measured and whether the claim held (``yes``, ``no`` or ``in part``)."""
+
+    table: str
+    measured: str
+    held: str
+    figures: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    claim: str  # as the course states it
+    setup: str  # what runs, in words
+    sweeps: dict[str, list[str]]  # budget -> the overrides of `deepsweep run -m`
+    analyze: Callable[[list[dict], Path, str], Finding]  # (finished job rows, figure folder, budget)
+
+
+def load(name: str) -> Study:
+    from deepsweep.errors import ConfigError
+
+    if name not in NAMES:
+        raise ConfigError(f"study: unknown study {name!r}; allowed: {', '.join(NAMES)}")
+    return importlib.import_module(f"deepsweep.studies.{name}").STUDY
+
+
+# --- reading a sweep ------------------------------------------------------------------------------------
+
+def mean_std(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} +/- {spread:.{digits}f}"
+
+
+def group(rows: list[dict], key: str) -> dict[str, list[dict]]:
+    """Rows by the value of param ``key``, in the order first seen."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["params"].get(key, ""), []).append(row)
+    return groups
+
+
+def history(row: dict, metric: str, stage: str = "finetune") -> list[tuple[int, float, float]]:
+    """``(epoch, value, seconds since the stage run started)`` of a per-epoch metric of a job's stage run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run_id = row["stage_runs"].get(stage)
+    if not run_id:
+        return []
+    start = client.get_run(run_id).info.start_time
+    points = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+    return [(m.step, m.value, (m.timestamp - start) / 1000) for m in points]
+
+
+def mean_curve(rows: list[dict], metric: str, stage: str = "finetune") -> list[tuple[int, float, float]]:
+    """The per-epoch mean over ``rows`` (seeds) of ``history``, over the epochs every row has."""
+    curves = [history(row, metric, stage) for row in rows]
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    epochs = min(len(c) for c in curves)
+    return [(curves[0][i][0], statistics.mean(c[i][1] for c in curves), statistics.mean(c[i][2] for c in curves))
+            for i in range(epochs)]
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# --- running one ----------------------------------------------------------------------------------------
+
+def sweep_dir(name: str, budget: str) -> Path:
+    from deepsweep import paths
+
+    return paths.project_root() / "outputs" / "sweeps" / f"study_{name}_{budget}"
+
+
+def run_sweep(study: Study, budget: str) -> tuple[list[dict], float]:
+    """Run the study's sweep for ``budget`` afresh; its finished jobs' rows and the wall time."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from deepsweep import paths
+    from deepsweep.tracking.report import sweep_rows
+    from deepsweep.tracking.runs import tracking_uri
+    from deepsweep.tracking.sweep import PARENT_FILE
+
+    folder = sweep_dir(study.name, budget)
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [sys.executable, "-m", "deepsweep", "run", "-m", *study.sweeps[budget], f"hydra.sweep.dir={folder}"]
+    start = time.monotonic()
+    subprocess.run(command, cwd=paths.project_root(), check=True)
+    seconds = time.monotonic() - start
+    mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": None}})))
+    rows = [r for r in sweep_rows((folder / PARENT_FILE).read_text().strip()) if r["status"] == "FINISHED"]
+    if not rows:
+        raise RuntimeError(f"study {study.name}: no job of the sweep finished (see {folder})")
+    return rows, seconds
+
+
+def command_line(study: Study, budget: str) -> str:
+    return f"deepsweep study {study.name}" + (f" --budget {budget}" if budget != "full" else "")
+
+
+def page(study: Study, finding: Finding, budget: str, jobs: int, seconds: float, folder: Path) -> str:
+    from deepsweep.results import machine
+
+    figures = "\n".join(f"![{p.stem}]({p.name})" for p in finding.figures)
+    return "\n".join([
+        f"# Study: {study.title}", "",
+        f"**Claim** (as the course states it): {study.claim}", "",
+        f"**Held:** {finding.held}. {finding.measured}", "",
+        f"**Setup:** {study.setup}", "",
+        f"**Command:** `{command_line(study, budget)}` (the sweep: `deepsweep run -m {' '.join(study.sweeps[budget])}`)", "",
+        finding.table, "",
+        figures, "",
+        f"(Generated by `{command_line(study, budget)}` on {machine()}: {jobs} jobs finished, "
+        f"{seconds / 60:.1f} min.)", ""])
+
+
+def run(name: str, budget: str = "full", out: Path | None = None) -> Path:
+    """Run study ``name`` and write its page (``docs/studies/<name>.md`` unless ``out`` names a folder)."""
+    from deepsweep import paths
+    from deepsweep.errors import ConfigError
+
+    study = load(name)
+    if budget not in BUDGETS:
+        raise ConfigError(f"study --budget: {budget!r}; allowed: {', '.join(BUDGETS)}")
+    folder = Path(out) if out is not None else paths.project_root() / "docs" / "studies"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, seconds = run_sweep(study, budget)
+    finding = study.analyze(rows, folder, budget)
+    path = folder / f"{name}.md"
+    path.write_text(page(study, finding, budget, len(rows), seconds, folder))
+    return path
