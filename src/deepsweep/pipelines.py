@@ -67,9 +67,11 @@ def pipeline_dvc_yaml(name: str, root_text: str) -> str:
         stages = re.sub(r"(  prepare:\n    cmd: [^\n]*\n    deps:\n)", "\\1" + "".join(f"      - {d}\n" for d in deps),
                         stages, count=1)
         if cfg.data.name in CATALOG:
+            from deepsweep.provenance import stage_dependencies
+
+            code = "".join(f"      - ../../{dep}\n" for dep in stage_dependencies("fetch"))
             fetch = (f"  fetch:\n    cmd: deepsweep fetch {cfg.data.name} --manifest {MANIFEST}\n    deps:\n"
-                     f"      - ../../src/deepsweep/data/downloads.py\n    outs:\n      - {MANIFEST}:\n"
-                     f"          cache: false\n")
+                     f"{code}    outs:\n      - {MANIFEST}:\n          cache: false\n")
             stages = stages.replace("stages:\n", "stages:\n" + fetch, 1)
     header = (f"# Experiment conf/experiment/{name}.yaml as a DVC pipeline: the root dvc.yaml's stages, paths from this\n"
               f"# folder, its own DVC project (dvc init --subdir, so `dvc exp show` at the root shows the root pipeline\n"

@@ -128,12 +128,40 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imports(path: Path, module: str) -> set[str]:
+# The command module holds many commands, of which a DVC stage runs one: only the code reachable from its
+# functions counts (the `deepsweep study` command's lazy imports are not code `deepsweep stage` runs, and
+# counting them made every stage stale at each edit of a study).
+COMMAND_MODULE = "deepsweep.cli.main"
+STAGE_COMMAND = ("main", "_cmd_stage")  # deepsweep stage <name>
+FETCH_COMMAND = ("main", "_cmd_fetch")  # deepsweep fetch <data set> (the ready-made pipelines' fetch stage)
+
+
+def _reachable(tree: ast.Module, entries: tuple[str, ...]) -> list[ast.AST]:
+    """The module's top-level statements other than function definitions, plus the functions ``entries``
+    name and the module-level functions they call, transitively."""
+    functions = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    nodes: list[ast.AST] = [node for node in tree.body if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    todo, seen = list(entries), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in functions:
+            continue
+        seen.add(name)
+        nodes.append(functions[name])
+        todo.extend(call.func.id for call in ast.walk(functions[name])
+                    if isinstance(call, ast.Call) and isinstance(call.func, ast.Name))
+    return nodes
+
+
+def _imports(path: Path, module: str, command: tuple[str, ...] = STAGE_COMMAND) -> set[str]:
     """Every deepsweep module ``path`` imports, at the top or inside a function (an over-approximation of
-    what runs: a stage may import lazily, and lazily imported code is code it runs)."""
+    what runs: a stage may import lazily, and lazily imported code is code it runs); in the command module,
+    inside the functions ``command`` reaches."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    roots = _reachable(tree, command) if module == COMMAND_MODULE else [tree]
+    for node in (n for root in roots for n in ast.walk(root)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -159,7 +187,7 @@ def _config_targets() -> set[str]:
     return targets
 
 
-def module_closure(roots: set[str]) -> set[str]:
+def module_closure(roots: set[str], command: tuple[str, ...] = STAGE_COMMAND) -> set[str]:
     """The deepsweep modules reachable from ``roots`` through imports (parent packages included)."""
     seen: set[str] = set()
     todo = list(roots)
@@ -173,14 +201,17 @@ def module_closure(roots: set[str]) -> set[str]:
         seen.add(module)
         parts = module.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        todo.extend(_imports(path, module))
+        todo.extend(_imports(path, module, command))
     return seen
 
 
 def stage_modules(stage: str) -> list[Path]:
     """The package files ``deepsweep stage <stage>`` may execute: the command, the stage runner, the stage,
     and what the config's ``_target_``s build, with everything they import."""
-    roots = {"deepsweep.cli.main", "deepsweep.stages.pipeline", f"deepsweep.stages.{stage}"}
+    if stage == "fetch":
+        files = (_module_file(m) for m in module_closure({COMMAND_MODULE, "deepsweep.data.downloads"}, FETCH_COMMAND))
+        return sorted(p for p in files if p is not None)
+    roots = {COMMAND_MODULE, "deepsweep.stages.pipeline", f"deepsweep.stages.{stage}"}
     if stage != "prepare":
         roots |= _config_targets()
     else:

@@ -131,3 +131,13 @@ def test_tracking_uri_credentials_never_reach_params():
         log_params({"logger.tracking_uri": "https://me:s3cret@mlflow.example:443", "seed": 0})
     params = mlflow.MlflowClient().get_run(run.info.run_id).data.params
     assert params["logger.tracking_uri"] == "https://me:***@mlflow.example:443"
+
+
+def test_commands_a_stage_never_runs_are_not_its_dependencies():
+    """`deepsweep stage` reaches main() and _cmd_stage(): the study, results and pipelines commands' lazy
+    imports are no code of a stage, so editing a study leaves every pipeline up to date."""
+    for stage in ("prepare", "pretrain", "finetune", "evaluate"):
+        deps = provenance.stage_dependencies(stage)
+        assert not any(d.startswith(("src/deepsweep/studies", "src/deepsweep/results.py", "src/deepsweep/pipelines.py"))
+                       for d in deps), (stage, deps)
+        assert "src/deepsweep/stages/pipeline.py" in deps and "src/deepsweep/cli" in deps

@@ -49,16 +49,21 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
         lines.append(f"| `{name}` | {lr} | {mean_std([r['metrics']['finetune.best_val_loss'] for r in chosen])} | "
                      f"{mean_std([r['metrics']['evaluate.accuracy'] for r in chosen])} | "
                      f"{mean_std([mean_curve([r], 'val/loss')[-1][2] for r in chosen], 1)} |")
-    loss = {name: statistics.mean(r["metrics"]["finetune.best_val_loss"] for r in best[name][1]) for name in order}
+    values = {name: [r["metrics"]["finetune.best_val_loss"] for r in best[name][1]] for name in order}
+    loss = {name: statistics.mean(v) for name, v in values.items()}
+    spread = {name: statistics.stdev(v) if len(v) > 1 else 0.0 for name, v in values.items()}
     if "sgd" not in loss:
         return Finding("\n".join(lines), "Plain SGD was not in this budget's grid.", "not tested", [figure])
-    beaten = [name for name in ADAPTIVE_OR_MOMENTUM if name in loss and loss[name] < loss["sgd"]]
     tried = [name for name in ADAPTIVE_OR_MOMENTUM if name in loss]
+    # Lower than SGD by more than the larger of the two spreads over seeds: a difference, not noise.
+    beaten = [name for name in tried if loss["sgd"] - loss[name] > max(spread["sgd"], spread[name])]
     held = "yes" if tried and len(beaten) == len(tried) else ("in part" if beaten else "no")
     winner = min(loss, key=loss.get)
-    measured = (f"At its best learning rate, plain SGD reached a validation loss of {loss['sgd']:.3f}; "
-                f"{', '.join(beaten) or 'none'} of {', '.join(tried)} went lower; the lowest was `{winner}` "
-                f"({loss[winner]:.3f}).")
+    within = [name for name in tried if name not in beaten]
+    measured = (f"At its best learning rate, plain SGD reached a best validation loss of {loss['sgd']:.3f}; "
+                f"lower by more than the spread over seeds: {', '.join(beaten) or 'none'}"
+                + (f"; within the spread of SGD's or above it: {', '.join(within)}" if within else "")
+                + f". The lowest was `{winner}` ({loss[winner]:.3f}).")
     return Finding("\n".join(lines), measured, held, [figure])
 
 

@@ -57,8 +57,9 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     better = [name for name in others if statistics.mean(accuracy[name]) > base_acc]
     held = "yes" if len(narrower) == len(better) == len(others) else ("in part" if narrower or better else "no")
     measured = (f"Without regularization the final validation loss sat {base_gap:.3f} above the training loss and "
-                f"test accuracy was {base_acc:.3f}; the gap was narrower with {', '.join(narrower) or 'none'}, "
-                f"and test accuracy higher with {', '.join(better) or 'none'} (of {', '.join(others)}).")
+                f"test accuracy was {base_acc:.3f} (means over seeds); the gap was narrower with "
+                f"{', '.join(narrower) or 'none'}, and test accuracy higher with {', '.join(better) or 'none'} "
+                f"(of {', '.join(others)}).")
     return Finding("\n".join(lines), measured, held, [figure])
 
 
