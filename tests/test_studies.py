@@ -28,3 +28,8 @@ def test_small_budget_writes_the_page(tmp_path, isolated_tracking, name, figure)
     assert f"![{figure[:-4]}]({figure})" in page and (tmp_path / figure).stat().st_size > 10_000
     rows = [line for line in page.splitlines() if line.startswith("| `")]
     assert len(rows) == 2 and all("+/-" in row for row in rows), page
+    # --reuse rebuilds the page from the same sweep's runs: nothing runs, the same table comes back.
+    again = deepsweep_cli("study", name, "--budget", "small", "--out", str(tmp_path), "--reuse",
+                          env={"MLFLOW_TRACKING_URI": f"sqlite:///{isolated_tracking}"})
+    assert again.returncode == 0 and "sweep progress" not in again.stderr, again.stderr[-2000:]
+    assert [line for line in (tmp_path / f"{name}.md").read_text().splitlines() if line.startswith("| `")] == rows

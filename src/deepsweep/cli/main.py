@@ -112,7 +112,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
             study = studies.load(name)
             print(f"{name}: {study.claim}")
         return 0
-    path = studies.run(args.name, args.budget, Path(args.out) if args.out else None)
+    path = studies.run(args.name, args.budget, Path(args.out) if args.out else None, reuse=args.reuse)
     print(f"wrote {path}")
     return 0
 
@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="list the studies and their claims")
     p.add_argument("--budget", default="full", help="full (what the page reports) or small (a few short jobs)")
     p.add_argument("--out", help="folder for the page and figures (default: docs/studies)")
+    p.add_argument("--reuse", action="store_true", help="rebuild the page from the study's last sweep, running nothing")
     p.set_defaults(func=_cmd_study)
     p = sub.add_parser("results", help="rerun what README's result tables quote and rewrite them (--quick: check a few rows)")
     p.add_argument("tables", nargs="*", help="tables to redo (default: all): pipelines, pretrained, pretraining, "

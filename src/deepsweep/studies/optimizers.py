@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, group, mean_curve, mean_std, pyplot
+from deepsweep.studies import Finding, Study, clearly_below, group, mean_curve, mean_std, pyplot
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adadelta", "lbfgs")
 GRID = ("0.001", "0.01", "0.1", "1.0")
@@ -51,12 +51,10 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
                      f"{mean_std([mean_curve([r], 'val/loss')[-1][2] for r in chosen], 1)} |")
     values = {name: [r["metrics"]["finetune.best_val_loss"] for r in best[name][1]] for name in order}
     loss = {name: statistics.mean(v) for name, v in values.items()}
-    spread = {name: statistics.stdev(v) if len(v) > 1 else 0.0 for name, v in values.items()}
     if "sgd" not in loss:
         return Finding("\n".join(lines), "Plain SGD was not in this budget's grid.", "not tested", [figure])
     tried = [name for name in ADAPTIVE_OR_MOMENTUM if name in loss]
-    # Lower than SGD by more than the larger of the two spreads over seeds: a difference, not noise.
-    beaten = [name for name in tried if loss["sgd"] - loss[name] > max(spread["sgd"], spread[name])]
+    beaten = [name for name in tried if clearly_below(values[name], values["sgd"])]
     held = "yes" if tried and len(beaten) == len(tried) else ("in part" if beaten else "no")
     winner = min(loss, key=loss.get)
     within = [name for name in tried if name not in beaten]
