@@ -76,13 +76,13 @@ cora-seeds: venv
 	$(BIN)/deepsweep run -m experiment=cora_sage_inductive pretrain=random_walk,dgi,none 'seed=range(0,10)' \
 	  hydra.sweep.dir=outputs/sweeps/cora_sage_inductive
 
-# Memory over growing sequence length: RNN vs LSTM vs GRU on the first-bit task, 3 seeds each
-# (report in outputs/sweeps/vanishing_gradients/sweep_report.md; README quotes it).
 # The loss group compared on digits: every option, no pretraining, 3 seeds (README, "Losses compared").
 losses: venv
 	$(BIN)/deepsweep run -m loss=cross_entropy,label_smoothing,focal,multi_margin,mse pretrain=none seed=0,1,2 \
 	  hydra.sweep.dir=outputs/sweeps/losses
 
+# Memory over growing sequence length: RNN vs LSTM vs GRU on the first-bit task, 3 seeds each
+# (report in outputs/sweeps/vanishing_gradients/sweep_report.md; README quotes it).
 vanishing: venv
 	$(BIN)/deepsweep run -m experiment=vanishing_gradients model=rnn,lstm,gru data.length=10,25,50,100 seed=0,1,2 \
 	  hydra.sweep.dir=outputs/sweeps/vanishing_gradients

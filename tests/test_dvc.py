@@ -72,6 +72,11 @@ def test_repro_runs_then_skips_then_reruns_downstream(project_copy):
     assert stale() == ["evaluate", "finetune", "prepare", "pretrain"]
     factory.write_text(original)
     assert stale() == []
+    # What Python writes beside the code is not code: bytecode in a folder a stage depends on changes nothing.
+    cache = project_copy / "src/deepsweep/data/__pycache__"
+    cache.mkdir(exist_ok=True)
+    (cache / "loaders.cpython-311.pyc").write_bytes(b"bytecode")
+    assert stale() == []
     evaluate = project_copy / "src/deepsweep/stages/evaluate.py"
     evaluate.write_text(evaluate.read_text() + "\n# edited\n")
     assert stale() == ["evaluate"]

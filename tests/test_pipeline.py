@@ -216,6 +216,8 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(compose, tmp_path
     assert started[5:] == [4, 5]  # epochs 0-3 were not trained again
     assert metrics["epochs_trained"] == 6 and 0 <= metrics["best_epoch"] <= 5
     assert not (artifacts / "finetune.resume").exists()  # a finished stage keeps its output, not the checkpoint
+    curves = (artifacts / "finetune" / "curves.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in curves] == list(range(6))  # epochs of both attempts
     resumed = mlflow.search_runs(filter_string="tags.`deepsweep.stage` = 'finetune' and attributes.status = 'FINISHED'")
     assert resumed["tags.deepsweep.resumed_from"].str.endswith("last.ckpt").all()
 

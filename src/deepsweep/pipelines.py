@@ -47,6 +47,16 @@ def root_dvc_yaml(text: str) -> str:
 MANIFEST = "fetched.json"
 
 
+def _files_from(dep: str) -> str:
+    """A root code dependency as the lines of a ready-made pipeline's: one per Python file, paths from its
+    folder. DVC applies no .dvcignore to a dependency outside the (sub)project, so a folder there would
+    count the __pycache__ Python writes into it: every stage would turn stale at the first import."""
+    root = paths.project_root()
+    path = root / dep
+    files = sorted(path.glob("*.py")) if path.is_dir() else [path]
+    return "\n".join(f"      - ../../{f.relative_to(root)}" for f in files)
+
+
 def pipeline_dvc_yaml(name: str, root_text: str) -> str:
     """``pipelines/<name>/dvc.yaml``: the root's stages, paths from that folder; for raw data, a first stage
     ``fetch`` (``deepsweep fetch``, whose output is the manifest of the verified files' sha256) as a dep of
@@ -55,7 +65,7 @@ def pipeline_dvc_yaml(name: str, root_text: str) -> str:
 
     cfg = validate(compose([f"experiment={name}"]))
     stages = root_text[root_text.index("stages:"):]
-    stages = re.sub(r"^(      - )src/", r"\1../../src/", stages, flags=re.M)
+    stages = re.sub(r"^      - (src/deepsweep\S*)$", lambda m: _files_from(m.group(1)), stages, flags=re.M)
     if cfg.data.get("root"):
         folder = paths.project_root() / "pipelines" / name
         # normpath, not resolve(): a symlinked data folder keeps the path the config gives (the same in every clone)
@@ -69,9 +79,10 @@ def pipeline_dvc_yaml(name: str, root_text: str) -> str:
         if cfg.data.name in CATALOG:
             from deepsweep.provenance import stage_dependencies
 
-            code = "".join(f"      - ../../{dep}\n" for dep in stage_dependencies("fetch"))
-            fetch = (f"  fetch:\n    cmd: deepsweep fetch {cfg.data.name} --manifest {MANIFEST}\n    deps:\n"
-                     f"{code}    outs:\n      - {MANIFEST}:\n          cache: false\n")
+            code = "".join(_files_from(dep) + "\n" for dep in stage_dependencies("fetch"))
+            fetch = (f"  fetch:\n    cmd: deepsweep fetch {cfg.data.name} --params params.yaml --manifest {MANIFEST}\n"
+                     f"    deps:\n{code}    params:\n      - data.name\n      - data.root\n"
+                     f"    outs:\n      - {MANIFEST}:\n          cache: false\n")
             stages = stages.replace("stages:\n", "stages:\n" + fetch, 1)
     header = (f"# Experiment conf/experiment/{name}.yaml as a DVC pipeline: the root dvc.yaml's stages, paths from this\n"
               f"# folder, its own DVC project (dvc init --subdir, so `dvc exp show` at the root shows the root pipeline\n"
@@ -90,8 +101,14 @@ def subproject(name: str) -> list[Path]:
     if not all(p.is_file() for p in files):
         dvc = Path(sys.executable).with_name("dvc")
         subprocess.run([str(dvc) if dvc.exists() else "dvc", "init", "--subdir", "--quiet"], cwd=folder, check=True)
+        files[0].write_text(SUBPROJECT_CONFIG)
         return files
     return []
+
+
+# As the root's .dvc/config, without its Hydra integration (that composes the root's conf/ for `dvc exp run -S`;
+# a ready-made pipeline's params.yaml is written by `deepsweep pipelines`).
+SUBPROJECT_CONFIG = "[core]\n    analytics = false\n"
 
 
 def expected_files() -> dict[Path, str]:

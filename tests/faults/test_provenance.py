@@ -42,7 +42,8 @@ def test_pipelines_with_raw_data_depend_on_it():
     # that fetches them, so DVC runs that stage first. Not the raw folder: DVC would refuse to run prepare where
     # it is missing (a clone, a cleaned data/), and prepare fetches what is missing itself.
     assert stages["fetch"]["outs"] == [{"fetched.json": {"cache": False}}]
-    assert stages["fetch"]["cmd"] == "deepsweep fetch mnist --manifest fetched.json"
+    assert stages["fetch"]["cmd"] == "deepsweep fetch mnist --params params.yaml --manifest fetched.json"
+    assert stages["fetch"]["params"] == ["data.name", "data.root"]
 
 
 def test_fingerprint_covers_config_code_data_and_versions(compose, monkeypatch, tmp_path):
@@ -141,3 +142,13 @@ def test_commands_a_stage_never_runs_are_not_its_dependencies():
         assert not any(d.startswith(("src/deepsweep/studies", "src/deepsweep/results.py", "src/deepsweep/pipelines.py"))
                        for d in deps), (stage, deps)
         assert "src/deepsweep/stages/pipeline.py" in deps and "src/deepsweep/cli" in deps
+
+
+def test_ready_made_pipelines_depend_on_code_files_not_folders():
+    """DVC applies no .dvcignore to a dependency outside a (sub)project: a folder there would count the
+    __pycache__ Python writes into it, and every stage would turn stale at the first import."""
+    for dvc_file in DVC_FILES[1:]:
+        for name, stage in yaml.safe_load(dvc_file.read_text())["stages"].items():
+            folders = [d for d in stage["deps"] if d.startswith("../../src/") and not d.endswith(".py")]
+            assert not folders, (dvc_file, name, folders)
+    assert "__pycache__/" in (ROOT / ".dvcignore").read_text().splitlines()  # the root's folder deps

@@ -78,7 +78,14 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     if args.manifest and len(names) != 1:
         raise ConfigError(f"fetch --manifest: give one data set, not {len(names)}")
     for name in names:
-        cfg = validate(compose([f"data={name}", *args.overrides]))
+        if args.params:  # a pipeline's fetch stage: the data option as its params.yaml says (data.root included)
+            from deepsweep.config import load_params
+
+            cfg = load_params(args.params)
+            if cfg.data.name != name:
+                raise ConfigError(f"fetch {name}: {args.params} configures data={cfg.data.name}")
+        else:
+            cfg = validate(compose([f"data={name}", *args.overrides]))
         files = ensure_for(cfg.data)
         print(f"{name}: {len(files)} file(s) verified in {cfg.data.root}")
         if args.manifest:
@@ -112,7 +119,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
             study = studies.load(name)
             print(f"{name}: {study.claim}")
         return 0
-    path = studies.run(args.name, args.budget, Path(args.out) if args.out else None, reuse=args.reuse)
+    import subprocess
+
+    try:
+        path = studies.run(args.name, args.budget, Path(args.out) if args.out else None, reuse=args.reuse)
+    except subprocess.CalledProcessError as exc:  # the sweep's own output, above, says why
+        print(f"deepsweep: error: study {args.name}: its sweep failed (exit status {exc.returncode}); "
+              f"see {studies.sweep_dir(args.name, args.budget)}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 
@@ -329,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --override data.root=/srv/mnist")
     p.add_argument("--manifest", metavar="FILE", help="also write the files' sha256 to FILE (a DVC fetch stage's output)")
+    p.add_argument("--params", help="read the data option from this params file (a pipeline's params.yaml)")
     p.set_defaults(func=_cmd_fetch)
     p = sub.add_parser("register", help="register the fine-tuned model of a run, or of a sweep's best job, in the "
                                         "MLflow model registry")
@@ -345,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_study)
     p = sub.add_parser("results", help="rerun what README's result tables quote and rewrite them (--quick: check a few rows)")
     p.add_argument("tables", nargs="*", help="tables to redo (default: all): pipelines, pretrained, pretraining, "
-                                              "anomaly, vanishing, cora, cora_inductive")
+                                              "anomaly, vanishing, cora, cora_inductive, losses")
     p.add_argument("--quick", action="store_true", help="rerun the quick rows (dvc repro -f rewrites their outputs and "
                                                         "dvc.lock, as any repro) and check them against README, "
                                                         "which stays as it is (exit 1 if a cell differs)")

@@ -20,6 +20,7 @@ checks no checksum, and neither has one mirror setting for every data set.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import sys
@@ -164,8 +165,8 @@ def _stream(url: str, target: Path, label: str) -> None:
                 out.write(block)
                 if bar is not None:
                     bar.update(len(block))
-        except OSError as exc:
-            raise DownloadError(f"{url}: download broke off ({exc}); run again to retry") from None
+        except (OSError, http.client.HTTPException) as exc:  # IncompleteRead is an HTTPException
+            raise DownloadError(f"{url}: download broke off ({type(exc).__name__}: {exc}); run again to retry") from None
         finally:
             if bar is not None:
                 bar.close()

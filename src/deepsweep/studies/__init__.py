@@ -145,7 +145,7 @@ def run_sweep(study: Study, budget: str, reuse: bool = False) -> tuple[list[dict
     mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": None}})))
     rows = [r for r in sweep_rows((folder / PARENT_FILE).read_text().strip()) if r["status"] == "FINISHED"]
     if not rows:
-        raise RuntimeError(f"study {study.name}: no job of the sweep finished (see {folder})")
+        raise FileNotFoundError(f"{folder}: no job of study {study.name}'s sweep finished")
     return rows, seconds
 
 
@@ -178,7 +178,9 @@ def run(name: str, budget: str = "full", out: Path | None = None, reuse: bool = 
     study = load(name)
     if budget not in BUDGETS:
         raise ConfigError(f"study --budget: {budget!r}; allowed: {', '.join(BUDGETS)}")
-    folder = Path(out) if out is not None else paths.project_root() / "docs" / "studies"
+    # A small budget is a smoke run: its page goes under outputs/, never over the page docs/ publishes.
+    default = ("docs", "studies") if budget == "full" else ("outputs", "studies")
+    folder = Path(out) if out is not None else paths.project_root().joinpath(*default)
     folder.mkdir(parents=True, exist_ok=True)
     rows, seconds = run_sweep(study, budget, reuse)
     finding = study.analyze(rows, folder, budget)

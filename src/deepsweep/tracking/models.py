@@ -1,5 +1,6 @@
-"""The fine-tuned model as an MLflow model: loadable with ``mlflow.pyfunc.load_model``, servable with
-``mlflow models serve``, registrable in the model registry (``deepsweep register``).
+"""The fine-tuned model as an MLflow model: loadable with ``mlflow.pyfunc.load_model`` wherever deepsweep is
+installed, registrable in the model registry (``deepsweep register``). Its requirements name deepsweep, which
+is not on PyPI: to serve it, ``mlflow models serve --env-manager local`` from this project's environment.
 
 One pyfunc wrapper serves every family: it keeps no pickled module, only the weights, the resolved config
 and the prepared data's meta, and rebuilds the model with ``factory.build_model`` when loaded, so a GNN

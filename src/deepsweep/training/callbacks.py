@@ -145,3 +145,18 @@ class EpochLines(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._print(trainer)
         self._start = None
+
+
+class CurveHistory(L.Callback):
+    """Keeps a logger's per-epoch history (what ``curves.csv`` is written from) in resume checkpoints, so a
+    resumed fit's curves start at epoch 0, not at the epoch it resumed from."""
+
+    def __init__(self, logger) -> None:
+        self.logger = logger
+
+    def state_dict(self) -> dict:
+        return {"history": {int(epoch): dict(metrics) for epoch, metrics in self.logger.history.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        restored = {int(epoch): dict(metrics) for epoch, metrics in state_dict.get("history", {}).items()}
+        self.logger.history = {**restored, **self.logger.history}

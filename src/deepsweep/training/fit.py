@@ -166,6 +166,10 @@ def fit(cfg: DictConfig, task, train_loader, val_loader, out: Path, *, stage: st
         from deepsweep.training.mlflow_logger import MlflowRunLogger
 
         logger = MlflowRunLogger(run_id)
+        if resume.every:  # the curves of epochs an interrupted attempt trained travel in its checkpoint
+            from deepsweep.training.callbacks import CurveHistory
+
+            callbacks.append(CurveHistory(logger))
     trainer = build_trainer(cfg, epochs, logger, callbacks, out, manual_optimization=not task.automatic_optimization)
     train_loader, val_loader = place_on_device(trainer, task.batches(train_loader), task.batches(val_loader))
     start = time.perf_counter()
