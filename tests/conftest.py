@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["trainer.max_epochs=2", "pretrain.epochs=1"]
+# Logging the MLflow model costs 0.2-0.9 s per finetune: tests/test_api.py checks it, the others skip it.
+FAST = ["trainer.max_epochs=2", "pretrain.epochs=1", "logger.log_model=false"]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

@@ -17,9 +17,10 @@ def test_study_list_names_each_claim():
         "deepsweep: error: study: unknown study 'adam_vs_sgd'; allowed: optimizers, regularization")
 
 
-@pytest.mark.parametrize("name,figure", [("optimizers", "optimizers_loss.png"),
-                                         ("regularization", "regularization_curves.png")])
+@pytest.mark.parametrize("name,figure", [("regularization", "regularization_curves.png")])
 def test_small_budget_writes_the_page(tmp_path, isolated_tracking, name, figure):
+    """End to end for one study (a sweep costs ~30 s here); the optimizers' analysis is checked below on
+    rows worked by hand, and `deepsweep study optimizers --budget small` runs the same way."""
     result = deepsweep_cli("study", name, "--budget", "small", "--out", str(tmp_path),
                            env={"MLFLOW_TRACKING_URI": f"sqlite:///{isolated_tracking}"})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -127,6 +127,7 @@ def deepsweep_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
     task = factory.build_task(cfg, task_for("graph" if isinstance(data, GraphData) else "tensor"), model, "finetune")
     with mlflow.start_run(run_name="bench") as run, tempfile.TemporaryDirectory() as out:
         # Like the raw loop's, the clock runs from the first epoch: fit_seconds is trainer.fit alone.
+        (Path(out) / "fit").mkdir()  # a stage's output folder exists when it fits (atomic_dir makes it)
         result = training.fit(cfg, task, train_loader, val_loader, Path(out) / "fit", stage="bench",
                               epochs=epochs, run_id=run.info.run_id)
     return result.fit_seconds
