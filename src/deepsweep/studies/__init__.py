@@ -105,12 +105,10 @@ def mean_curve(rows: list[dict], metric: str, stage: str = "finetune") -> list[t
 
 
 def pyplot():
-    import matplotlib
+    """matplotlib's pyplot on the Agg backend, as every figure of the package draws (``plots._pyplot``)."""
+    from deepsweep.plots import _pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _pyplot()
 
 
 # --- running one ----------------------------------------------------------------------------------------
