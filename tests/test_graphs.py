@@ -73,6 +73,28 @@ def test_karate_pipeline_end_to_end(compose, tmp_path, pretrain):
     assert (artifacts / "evaluate" / "node_embedding.png").stat().st_size > 0
     meta = json.loads((artifacts / "prepare" / "meta.json").read_text())
     assert meta["sizes"] == {"train": 4, "val": 15, "test": 15}
+    # How alike the trained encoder makes the nodes: the mean cosine distance over all pairs, as the N x N
+    # matrix gives it.
+    from deepsweep import factory
+    from deepsweep.data.loaders import PreparedData
+
+    data = PreparedData.load(artifacts / "prepare")
+    model = factory.build_model(cfg, data.input_shape, data.num_classes)
+    model.load_state_dict(torch.load(artifacts / "finetune" / "model.pt", weights_only=True)["state_dict"])
+    x, edge_index, _, _ = next(iter(data.loader("test")))
+    with torch.inference_mode():
+        units = torch.nn.functional.normalize(model.encoder.eval()(x, edge_index).double(), dim=1)
+    distance = 1 - units @ units.T
+    n = len(units)
+    assert metrics["embedding_mad"] == pytest.approx(float(distance.sum() / (n * (n - 1))), rel=1e-9)
+    assert 0 < metrics["embedding_mad"] < 2
+
+
+def test_mean_average_distance_is_zero_for_alike_nodes_and_one_for_orthogonal_ones():
+    from deepsweep.metrics import mean_average_distance
+
+    assert mean_average_distance(torch.tensor([[1.0, 2.0]] * 5)) == pytest.approx(0.0, abs=1e-12)
+    assert mean_average_distance(torch.eye(4)) == pytest.approx(1.0)
 
 
 @requires_shared("planetoid")

@@ -1,6 +1,7 @@
 """evaluate: accuracy, macro F1 and ROC-AUC of the fine-tuned model on the held-out test split; the same
 three for a linear probe of the pretrained encoder's frozen features; the pretraining task's test score
-(reconstruction error, and anomaly ROC-AUC with pretrain.anomaly_class). metrics.json for DVC metrics,
+(reconstruction error, and anomaly ROC-AUC with pretrain.anomaly_class); on a graph, how alike the encoder
+makes the nodes' embeddings (embedding_mad, which over-smoothing drives to 0). metrics.json for DVC metrics,
 confusion.csv and roc.csv for DVC plots, PNGs for MLflow."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from deepsweep.metrics import (
     classification_metrics,
     confusion_matrix,
     linear_probe,
+    mean_average_distance,
     per_class_roc,
     roc_points,
 )
@@ -84,6 +86,13 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     metrics = classification_metrics(logits, target, k)
     metrics.update(probe_pretrained_encoder(cfg, data, inputs["pretrain"]))
     metrics.update(anomaly_metrics(cfg, inputs["pretrain"], target))
+    embedding = None
+    if data.kind == "graph":
+        # Where the encoder puts every node: how alike (over-smoothing) and, below, the picture of it.
+        x, edge_index, y, _ = next(iter(data.loader("test")))
+        with torch.inference_mode():
+            embedding = model.encoder.eval()(x, edge_index)
+        metrics["embedding_mad"] = mean_average_distance(embedding)
     write_json(out / "metrics.json", metrics)
 
     preds = logits.argmax(dim=1)
@@ -102,11 +111,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     plots.roc_png(list(per_class_roc(logits, target, k)), names, roc if k > 2 else None, out / "roc_curve.png", title)
 
     figures = ["confusion_matrix.png", "roc_curve.png"]
-    if data.kind == "graph" and cfg.logger.embedding_plot != "none":
-        # Where the encoder puts every node, coloured by class: the picture of what the GNN learned.
-        x, edge_index, y, _ = next(iter(data.loader("test")))
-        with torch.inference_mode():
-            embedding = model.encoder.eval()(x, edge_index)
+    if embedding is not None and cfg.logger.embedding_plot != "none":
+        # Every node, coloured by class: the picture of what the GNN learned.
         plots.embedding_png(embedding, y, names, out / "node_embedding.png",
                             f"{cfg.model.name} node embeddings", method=cfg.logger.embedding_plot)
         figures.append("node_embedding.png")
