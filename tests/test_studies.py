@@ -12,9 +12,12 @@ pytestmark = pytest.mark.slow
 def test_study_list_names_each_claim():
     result = deepsweep_cli("study", "--list")
     assert result.returncode == 0, result.stderr
-    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["optimizers", "regularization"]
+    # Every module of deepsweep/studies is a study: adding one is that module alone.
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [
+        "activations", "batch_norm", "gnn_depth", "optimizers", "regularization"]
     assert deepsweep_cli("study", "adam_vs_sgd").stderr.strip() == (
-        "deepsweep: error: study: unknown study 'adam_vs_sgd'; allowed: optimizers, regularization")
+        "deepsweep: error: study: unknown study 'adam_vs_sgd'; allowed: activations, batch_norm, gnn_depth, "
+        "optimizers, regularization")
 
 
 @pytest.mark.parametrize("name,figure", [("regularization", "regularization_curves.png")])
@@ -58,3 +61,64 @@ def test_a_difference_counts_only_beyond_the_spread_over_seeds(monkeypatch, tmp_
     assert "lower by more than the spread over seeds: rmsprop; within the spread of SGD's or above it: momentum" \
         in finding.measured
     assert "| `rmsprop` | 0.01 | 0.110 +/- 0.014 | 0.900 +/- 0.000 | 2 (0.20 s) |" in finding.table
+
+
+def test_activations_verdict_compares_saturating_units_with_every_rectifier_at_the_greatest_depth(monkeypatch, tmp_path):
+    """Worked by hand: at 16 layers sigmoid is below both rectifiers beyond the spread, tanh is not: in part."""
+    from deepsweep.studies import activations
+
+    def row(name: str, depth: int, accuracy: float) -> dict:
+        return {"params": {"activation.name": name, "model.hidden_dims": activations.hidden_dims(depth).replace(",", ", ")},
+                "metrics": {"evaluate.accuracy": accuracy}, "stage_runs": {}}
+
+    values = {("sigmoid", 2): (0.95, 0.96), ("sigmoid", 16): (0.10, 0.12), ("tanh", 2): (0.95, 0.95),
+              ("tanh", 16): (0.90, 0.70), ("relu", 2): (0.96, 0.96), ("relu", 16): (0.93, 0.94),
+              ("gelu", 2): (0.96, 0.97), ("gelu", 16): (0.94, 0.94)}
+    rows = [row(name, depth, v) for (name, depth), pair in values.items() for v in pair]
+    monkeypatch.setattr(activations, "mean_curve", lambda rows, metric: [(0, 1.0, 0.1), (1, 0.5, 0.2)])
+    finding = activations.analyze(rows, tmp_path, "full")
+    assert finding.held == "in part"
+    assert "sigmoid 0.955 -> 0.110" in finding.measured
+    assert finding.measured.endswith("below every rectifier by more than the spread over seeds: sigmoid.")
+    assert "| `tanh` | 0.950 +/- 0.000 | 0.800 +/- 0.141 | 0.500 +/- 0.000 |" in finding.table
+    assert (tmp_path / "activations_depth.png").stat().st_size > 10_000
+
+
+def test_batch_norm_counts_settings_reached_only_with_it_and_epochs_where_both_did(monkeypatch, tmp_path):
+    """Worked by hand: at lr 2.0 only batch norm reaches the target (plain SGD diverged: no finished rows); at
+    lr 0.1 both do, batch norm in 2 epochs against 5-6: held."""
+    from deepsweep.studies import batch_norm
+
+    def row(kind: str, lr: str, seed: int, epochs: int) -> dict:
+        return {"params": {"regularizer.name": kind, "optimizer.lr": lr, "seed": str(seed),
+                           "model.hidden_dims": "[64, 64]"}, "metrics": {}, "stage_runs": {}, "reach": epochs}
+
+    rows = [row("none", "0.1", 0, 5), row("none", "0.1", 1, 6), row("batchnorm", "0.1", 0, 2),
+            row("batchnorm", "0.1", 1, 2), row("batchnorm", "2.0", 0, 3), row("batchnorm", "2.0", 1, 4)]
+    monkeypatch.setattr(batch_norm, "mean_curve", lambda rows, metric: [
+        (e, 0.95 if e + 1 >= rows[0]["reach"] else 0.5, 0.1 * e) for e in range(batch_norm.EPOCHS)])
+    finding = batch_norm.analyze(rows, tmp_path, "full")
+    assert finding.held == "yes"
+    assert "with batch norm only in: 2 layers at lr 2.0; without it only in: none" in finding.measured
+    assert "sooner by more than the spread over seeds in 2 layers at lr 0.1, later in none" in finding.measured
+    assert "| 2 | 2.0 | never (0/2) | 3.5 +/- 0.7 (2/2) |" in finding.table
+    assert (tmp_path / "batch_norm_epochs.png").stat().st_size > 10_000
+
+
+def test_gnn_depth_holds_for_a_family_only_when_accuracy_falls_and_embeddings_grow_alike(tmp_path):
+    """Worked by hand: GCN falls in both beyond the spread; GAT's embeddings grow alike but its accuracy
+    stays within the spread: in part."""
+    from deepsweep.studies import gnn_depth
+
+    def row(family: str, layers: int, accuracy: float, mad: float) -> dict:
+        return {"params": {"model.name": family, "model.hidden_dims": gnn_depth.hidden_dims(layers).replace(",", ", ")},
+                "metrics": {"evaluate.accuracy": accuracy, "evaluate.embedding_mad": mad}, "stage_runs": {}}
+
+    rows = [row("gcn", 2, 0.81, 0.80), row("gcn", 2, 0.80, 0.82), row("gcn", 16, 0.30, 0.05), row("gcn", 16, 0.32, 0.06),
+            row("gat", 2, 0.80, 0.70), row("gat", 2, 0.78, 0.72), row("gat", 16, 0.70, 0.20), row("gat", 16, 0.85, 0.22)]
+    finding = gnn_depth.analyze(rows, tmp_path, "full")
+    assert finding.held == "in part"
+    assert "test accuracy: gcn 0.805 -> 0.310; gat 0.790 -> 0.775; embedding MAD at 2, 16 layers: gcn 0.810, 0.055; gat 0.710, 0.210" in finding.measured
+    assert "accuracy fell for gcn and the embeddings grew alike for gcn, gat." in finding.measured
+    assert "| `gcn` | 16 | 0.310 +/- 0.014 | 0.055 +/- 0.007 | 2 |" in finding.table
+    assert (tmp_path / "gnn_depth.png").stat().st_size > 10_000

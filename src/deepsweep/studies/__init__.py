@@ -6,12 +6,13 @@ same launcher, records and checks as any sweep), then writes ``docs/studies/<nam
 claim as the course states it, what was measured (mean +/- std over seeds), and whether it held.
 ``--budget small`` runs a few short jobs (the tests use it); ``full`` is what the page reports.
 
-Adding a study is one module here with a ``STUDY`` and its name in ``NAMES``.
+Adding a study is one module here with a ``STUDY``: ``NAMES`` lists the modules of this folder.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import shutil
 import statistics
 import subprocess
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-NAMES = ("optimizers", "regularization")
+NAMES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 BUDGETS = ("small", "full")
 
 
