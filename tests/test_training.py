@@ -225,3 +225,47 @@ def test_data_moves_to_the_trainers_gpu_once_and_stays_put_on_cpu(compose, digit
     on_device = [b for chunk in moved for b in chunk]
     for (x, y), (gx, gy) in zip(InMemoryLoader(train, 64, shuffle=True, seed=3), on_device, strict=True):
         assert gx.is_cuda and torch.equal(x, gx.cpu()) and torch.equal(y, gy.cpu())
+
+
+def test_layer_statistics_are_logged_before_training_and_after_the_first_epoch_and_change_nothing(compose, tmp_path):
+    """logger.layer_stats: the input std and weight-gradient norm of every layer at steps 0 and 1 in the
+    finetune run, recomputed here for the initial model; the trained weights equal those of a fit without it
+    (dropout on: the measurement draws no random number the fit would have drawn)."""
+    import json
+
+    import mlflow
+
+    from deepsweep.stages.pipeline import execute
+
+    base = ("pretrain=none", "trainer.max_epochs=2", "regularizer=dropout", "model.hidden_dims=[32,32]")
+    weights = {}
+    for on in (False, True):
+        artifacts = tmp_path / str(on)
+        cfg = compose(*base, f"logger.layer_stats={str(on).lower()}")
+        for stage in ("prepare", "pretrain", "finetune"):
+            execute(stage, cfg, artifacts)
+        weights[on] = torch.load(artifacts / "finetune" / "model.pt", weights_only=True)["state_dict"]
+    assert weights[True].keys() == weights[False].keys()
+    assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])
+
+    client = mlflow.MlflowClient()
+    run_id = json.loads((tmp_path / "True" / "finetune" / "run.json").read_text())["run_id"]
+    names = sorted(client.get_run(run_id).data.metrics)
+    layers = [n for n in names if n.startswith("layer/")]
+    # Three layers with weights (two hidden, the head): inputs and gradients of each.
+    assert layers == [f"layer/grad_norm/{i:02d}" for i in range(3)] + [f"layer/input_std/{i:02d}" for i in range(3)]
+    history = {n: {m.step: m.value for m in client.get_metric_history(run_id, n)} for n in layers}
+    assert all(sorted(h) == [0, 1] for h in history.values())
+    # Step 0 is the initial model on the first validation batch: recompute it.
+    from deepsweep.data.loaders import PreparedData
+
+    cfg = compose(*base)
+    data = PreparedData.load(tmp_path / "True" / "prepare")
+    model = factory.build_model(cfg, data.input_shape, data.num_classes).eval()
+    x, y = next(iter(data.loader("val", int(cfg.data.batch_size))))[:2]
+    assert history["layer/input_std/00"][0] == pytest.approx(float(x.float().std()), rel=1e-6)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert history["layer/grad_norm/00"][0] == pytest.approx(float(first.weight.grad.norm()), rel=1e-5)
+    assert not any(n.startswith("layer/") for n in client.get_run(
+        json.loads((tmp_path / "False" / "finetune" / "run.json").read_text())["run_id"]).data.metrics)

@@ -160,3 +160,70 @@ class CurveHistory(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         restored = {int(epoch): dict(metrics) for epoch, metrics in state_dict.get("history", {}).items()}
         self.logger.history = {**restored, **self.logger.history}
+
+
+class LayerStatistics(L.Callback):
+    """Per layer with weights (linear and convolution layers, in the model's order): the standard deviation
+    of its input, which is what the layer before it put out (the data for the first), and the norm of the
+    gradient of the loss with respect to its weights; measured on one fixed batch before training (step 0)
+    and after each of the first ``epochs`` epochs (step k), as the MLflow metrics ``layer/input_std/<i>`` and
+    ``layer/grad_norm/<i>``: the curves of Glorot & Bengio (2010) and He et al. (2015) for any config
+    (``logger.layer_stats``). The gradient needs a task with a ``criterion`` on the model's output (the
+    classifiers); for others only the inputs are measured.
+
+    Nothing the fit does changes: the model is measured in eval mode (no dropout draw, no batch-norm
+    statistics update), the random state is put back, and so are the gradients it found."""
+
+    LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+
+    def __init__(self, batch, logger, epochs: int = 1) -> None:
+        self.batch, self.logger, self.epochs = batch, logger, epochs
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 0:  # a resumed fit measured its start already
+            self.logger.log_metrics(self.measure(pl_module), step=0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch < self.epochs:
+            self.logger.log_metrics(self.measure(pl_module), step=trainer.current_epoch + 1)
+
+    def measure(self, task: L.LightningModule) -> dict[str, float]:
+        model = task.model
+        layers = [m for m in model.modules() if isinstance(m, self.LAYERS)]
+        device = next(model.parameters()).device
+        x, y = (t.to(device) for t in self.batch[:2])
+        inputs: dict[int, torch.Tensor] = {}
+
+        def keep_input(i: int):
+            def hook(module, args, output) -> None:  # returns None: a hook's return value replaces the output
+                inputs.setdefault(i, args[0].detach())
+            return hook
+
+        hooks = [layer.register_forward_hook(keep_input(i)) for i, layer in enumerate(layers)]
+        parameters = list(model.parameters())
+        grads = [p.grad for p in parameters]
+        cpu_state = torch.get_rng_state()
+        cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        training = model.training
+        try:
+            model.eval()
+            for p in parameters:
+                p.grad = None
+            with torch.enable_grad():
+                output = model(x)
+                criterion = getattr(task, "criterion", None)
+                if criterion is not None:
+                    criterion(output, y).backward()
+            metrics = {f"layer/input_std/{i:02d}": float(value.float().std()) for i, value in sorted(inputs.items())}
+            metrics.update({f"layer/grad_norm/{i:02d}": float(layer.weight.grad.norm())
+                            for i, layer in enumerate(layers) if layer.weight.grad is not None})
+        finally:
+            for hook in hooks:
+                hook.remove()
+            model.train(training)
+            for p, grad in zip(parameters, grads):
+                p.grad = grad
+            torch.set_rng_state(cpu_state)
+            if cuda_states is not None:
+                torch.cuda.set_rng_state_all(cuda_states)
+        return metrics

@@ -170,6 +170,11 @@ def fit(cfg: DictConfig, task, train_loader, val_loader, out: Path, *, stage: st
             from deepsweep.training.callbacks import CurveHistory
 
             callbacks.append(CurveHistory(logger))
+        if cfg.logger.get("layer_stats", False):
+            from deepsweep.training.callbacks import LayerStatistics
+
+            # The first validation batch: fixed, and drawn without touching the training loader's random stream.
+            callbacks.append(LayerStatistics(next(iter(val_loader)), logger))
     trainer = build_trainer(cfg, epochs, logger, callbacks, out, manual_optimization=not task.automatic_optimization)
     train_loader, val_loader = place_on_device(trainer, task.batches(train_loader), task.batches(val_loader))
     start = time.perf_counter()
