@@ -62,11 +62,11 @@ def test_repro_runs_then_skips_then_reruns_downstream(project_copy):
         status = json.loads(dvc(project_copy, "status", "dvc.yaml", "--json"))
         return sorted(name.split(":")[-1] for name, changes in status.items() if changes)
 
-    # A pretraining param makes pretrain stale (and through its output what follows; running it again
-    # would only repeat what the label_fraction change showed).
+    # A pretraining param makes pretrain stale, and evaluate, whose linear probe reads the pretrain group (and
+    # through pretrain's output what follows; running it would only repeat what the label_fraction change showed).
     original_params = params.read_text()
     params.write_text(original_params.replace("  epochs: 1", "  epochs: 2"))
-    assert stale() == ["pretrain"]
+    assert stale() == ["evaluate", "pretrain"]
     params.write_text(original_params)
 
     # Code is a dependency too: an edit to a module every stage runs makes every stage stale, one to the

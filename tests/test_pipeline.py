@@ -24,7 +24,8 @@ def _runs(stage=None):
     return [r for r in runs if stage is None or r.data.tags.get("deepsweep.stage") == stage]
 
 
-def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
+def test_stages_chain_and_record_everything(compose, tmp_path):
+    fast_cfg = compose(*FAST, "logger.figures=true")
     artifacts = tmp_path / "artifacts"
     for stage in ("prepare", "pretrain", "finetune", "evaluate"):
         execute(stage, fast_cfg, artifacts)
@@ -64,6 +65,10 @@ def test_stages_chain_and_record_everything(fast_cfg, tmp_path):
     assert "evaluation/confusion_matrix.png" in artifacts_logged and "evaluation/roc_curve.png" in artifacts_logged
     ckpt = {a.path for a in mlflow.MlflowClient().list_artifacts(finetune.info.run_id, "checkpoints")}
     assert ckpt == {"checkpoints/model.pt"}
+    # logger.figures=false: the same numbers and files, no PNG.
+    execute("evaluate", compose(*FAST, "logger.figures=false"), artifacts)
+    assert json.loads((artifacts / "evaluate" / "metrics.json").read_text()) == metrics
+    assert not list((artifacts / "evaluate").glob("*.png")) and (artifacts / "evaluate" / "roc.csv").is_file()
 
 
 @pytest.mark.parametrize("family", [

@@ -312,6 +312,30 @@ def sweep_throughput(jobs: int, epochs: int, pretrain_epochs: int, overrides: li
     return out
 
 
+TINY_JOB = ["pretrain=none", "trainer.max_epochs=1", "logger.log_checkpoints=false", "logger.log_model=false"]
+JOB_VARIANTS = (("tiny job (digits MLP, no pretraining, 1 epoch, no checkpoints or MLflow model)", []),
+                ("the same, logger.figures=false", ["logger.figures=false"]),
+                ("the same, logger.log_model=true", ["logger.log_model=true"]))
+
+
+def warm_job_costs(repeats: int) -> list[dict]:
+    """Seconds of one tiny job in a process that has run one already, as a sweep worker runs its second and
+    later jobs (imports, store set-up and data files paid): the fixed cost of a job, and what each optional
+    record adds to it. Median of ``repeats`` jobs per variant, the variants taking turns."""
+    from deepsweep import api
+
+    workdir = paths.project_root() / "bench" / "warm_jobs"
+    shutil.rmtree(workdir, ignore_errors=True)
+    api.run([*TINY_JOB, "seed=1000"], workdir=workdir / "warm-up")
+    times: dict[str, list[float]] = {label: [] for label, _ in JOB_VARIANTS}
+    for repeat in range(repeats):
+        for i, (label, overrides) in enumerate(JOB_VARIANTS):
+            start = time.perf_counter()
+            api.run([*TINY_JOB, *overrides, f"seed={repeat}"], workdir=workdir / f"{i}-{repeat}")
+            times[label].append(time.perf_counter() - start)
+    return [{"job": label, "seconds": statistics.median(t), "repeats": repeats} for label, t in times.items()]
+
+
 def machine() -> str:
     from deepsweep.utils.machine import cpu_model
 
@@ -362,6 +386,15 @@ def markdown(results: dict) -> str:
                          + ", ".join(f"{compute.get(s, 0):.2f}" for s in ("prepare", "pretrain", "finetune", "evaluate")) + " |")
     lines += ["", "## Start-up (config only, nothing trained)", "", "| command | seconds |", "|---|---|"]
     lines += [f"| `{s['command']}` | {s['seconds']:.2f} |" for s in results["startup"]]
+    if results.get("jobs"):
+        lines += [
+            "", "## A job in a warm worker", "",
+            "`deepsweep.api.run` of one tiny job again and again in one process, as a sweep worker runs every job after "
+            f"its first (imports and store set-up already paid); median of {results['jobs'][0]['repeats']}. "
+            "This section alone: `python -m deepsweep.bench --only job`.",
+            "", "| job | seconds |", "|---|---|",
+        ]
+        lines += [f"| {j['job']} | {j['seconds']:.2f} |" for j in results["jobs"]]
     if results.get("sweep"):
         lines += [
             "", "## Sweep throughput", "",
@@ -462,7 +495,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, action="append", default=[],
                         help="another checkout of deepsweep (e.g. a git worktree of an earlier commit) whose pipeline "
                              "costs are measured beside this one's, in the same run")
-    parser.add_argument("--only", choices=("pipeline",),
+    parser.add_argument("--only", choices=("pipeline", "job"),
                         help="measure only this section and rewrite docs/benchmarks.md with the others as bench/results.json "
                              "holds them from the last full run")
     parser.add_argument("overrides", nargs="*", help="config overrides for every workload, e.g. trainer=gpu")
@@ -486,16 +519,21 @@ def main() -> None:
         profile_to = root / "bench" / f"profile{suffix}"
         profile_to.mkdir(parents=True, exist_ok=True)
     checkouts = [*((b.resolve(), f"baseline `{b.name}`") for b in args.baseline), (root, "this checkout")]
-    pipeline = pipeline_costs(checkouts, args.repeats) if device.type == "cpu" else []
-    if args.only == "pipeline":
+    if args.only:
         # Only this section is measured again; the others are kept from the last full run's bench/results.json.
         path = root / "bench" / f"results{'' if device.type == 'cpu' else '_gpu'}.json"
-        results = json.loads(path.read_text())
-        results.update(pipeline=pipeline, baselines=[str(b) for b in args.baseline])
+        results = json.loads(path.read_text()) if path.is_file() else {
+            "machine": machine(), "device": str(device), "overrides": extra, "repeats": args.repeats, "training": []}
+        if args.only == "pipeline":
+            results.update(pipeline=pipeline_costs(checkouts, args.repeats) if device.type == "cpu" else [],
+                           baselines=[str(b) for b in args.baseline])
+        else:
+            results.update(jobs=warm_job_costs(max(args.repeats, 5)))
         path.write_text(json.dumps(results, indent=2) + "\n")
-        (root / "docs" / "benchmarks.md").write_text(markdown(results))
-        print(json.dumps(pipeline, indent=2))
+        (root / "docs" / f"benchmarks{suffix}.md").write_text(markdown(results))
+        print(json.dumps(results.get(args.only if args.only == "pipeline" else "jobs"), indent=2))
         return
+    pipeline = pipeline_costs(checkouts, args.repeats) if device.type == "cpu" else []
     training = [
         training_workload("MLP on MNIST", ["data=mnist", "model=mlp", *extra], 1 if quick else 2, args.repeats,
                           2000 if quick else 60000, profile_to),
@@ -520,6 +558,7 @@ def main() -> None:
         "training": training,
         "startup": startup(1 if args.quick else 3),
         "pipeline": pipeline,
+        "jobs": warm_job_costs(max(args.repeats, 5)),
         "sweep": None if args.quick or parallel < 2 else [sweep_throughput(8, 5, 2, extra, parallel),
                                                           sweep_throughput(8, 30, 5, extra, parallel)],
     }

@@ -106,6 +106,8 @@ def test_docs_errors_md_is_generated_from_these_cases():
 
 # What a config may build: deepsweep's own classes and torch's layers, optimizers and schedules.
 ALLOWED_TARGET_PREFIXES = ("deepsweep.", "torch.nn.", "torch.optim.")
+# Hydra instantiates a launcher only from the hydra_plugins namespace: deepsweep's own plugin package there.
+ALLOWED_LAUNCHER_PREFIX = "hydra_plugins.deepsweep_"
 
 
 def test_option_files_build_only_from_allowed_modules():
@@ -115,7 +117,8 @@ def test_option_files_build_only_from_allowed_modules():
     for path in sorted((ROOT / "conf").rglob("*.yaml")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             key, _, value = line.strip().partition(":")
-            if key == "_target_" and not value.strip().startswith(ALLOWED_TARGET_PREFIXES):
+            allowed = ALLOWED_TARGET_PREFIXES + ((ALLOWED_LAUNCHER_PREFIX,) if "hydra/launcher" in path.as_posix() else ())
+            if key == "_target_" and not value.strip().startswith(allowed):
                 outside.append(f"{path.relative_to(ROOT)}:{number}: {value.strip()}")
     assert not outside, "targets outside " + ", ".join(ALLOWED_TARGET_PREFIXES) + ":\n" + "\n".join(outside)
 

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow
 JOBS = 100
 VICTIM = 5
 # The smallest whole pipeline: no pretraining, one epoch, no files beyond what every job records.
-TINY = ["pretrain=none", "trainer.max_epochs=1", "logger.log_model=false", "logger.log_checkpoints=false"]
+TINY = ["pretrain=none", "trainer.max_epochs=1", "logger.log_model=false", "logger.log_checkpoints=false",
+        "logger.figures=false"]
 
 
 def _kill_each_start(marker: Path, stop: threading.Event, killed: list[int]) -> None:
