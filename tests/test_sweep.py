@@ -13,7 +13,7 @@ from conftest import FAST, deepsweep_cli
 pytestmark = pytest.mark.slow
 
 
-def test_init_by_regularizer_sweep(tmp_path, isolated_tracking):
+def test_init_by_regularizer_sweep_and_its_report(tmp_path, isolated_tracking):
     sweep_dir = tmp_path / "sweep"
     result = deepsweep_cli("run", "-m", "init=xavier_uniform,he_normal", "regularizer=dropout,l2",
                            "optimizer=sgd", "optimizer.lr=0.05,10000", *FAST, f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.n_jobs=2")
@@ -43,6 +43,18 @@ def test_init_by_regularizer_sweep(tmp_path, isolated_tracking):
     assert {"sweep_report.md", "sweep_report.csv"} <= logged
     assert {"sweep_report.html", "sweep_heatmap.png", "sweep_curves.png"} <= logged
     assert "## Failed jobs" in report and "non-finite value" in report
+
+    # `deepsweep report` rebuilds the report from the runs, ranked and laid out as asked (one sweep serves both
+    # tests: a sweep costs 40-60 s of the suite).
+    (sweep_dir / "sweep_report.md").unlink()
+    result = deepsweep_cli("report", str(sweep_dir), "--metric", "evaluate.roc_auc",
+                           "--axes", "regularizer.name", "init.name")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (sweep_dir / "sweep_report.md").read_text()
+    assert "ranked by evaluate.roc_auc" in text and "over regularizer.name x init.name" in text
+    assert "8 jobs, 4 failed" in text
+    bad = deepsweep_cli("report", str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and "nowhere" in bad.stderr
 
 
 def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(tmp_path, isolated_tracking):
@@ -74,22 +86,6 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
     assert "deepsweep.resumed.finetune" not in rerun.data.tags
     assert len(jobs) == 3 and client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert "3 jobs, 1 failed" in (sweep_dir / "sweep_report.md").read_text()
-
-
-def test_deepsweep_report_rebuilds_the_report_with_chosen_axes(tmp_path, isolated_tracking):
-    sweep_dir = tmp_path / "sweep"
-    assert deepsweep_cli("run", "-m", "init=xavier_uniform,he_normal", "activation=relu,tanh", *FAST,
-                         "hydra.callbacks.mlflow_sweep.heatmap_axes=[init.name,activation.name]",
-                         f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.n_jobs=2").returncode == 0
-    assert "over init.name x activation.name" in (sweep_dir / "sweep_report.md").read_text()
-    (sweep_dir / "sweep_report.md").unlink()
-    result = deepsweep_cli("report", str(sweep_dir), "--metric", "evaluate.roc_auc",
-                           "--axes", "activation.name", "init.name")
-    assert result.returncode == 0, result.stderr[-3000:]
-    text = (sweep_dir / "sweep_report.md").read_text()
-    assert "ranked by evaluate.roc_auc" in text and "over activation.name x init.name" in text
-    bad = deepsweep_cli("report", str(tmp_path / "nowhere"))
-    assert bad.returncode == 2 and "nowhere" in bad.stderr
 
 
 def test_report_columns_leave_out_params_that_follow_another():

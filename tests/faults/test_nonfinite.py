@@ -59,4 +59,4 @@ def test_best_weights_skip_a_non_finite_epoch():
     best.on_fit_end(SimpleNamespace(callback_metrics={}, current_epoch=1), module)
     assert torch.equal(module.weight, kept["weight"])
 
-# In a sweep the diverging jobs fail and the others finish: tests/test_sweep.py::test_init_by_regularizer_sweep.
+# In a sweep the diverging jobs fail and the others finish: tests/test_sweep.py::test_init_by_regularizer_sweep_and_its_report.

@@ -134,7 +134,7 @@ def test_a_parallel_sweep_through_a_real_mlflow_server_records_every_run(tmp_pat
     with mlflow_server(tmp_path / "server.db", tmp_path) as url:
         # Each value alone passes the up-front check; autoencoder with 0 epochs does not: that job is refused
         # in its own process (a FAILED child run with the message) and the other three finish.
-        result = deepsweep_cli("run", "-m", "pretrain=none,autoencoder", "pretrain.epochs=1,0", FAST[0],
+        result = deepsweep_cli("run", "-m", "pretrain=none,autoencoder", "pretrain.epochs=1,0", FAST[0], *FAST[2:],
                                "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=tmp_path,
                                env={"MLFLOW_TRACKING_URI": url})
         assert result.returncode == 0, result.stderr[-3000:]
