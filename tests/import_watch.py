@@ -1,5 +1,6 @@
 """Run ``deepsweep ARGS`` in this fresh interpreter and print, as JSON, each watched module it imported with the
-chain of calls that imported it first (tests/test_imports.py). Not a test module: run as a script."""
+chain of calls that imported it first. Not a test module: run as a script (tests/faults/test_kill.py runs every
+stage this way, as DVC does, and checks FORBIDDEN)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ import json
 import sys
 import traceback
 
+# stage -> modules it must not import on tensor data (digits). Lightning costs 3-6 s of start-up, torch-geometric
+# about 2 s, matplotlib and torchmetrics about half a second each (python -X importtime -m deepsweep stage NAME).
+# The training stages need Lightning, and Lightning itself imports torchmetrics (to read its version), which
+# imports matplotlib and scipy where they are installed: not deepsweep's to cut without patching them.
+FORBIDDEN = {
+    "prepare": ("lightning", "torch_geometric", "matplotlib", "torchmetrics", "tensorboard"),
+    "pretrain": ("torch_geometric", "tensorboard"),
+    "finetune": ("torch_geometric", "tensorboard"),
+    "evaluate": ("lightning", "torch_geometric", "tensorboard"),
+}
 WATCHED = ("lightning", "torch_geometric", "matplotlib", "torchmetrics", "tensorboard", "sklearn", "scipy")
 first: dict[str, list[str]] = {}
 

@@ -428,7 +428,7 @@ def markdown(results: dict) -> str:
         "  Lightning (data/model/task compatibility is read from the option classes' source,",
         "  `factory.declared_kind`; evaluate scores the saved model without a LightningModule), no stage",
         "  composes its config through Hydra (the schema comes from the option files, ~0.6 s a process),",
-        "  git metadata is read once per process. `tests/test_imports.py` holds the line: it runs each stage",
+        "  git metadata is read once per process. `tests/faults/test_kill.py` holds the line: it runs each stage",
         "  in a fresh interpreter and names any forbidden import with its chain. What is left is the floor",
         "  of a process that records to MLflow and saves tensors (about 5 s here for prepare, 8 s for a",
         "  training stage), four times over for `dvc repro -f`: 10 s for the four is out of reach on this",

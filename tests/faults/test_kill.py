@@ -1,6 +1,11 @@
 """kill -9 at three points of each training and evaluation stage, then the stage again (the command dvc.yaml
 runs): no partial output is ever in place, every killed run is marked KILLED by the next process, and the final
-metrics.json is byte for byte the one an uninterrupted pipeline writes (CPU, one thread)."""
+metrics.json is byte for byte the one an uninterrupted pipeline writes (CPU, one thread).
+
+The stage runs that complete go through tests/import_watch.py, each in a fresh interpreter as DVC runs it: pay
+only for what runs, each stage imports no heavy library it does not use (``FORBIDDEN``; a failure names the
+module and the chain of calls that imported it). One set of stage processes serves both checks: each costs
+5-7 s of start-up here."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from import_watch import FORBIDDEN
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +40,18 @@ def temps(artifacts: Path, name: str) -> set[str]:
         if artifacts.is_dir() else set()
 
 
-def run_stage(name: str, params: Path, artifacts: Path, env: dict) -> None:
-    proc = stage(name, params, artifacts, env)
-    assert proc.wait() == 0, proc.stderr.read()[-3000:]
+def run_stage(name: str, params: Path, artifacts: Path, env: dict) -> list[str]:
+    """The stage to its end, in a fresh interpreter watching its imports; the forbidden ones it made, with chains."""
+    import json
+
+    result = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "import_watch.py"), "stage", name,
+                             "--params", str(params), "--artifacts", str(artifacts)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["rc"] == 0 and (artifacts / name / "run.json").is_file()
+    return [f"stage {name} imported {module} through:\n    " + "\n    ".join(reversed(chain[-12:]))
+            for module, chain in report["imported"].items() if module in FORBIDDEN[name]]
 
 
 def kill_at(name: str, params: Path, artifacts: Path, env: dict, delay: float) -> bool:
@@ -61,7 +76,7 @@ def stage_seconds(client, experiment: str, workdir: Path) -> dict[str, float]:
     return {r.info.run_name: (r.info.end_time - r.info.start_time) / 1000 for r in runs}
 
 
-def test_killed_stages_leave_nothing_partial_and_the_rerun_matches(tmp_path):
+def test_killed_stages_leave_nothing_partial_and_the_rerun_matches_importing_only_what_each_uses(tmp_path):
     import mlflow
 
     from deepsweep.config import params_text
@@ -81,7 +96,7 @@ def test_killed_stages_leave_nothing_partial_and_the_rerun_matches(tmp_path):
     seconds = stage_seconds(client, experiment, clean)
 
     faulty = tmp_path / "killed"
-    run_stage("prepare", params, faulty, env)
+    wrong_imports = run_stage("prepare", params, faulty, env)
     kills = landed = 0
     for name in KILLED_STAGES:
         for fraction in KILL_FRACTIONS:
@@ -93,12 +108,13 @@ def test_killed_stages_leave_nothing_partial_and_the_rerun_matches(tmp_path):
                 assert (faulty / name / "run.json").is_file()
             else:
                 landed += 1  # killed mid-stage: nothing of it is in place, only its temp folder
-        run_stage(name, params, faulty, env)
+        wrong_imports += run_stage(name, params, faulty, env)
         assert not any(p.name.endswith(".tmp") for p in faulty.iterdir())
     assert landed >= 2 * len(KILLED_STAGES), f"only {landed} of {kills} kills landed before their stage's output"
 
     metrics = "evaluate/metrics.json"
     assert (faulty / metrics).read_bytes() == (clean / metrics).read_bytes()
+    assert not wrong_imports, "\n".join(wrong_imports)
 
     runs = client.search_runs([experiment], max_results=1000)
     statuses = [r.info.status for r in runs]
