@@ -78,7 +78,7 @@ def test_optuna_search_runs_trials_as_child_runs(tmp_path, isolated_tracking):
     assert "Best value" in result.stdout + result.stderr
     parents, jobs = _sweep_jobs()
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(jobs) == 2 and all(r.info.status == "FINISHED" for r in jobs)
+    assert len(jobs) == 2 and all(r.info.status == "FINISHED" for r in jobs), [r.data.tags.get("deepsweep.error") for r in jobs]
     assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
 
 
