@@ -29,7 +29,8 @@ def test_init_by_regularizer_sweep_and_its_report(tmp_path, isolated_tracking):
     assert len(combos) == 8
     finished = [r for r in jobs if r.info.status == "FINISHED"]
     failed = [r for r in jobs if r.info.status == "FAILED"]
-    assert len(finished) == 4 and all(r.data.params["optimizer.lr"] == "0.05" for r in finished)
+    assert len(finished) == 4 and all(r.data.params["optimizer.lr"] == "0.05" for r in finished), \
+        [(r.data.params.get("optimizer.lr"), r.data.tags.get("deepsweep.error")) for r in failed]
     # lr=10000 diverges: each such job stops at its first non-finite epoch, the others go on.
     assert len(failed) == 4 and all("non-finite value" in r.data.tags["deepsweep.error"] for r in failed)
     assert all("evaluate.accuracy" in r.data.metrics for r in finished)

@@ -87,7 +87,8 @@ def test_a_killed_worker_fails_its_job_and_the_sweep_of_100_jobs_goes_on(tmp_pat
         stages.update({key.split(".")[-1]: by_id[value] for key, value in job.data.tags.items()
                        if key.startswith("deepsweep.resumed.")})
         assert sorted(stages) == ["evaluate", "finetune", "prepare", "pretrain"]
-        assert all(s.info.status == "FINISHED" for s in stages.values())
+        assert all(s.info.status == "FINISHED" for s in stages.values()), \
+            {name: (s.info.status, s.data.tags.get("deepsweep.error")) for name, s in stages.items()}
     # The launcher's copy of the end markers' folder name is the sweep callback's.
     assert surviving_launcher.DONE_DIR == sweep.DONE_DIR
 
