@@ -112,6 +112,26 @@ def pyplot():
     return _pyplot()
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (PNG, 110 dpi, as every study page shows them) and close ``fig``; return ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def widths(width: int, layers: int) -> str:
+    """A ``model.hidden_dims`` sweep value of ``layers`` equal widths: ``[64,64]``."""
+    return "[" + ",".join([str(width)] * layers) + "]"
+
+
+def hidden_layers(row: dict) -> int:
+    """Hidden layers of a job, from its ``model.hidden_dims`` param as MLflow holds it (``[64, 64]``)."""
+    return row["params"]["model.hidden_dims"].count(",") + 1
+
+
 # --- running one ----------------------------------------------------------------------------------------
 
 def sweep_dir(name: str, budget: str) -> Path:

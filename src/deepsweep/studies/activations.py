@@ -5,7 +5,18 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, group, mean_curve, mean_std, pyplot
+from deepsweep.studies import (
+    Finding,
+    Study,
+    clearly_below,
+    group,
+    hidden_layers,
+    mean_curve,
+    mean_std,
+    pyplot,
+    save_figure,
+    widths,
+)
 
 SATURATING = ("sigmoid", "tanh")
 RECTIFIERS = ("relu", "leaky_relu", "elu", "gelu", "silu")
@@ -15,12 +26,7 @@ DEPTHS = {"full": (2, 8, 16), "small": (2, 8)}
 
 
 def hidden_dims(depth: int) -> str:
-    return "[" + ",".join([str(WIDTH)] * depth) + "]"
-
-
-def depth_of(row: dict) -> int:
-    """Hidden layers of a job, from its ``model.hidden_dims`` param (``[64, 64]``)."""
-    return row["params"]["model.hidden_dims"].count(",") + 1
+    return widths(WIDTH, depth)
 
 
 def final_train_loss(row: dict) -> float | None:
@@ -31,10 +37,10 @@ def final_train_loss(row: dict) -> float | None:
 def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     by_activation = group(rows, "activation.name")
     order = [name for name in ACTIVATIONS if name in by_activation]
-    depths = sorted({depth_of(r) for r in rows})
-    accuracy = {(a, d): [r["metrics"]["evaluate.accuracy"] for r in by_activation[a] if depth_of(r) == d]
+    depths = sorted({hidden_layers(r) for r in rows})
+    accuracy = {(a, d): [r["metrics"]["evaluate.accuracy"] for r in by_activation[a] if hidden_layers(r) == d]
                 for a in order for d in depths}
-    loss = {(a, d): [v for r in by_activation[a] if depth_of(r) == d for v in [final_train_loss(r)] if v is not None]
+    loss = {(a, d): [v for r in by_activation[a] if hidden_layers(r) == d for v in [final_train_loss(r)] if v is not None]
             for a in order for d in depths}
 
     plt = pyplot()
@@ -55,10 +61,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
         ax.grid(alpha=0.3)
     acc_ax.legend(fontsize=7)
     fig.suptitle("Activations by depth: digits MLP, Glorot-uniform init, no pretraining (dashed: saturating)")
-    fig.tight_layout()
-    figure = folder / "activations_depth.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    figure = save_figure(fig, folder / "activations_depth.png")
 
     lines = ["| activation | " + " | ".join(f"test accuracy, {d} layers" for d in depths)
              + f" | training loss, {depths[-1]} layers |", "| --- |" + " --- |" * (len(depths) + 1)]

@@ -5,7 +5,17 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, mean_curve, mean_std, pyplot
+from deepsweep.studies import (
+    Finding,
+    Study,
+    clearly_below,
+    hidden_layers,
+    mean_curve,
+    mean_std,
+    pyplot,
+    save_figure,
+    widths,
+)
 
 TARGET = 0.9  # validation accuracy
 RATES = {"full": ("0.01", "0.1", "0.5", "2.0"), "small": ("0.1",)}
@@ -15,11 +25,7 @@ EPOCHS = 30
 
 
 def hidden_dims(depth: int) -> str:
-    return "[" + ",".join([str(WIDTH)] * depth) + "]"
-
-
-def depth_of(row: dict) -> int:
-    return row["params"]["model.hidden_dims"].count(",") + 1
+    return widths(WIDTH, depth)
 
 
 def epochs_to_target(row: dict) -> int | None:
@@ -37,11 +43,11 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     seeds = len({r["params"]["seed"] for r in rows}) or 1
     epochs = max(int(r["metrics"].get("finetune.epochs_trained", EPOCHS)) for r in rows)
     rates = sorted({r["params"]["optimizer.lr"] for r in rows}, key=float)
-    depths = sorted({depth_of(r) for r in rows})
+    depths = sorted({hidden_layers(r) for r in rows})
     kinds = [k for k in ("none", "batchnorm") if any(r["params"]["regularizer.name"] == k for r in rows)]
     # Jobs that diverged failed (a non-finite loss stops a job) and are not among the rows: they never reached it.
     reached = {(k, d, lr): [epochs_to_target(r) for r in rows if r["params"]["regularizer.name"] == k
-                            and depth_of(r) == d and r["params"]["optimizer.lr"] == lr]
+                            and hidden_layers(r) == d and r["params"]["optimizer.lr"] == lr]
                for k in kinds for d in depths for lr in rates}
 
     plt = pyplot()
@@ -63,10 +69,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     axes[0][0].set_ylabel(f"epochs to {TARGET:.0%} validation accuracy\n(x: not within {epochs} epochs)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Batch normalization: epochs to the target accuracy by learning rate (mean over seeds)", fontsize=10)
-    fig.tight_layout()
-    figure = folder / "batch_norm_epochs.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    figure = save_figure(fig, folder / "batch_norm_epochs.png")
 
     lines = ["| hidden layers | SGD lr | epochs to target, no batch norm (seeds reaching it) | with batch norm |",
              "| --- | --- | --- | --- |"]

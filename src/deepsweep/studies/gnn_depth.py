@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, group, mean_std, pyplot
+from deepsweep.studies import Finding, Study, clearly_below, group, hidden_layers, mean_std, pyplot, save_figure, widths
 
 FAMILIES = ("gcn", "sage", "gat")
 WIDTH = 16
@@ -14,11 +14,11 @@ EPOCHS = 100
 
 
 def hidden_dims(layers: int) -> str:
-    return "[" + ",".join([str(WIDTH)] * (layers - 1)) + "]"
+    return widths(WIDTH, layers - 1)  # the head is the last graph layer
 
 
 def layers_of(row: dict) -> int:
-    return row["params"]["model.hidden_dims"].count(",") + 2
+    return hidden_layers(row) + 1
 
 
 def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
@@ -47,10 +47,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     acc_ax.legend(fontsize=8)
     fig.suptitle(f"GNN depth on Cora (public split, width {WIDTH}): accuracy and how alike the nodes become",
                  fontsize=10)
-    fig.tight_layout()
-    figure = folder / "gnn_depth.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    figure = save_figure(fig, folder / "gnn_depth.png")
 
     lines = ["| family | layers | test accuracy | embedding MAD | jobs finished |", "| --- | --- | --- | --- | --- |"]
     for family in order:

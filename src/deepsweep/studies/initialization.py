@@ -5,7 +5,17 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, history, mean_std, pyplot
+from deepsweep.studies import (
+    Finding,
+    Study,
+    clearly_below,
+    hidden_layers,
+    history,
+    mean_std,
+    pyplot,
+    save_figure,
+    widths,
+)
 
 INITS = ("zeros", "normal", "lecun_normal", "xavier_uniform", "he_normal")
 ACTIVATIONS = ("tanh", "relu")
@@ -17,13 +27,13 @@ KEPT, VANISHED = 0.5, 0.1  # last hidden layer's activation std over the first's
 
 
 def hidden_dims(depth: int) -> str:
-    return "[" + ",".join([str(WIDTH)] * depth) + "]"
+    return widths(WIDTH, depth)
 
 
 def layer_curve(row: dict, metric: str, step: int) -> list[float]:
     """``layer/<metric>/<i>`` of a job's finetune run at ``step`` (0: before training, 1: after one epoch), by layer."""
     values = []
-    for i in range(row["params"]["model.hidden_dims"].count(",") + 2):  # the hidden layers and the head
+    for i in range(hidden_layers(row) + 1):  # the hidden layers and the head
         points = {epoch: value for epoch, value, _ in history(row, f"layer/{metric}/{i:02d}")}
         values.append(points.get(step, float("nan")))
     return values
@@ -67,10 +77,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
             ax.set_title(f"{activation}: {label} (solid: at initialization; dashed: after one epoch)", fontsize=8)
             ax.grid(alpha=0.3)
         row_axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    figure = folder / "initialization_layers.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    figure = save_figure(fig, folder / "initialization_layers.png")
 
     lines = ["| activation | init | last / first hidden activation std, at init | first layer's weight-gradient norm, "
              "at init (mean) | test accuracy |", "| --- | --- | --- | --- | --- |"]

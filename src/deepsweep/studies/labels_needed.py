@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, mean_std, pyplot
+from deepsweep.studies import Finding, Study, clearly_below, mean_std, pyplot, save_figure
 
 METHODS = ("none", "autoencoder", "denoising_autoencoder", "dbn", "gan")
 FRACTIONS = {"full": ("0.01", "0.1", "1.0"), "small": ("0.01", "1.0")}
@@ -34,10 +34,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("MNIST, sigmoid MLP 784-256-128-10: pretraining against the labels available", fontsize=9)
-    fig.tight_layout()
-    figure = folder / "labels_needed.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    figure = save_figure(fig, folder / "labels_needed.png")
 
     lines = ["| pretraining | " + " | ".join(f"{float(f):.0%} of the labels ({labels[f]:.0f})" for f in fractions) + " |",
              "| --- |" + " --- |" * len(fractions)]

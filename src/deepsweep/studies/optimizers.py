@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, group, mean_curve, mean_std, pyplot
+from deepsweep.studies import Finding, Study, clearly_below, group, mean_curve, mean_std, pyplot, save_figure
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adadelta", "lbfgs")
 GRID = ("0.001", "0.01", "0.1", "1.0")
@@ -39,10 +39,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
         ax.grid(alpha=0.3)
     by_epoch.legend(fontsize=7)
     fig.suptitle("Optimizers at their best learning rate: digits MLP, no pretraining")
-    fig.tight_layout()
-    figure = folder / "optimizers_loss.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    figure = save_figure(fig, folder / "optimizers_loss.png")
 
     curves = {name: mean_curve(best[name][1], "val/loss") for name in order}
     target = min(p[1] for p in curves["sgd"]) if curves.get("sgd") else None

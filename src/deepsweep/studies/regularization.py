@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, group, mean_curve, mean_std, pyplot
+from deepsweep.studies import Finding, Study, clearly_below, group, mean_curve, mean_std, pyplot, save_figure
 
 REGULARIZERS = ("none", "l1", "l2", "dropout", "dropconnect", "gaussian_dropout", "batchnorm", "early_stopping")
 
@@ -40,10 +40,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Training (solid; training-mode passes, penalties included) and validation (dashed) loss, "
                  "mean over seeds", fontsize=9)
-    fig.tight_layout()
-    figure = folder / "regularization_curves.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    figure = save_figure(fig, folder / "regularization_curves.png")
 
     gaps = {name: [g for g in map(rise, by_name[name]) if g is not None] for name in order}
     accuracy = {name: [r["metrics"]["evaluate.accuracy"] for r in by_name[name]] for name in order}
