@@ -124,3 +124,67 @@ def test_dcgan_discriminator_features_pretrain_and_fine_tune(compose, tmp_path):
     saved = torch.load(artifacts / "pretrain" / "encoder.pt", weights_only=True)["encoder"]
     tuned = torch.load(artifacts / "finetune" / "model.pt", weights_only=True)["state_dict"]
     assert set(saved) <= {k.removeprefix("encoder.") for k in tuned}
+
+
+def test_mode_coverage_and_class_coverage_on_hand_made_samples():
+    from deepsweep.metrics import class_coverage, mode_coverage
+
+    centers = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [0.0, -2.0]])
+    # 30 samples on mode 0, 20 on mode 1 (2 std off: still high quality), 5 on mode 2 (too few to cover it at
+    # 10% of 100), 45 between modes (4 std from any: not high quality).
+    samples = torch.cat([centers[0].repeat(30, 1), (centers[1] + torch.tensor([0.04, 0.0])).repeat(20, 1),
+                         centers[2].repeat(5, 1), torch.tensor([[1.0, 1.0]]).repeat(45, 1)])
+    assert mode_coverage(samples, centers, std=0.02, min_share=0.1) == {"modes_covered": 2.0, "high_quality": 0.55}
+    assert mode_coverage(samples, centers, std=0.02, min_share=0.05)["modes_covered"] == 3.0
+    # Labels 0 x 50, 1 x 50 of 4 classes: two covered; KL from uniform = sum 0.5 log(0.5 * 4) = log 2.
+    coverage = class_coverage(torch.tensor([0] * 50 + [1] * 50), 4)
+    assert coverage["classes_covered"] == 2.0 and coverage["class_kl"] == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    assert class_coverage(torch.arange(4).repeat(25), 4)["class_kl"] == pytest.approx(0.0)
+
+
+def test_ring_data_is_drawn_from_its_seed_and_its_modes_go_to_meta():
+    from deepsweep.data.points import GaussianRing
+
+    splits, meta = GaussianRing(num_train=800).load()
+    again, _ = GaussianRing(num_train=800).load()
+    assert torch.equal(torch.from_numpy(splits.train.x), torch.from_numpy(again.train.x))
+    centers = torch.tensor(meta["modes"])
+    assert centers.shape == (8, 2) and torch.allclose(centers.norm(dim=1), torch.full((8,), 2.0))
+    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
+    # every point lies near its label's centre: within 5 std of 0.02
+    assert (x - centers[y]).norm(dim=1).max() < 5 * 0.02 * 1.5 and set(y.tolist()) == set(range(8))
+
+
+def test_gan_on_the_ring_logs_mode_coverage_each_epoch_and_evaluate_labels_its_samples(compose, tmp_path):
+    import json
+
+    import mlflow
+
+    from deepsweep.stages.pretrain import GENERATED_FILE
+    from deepsweep.tracking.runs import tracking_uri
+
+    cfg = compose("experiment=ring_gan", "pretrain.epochs=3", "data.num_train=1000", "trainer.max_epochs=1")
+    artifacts = tmp_path / "artifacts"
+    summary = {stage: execute(stage, cfg, artifacts) for stage in ("prepare", "pretrain", "finetune", "evaluate")}
+    assert json.loads((artifacts / "prepare" / "meta.json").read_text())["mode_std"] == 0.02
+    samples = torch.load(artifacts / "pretrain" / GENERATED_FILE, weights_only=True)["samples"]
+    assert samples.shape == (1000, 2)
+    assert (artifacts / "pretrain" / "samples_over_training.png").stat().st_size > 10_000
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    client = mlflow.MlflowClient()
+    pretrain = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  filter_string="tags.`deepsweep.stage` = 'pretrain'")[0]
+    covered = client.get_metric_history(pretrain.info.run_id, "samples/modes_covered")
+    assert sorted(m.step for m in covered) == [0, 1, 2] and all(0 <= m.value <= 8 for m in covered)
+    # the stage's summary holds the last epoch's value
+    assert summary["pretrain"]["samples_modes_covered"] == max(covered, key=lambda m: m.step).value
+    metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
+    # the fine-tuned classifier's labels of exactly those samples
+    from deepsweep.metrics import class_coverage
+
+    model = build_model(cfg, (2,), 8)
+    model.load_state_dict(torch.load(artifacts / "finetune" / "model.pt", weights_only=True)["state_dict"])
+    with torch.no_grad():
+        expected = class_coverage(model.eval()(samples).argmax(dim=1), 8)
+    assert metrics["generated_classes_covered"] == expected["classes_covered"]
+    assert metrics["generated_class_kl"] == pytest.approx(expected["class_kl"])

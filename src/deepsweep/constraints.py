@@ -106,6 +106,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("data.val_fraction", FRACTION),
     ("data.test_fraction", FRACTION),
     ("data.split_seed", integer(0)),
+    ("data.modes", integer(2)),
+    ("data.radius", POSITIVE),
+    ("data.std", POSITIVE),
     ("data.*", COUNT),  # length, max_len, max_vocab, min_freq, num_samples, train_subset
     # model
     ("model.hidden_dims", widths()),

@@ -159,3 +159,29 @@ def curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def scatter_snapshots_png(snapshots: dict[int, torch.Tensor], centers: torch.Tensor, path: Path, title: str,
+                          panels: int = 4) -> None:
+    """2-D samples at ``panels`` epochs spread over training (first, ..., last), with the modes' centres."""
+    import torch
+
+    plt = _pyplot()
+    epochs = sorted(snapshots)
+    shown = sorted({epochs[round(i * (len(epochs) - 1) / max(1, panels - 1))] for i in range(panels)})
+    centers = torch.as_tensor(centers)
+    reach = float(centers.abs().max()) * 1.5
+    fig, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown), 2.8), squeeze=False)
+    for ax, epoch in zip(axes[0], shown):
+        points = snapshots[epoch].cpu().numpy()
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4)
+        ax.scatter(centers[:, 0], centers[:, 1], s=25, marker="x", color="red")
+        ax.set_xlim(-reach, reach)
+        ax.set_ylim(-reach, reach)
+        ax.set_aspect("equal")
+        ax.set_title(f"epoch {epoch + 1}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,6 +1,7 @@
 """evaluate: accuracy, macro F1 and ROC-AUC of the fine-tuned model on the held-out test split; the same
 three for a linear probe of the pretrained encoder's frozen features; the pretraining task's test score
-(reconstruction error, and anomaly ROC-AUC with pretrain.anomaly_class); on a graph, how alike the encoder
+(reconstruction error, and anomaly ROC-AUC with pretrain.anomaly_class); how the fine-tuned model labels the
+inputs a GAN generated (the classes they cover); on a graph, how alike the encoder
 makes the nodes' embeddings (embedding_mad, which over-smoothing drives to 0). metrics.json for DVC metrics,
 confusion.csv and roc.csv for DVC plots, PNGs for MLflow."""
 
@@ -17,6 +18,7 @@ from deepsweep import factory, plots
 from deepsweep.data.loaders import PreparedData
 from deepsweep.metrics import (
     anomaly_roc_auc,
+    class_coverage,
     classification_metrics,
     confusion_matrix,
     linear_probe,
@@ -25,7 +27,7 @@ from deepsweep.metrics import (
     roc_points,
 )
 from deepsweep.stages.finetune import MODEL_FILE
-from deepsweep.stages.pretrain import ENCODER_FILE, SCORES_FILE
+from deepsweep.stages.pretrain import ENCODER_FILE, GENERATED_FILE, SCORES_FILE
 from deepsweep.tasks.batches import outputs_and_targets
 from deepsweep.utils.io import write_json
 
@@ -71,6 +73,21 @@ def anomaly_metrics(cfg: DictConfig, pretrained: Path, target: torch.Tensor) -> 
     return {name: float(scores[~is_anomaly].mean()), "anomaly_roc_auc": anomaly_roc_auc(scores, is_anomaly)}
 
 
+def generated_metrics(model, pretrained: Path, num_classes: int) -> dict[str, float]:
+    """The fine-tuned classifier's labels of the inputs pretraining generated (``generates_inputs``: the GANs):
+    ``generated_classes_covered`` and ``generated_class_kl`` (``metrics.class_coverage``), which mode collapse
+    lowers and raises. With ``finetune.load_pretrained=false`` every pretraining method is judged by the same
+    classifier (same seed, same labels, no pretrained weights)."""
+    path = pretrained / GENERATED_FILE
+    if not path.is_file():
+        return {}
+    samples = torch.load(path, weights_only=True)["samples"]
+    model.eval()
+    with torch.inference_mode():
+        predicted = model(samples).argmax(dim=1)
+    return {f"generated_{k}": v for k, v in class_coverage(predicted, num_classes).items()}
+
+
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     import mlflow
 
@@ -86,6 +103,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     metrics = classification_metrics(logits, target, k)
     metrics.update(probe_pretrained_encoder(cfg, data, inputs["pretrain"]))
     metrics.update(anomaly_metrics(cfg, inputs["pretrain"], target))
+    metrics.update(generated_metrics(model, inputs["pretrain"], k))
     embedding = None
     if data.kind == "graph":
         # Where the encoder puts every node: how alike (over-smoothing) and, below, the picture of it.

@@ -17,6 +17,8 @@ from deepsweep.tracking.runs import log_artifact
 
 ENCODER_FILE = "encoder.pt"
 SCORES_FILE = "test_scores.pt"
+GENERATED_FILE = "generated.pt"  # samples of a task that generates inputs, which evaluate labels
+GENERATED_SAMPLES = 1000
 
 
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
@@ -35,12 +37,18 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
             raise ConfigError(f"pretrain.anomaly_class: {anomaly_class} is not a class of data={cfg.data.name} "
                               f"(0..{data.num_classes - 1})")
     batch = int(cfg.data.batch_size)
+    coverage = None
+    if task.generates_inputs and data.meta.get("modes") is not None:
+        from deepsweep.training.callbacks import ModeCoverage
+
+        coverage = ModeCoverage(data.meta["modes"], data.meta["mode_std"])
     result = fit(
         cfg, task,
         data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class,
                     num_neighbors=cfg.data.get("num_neighbors"), all_nodes=True),
         data.loader("val", batch, exclude_class=anomaly_class),
-        out, stage="pretrain", epochs=int(cfg.pretrain.epochs), run_id=run_id)
+        out, stage="pretrain", epochs=int(cfg.pretrain.epochs), run_id=run_id,
+        callbacks=[coverage] if coverage is not None else [])
 
     if task.scores_anomalies:
         # Per-input scores of the test split (reconstruction error, -ELBO, free energy) for the evaluate
@@ -49,9 +57,20 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
         with torch.inference_mode():
             scores = torch.cat([task.anomaly_score(x.to(task.device)).cpu() for x, _ in data.loader("test", 1024)])
         torch.save({"name": task.score_name, "scores": scores}, out / SCORES_FILE)
+    if task.generates_inputs:
+        task.eval()
+        with torch.no_grad():  # codes from a fixed stream: the same samples for the same weights
+            samples = task.generate(GENERATED_SAMPLES, generator=torch.Generator().manual_seed(cfg.seed)).cpu()
+        torch.save({"samples": samples}, out / GENERATED_FILE)
     torch.save({"model": cfg.model.name, "encoder": model.encoder.state_dict()}, out / ENCODER_FILE)
     # e.g. VAE samples and latent interpolation, GAN samples and loss curves
     figures = task.save_figures(out, next(iter(data.loader("val", 64)))[0]) if task.draws_figures else []
+    if coverage is not None and coverage.snapshots and cfg.logger.get("figures", True):
+        from deepsweep.plots import scatter_snapshots_png
+
+        figures.append(out / "samples_over_training.png")
+        scatter_snapshots_png(coverage.snapshots, coverage.centers, figures[-1],
+                              f"pretrain={cfg.pretrain.name}: generated samples (dots) and the modes (x)")
     for path in figures:
         log_artifact(path, "figures")
     if cfg.logger.log_checkpoints:

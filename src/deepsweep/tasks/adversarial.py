@@ -41,6 +41,7 @@ class AdversarialTask(Task):
     steps_by_hand = True  # discriminator and generator steps, n_critic to one
     keep_best_weights = False  # no validation loss ranks GAN epochs
     draws_figures = True
+    generates_inputs = True
 
     def __init__(
         self,
@@ -98,6 +99,8 @@ class AdversarialTask(Task):
     def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
         if self.conditional:
+            if y is None:  # every class in turn
+                y = torch.arange(n, device=self.device) % self.num_classes
             z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
         return self.generator(z)
 

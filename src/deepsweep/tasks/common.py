@@ -9,7 +9,10 @@ fitting code (``deepsweep.training``) and the stages read instead of probing for
   ``steps_per_call`` nor gradient clipping;
 * ``keep_best_weights``: its validation loss ranks epochs (else the last epoch's weights are kept);
 * ``scores_anomalies``: it gives ``anomaly_score(x)`` per input (named ``score_name``);
-* ``draws_figures``: it gives ``save_figures(folder, x)``.
+* ``draws_figures``: it gives ``save_figures(folder, x)``;
+* ``generates_inputs``: it gives ``generate(n, generator=...)``, new inputs drawn from what it learned (the
+  GANs): pretrain saves 1,000 of them, evaluate labels them, and on data with modes (``data=ring``) their
+  coverage is measured every epoch.
 
 A new objective is one subclass and one ``conf/pretrain/<name>.yaml`` naming it (tests/test_objective.py)."""
 
@@ -159,6 +162,7 @@ class Task(EpochLoggingMixin, L.LightningModule):
     keep_best_weights: ClassVar[bool] = True
     scores_anomalies: ClassVar[bool] = False
     draws_figures: ClassVar[bool] = False
+    generates_inputs: ClassVar[bool] = False
     score_name: ClassVar[str] = ""
 
     def __init__(self, setup: TaskSetup) -> None:

@@ -227,3 +227,34 @@ class LayerStatistics(L.Callback):
             if cuda_states is not None:
                 torch.cuda.set_rng_state_all(cuda_states)
         return metrics
+
+
+class ModeCoverage(L.Callback):
+    """After each training epoch, ``samples`` inputs generated from the same codes every epoch (a task that
+    ``generates_inputs``) against the modes of the data (``meta.json``'s ``modes`` and ``mode_std``, which
+    ``data=ring`` writes): ``samples/modes_covered`` and ``samples/high_quality`` (``metrics.mode_coverage``)
+    as per-epoch MLflow metrics and in the stage's summary, and ``snapshots`` (epoch -> the first 500
+    samples) for the scatter figure of training. The generator is sampled in eval mode (batch-norm running
+    statistics) from its own random stream, so the fit's streams are untouched."""
+
+    def __init__(self, centers, std: float, samples: int = 2500, kept: int = 500) -> None:
+        self.centers, self.std = torch.as_tensor(centers, dtype=torch.float32), float(std)
+        self.samples, self.kept = samples, kept
+        self.snapshots: dict[int, torch.Tensor] = {}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from deepsweep.metrics import mode_coverage
+
+        training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                x = pl_module.generate(self.samples, generator=torch.Generator().manual_seed(0)).float().cpu()
+        finally:
+            pl_module.train(training)
+        x = x.flatten(1)
+        values = {f"samples/{k}": v for k, v in mode_coverage(x, self.centers, self.std).items()}
+        self.snapshots[trainer.current_epoch] = x[: self.kept]
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(values, step=trainer.current_epoch)

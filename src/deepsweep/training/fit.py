@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
@@ -138,15 +138,17 @@ def place_on_device(trainer, *loaders):
 
 
 def fit(cfg: DictConfig, task, train_loader, val_loader, out: Path, *, stage: str, epochs: int,
-        run_id: str | None = None, early_stopping_patience: int | None = None, validate: bool = False) -> FitResult:
+        run_id: str | None = None, early_stopping_patience: int | None = None, validate: bool = False,
+        callbacks: Sequence[Any] = ()) -> FitResult:
     """Fit ``task`` for ``epochs`` on the loaders; Lightning writes under ``out``, a resume checkpoint (when
     ``trainer.checkpoint_every_n_epochs`` is set) under ``out.parent/<stage>.resume``, per-epoch metrics to
-    the MLflow run ``run_id``. The task's kept weights are the best epoch's (``task.keep_best_weights``)."""
+    the MLflow run ``run_id``. The task's kept weights are the best epoch's (``task.keep_best_weights``).
+    ``callbacks``: what a stage measures besides (e.g. ``ModeCoverage``)."""
     from deepsweep.training.callbacks import BestWeights
     from deepsweep.training.resume import Resume
 
     best = BestWeights()
-    callbacks: list = [best] if task.keep_best_weights else []
+    callbacks = ([best] if task.keep_best_weights else []) + list(callbacks)
     if early_stopping_patience is not None:
         from lightning.pytorch.callbacks import EarlyStopping
 
