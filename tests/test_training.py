@@ -51,13 +51,34 @@ def test_every_optimizer_learns(compose, digits, optimizer):
     assert val_loss(task, val) < 0.8 * before
 
 
-@pytest.mark.parametrize("model", ["mlp", "lenet", "resnet"])
+@pytest.mark.parametrize("model", ["mlp", "lenet", "resnet", "vgg", "inception"])
 def test_families_give_logits_on_digits_and_mnist_shapes(compose, model):
     cfg = compose(f"model={model}")
     for shape in [(1, 8, 8), (1, 28, 28)]:
         net = factory.build_model(cfg, shape, 10)
         assert net(torch.rand(3, *shape)).shape == (3, 10)
         assert net.encoder(torch.rand(3, *shape)).shape == (3, net.feature_dim)
+
+
+def test_vgg_stacks_3x3_convs_per_stage_and_inception_concatenates_four_branches(compose):
+    from torch import nn
+
+    from deepsweep.config import ConfigError
+
+    vgg = factory.build_model(compose("model=vgg", "model.channels=[8,16,32]", "model.convs_per_stage=3"), (1, 28, 28), 10)
+    convs = [m for m in vgg.encoder.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(3, 3)] * 9 and [c.out_channels for c in convs] == [8] * 3 + [16] * 3 + [32] * 3
+    assert vgg.encoder[:-2](torch.rand(2, 1, 28, 28)).shape == (2, 32, 3, 3)  # 28 -> 14 -> 7 -> 3, before the dense layer
+    net = factory.build_model(compose("model=inception", "model.stem_channels=8", "model.channels=[16]"), (1, 8, 8), 10)
+    block = net.encoder[1]
+    x = torch.rand(2, 8, 8, 8)
+    # each branch a quarter of the 16 channels, concatenated in order: 1x1, 3x3, 5x5, pool
+    assert [b(x).shape[1] for b in block.branches] == [4, 4, 4, 4]
+    assert torch.equal(block(x), torch.cat([b(x) for b in block.branches], dim=1))
+    kernels = [m.kernel_size for m in block.modules() if isinstance(m, nn.Conv2d)]
+    assert kernels == [(1, 1), (1, 1), (3, 3), (1, 1), (5, 5), (1, 1)]
+    with pytest.raises(ConfigError, match=r"model.channels: 18 is not divisible by 4"):
+        factory.build_model(compose("model=inception", "model.channels=[18]"), (1, 8, 8), 10)
 
 
 def test_cnn_on_flat_input_names_the_problem(compose):

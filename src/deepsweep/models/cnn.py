@@ -1,4 +1,5 @@
-"""Convolutional families: a LeNet-style plain CNN and a small ResNet-style one."""
+"""Convolutional families: LeNet-style, VGG-style (stacked 3x3), Inception-style (parallel branches), a small
+ResNet and the DCGAN discriminator."""
 
 from __future__ import annotations
 
@@ -133,3 +134,97 @@ class DCGANDiscriminator(Family):
         self.encoder = nn.Sequential(*parts, nn.Flatten(), layers.dropout())
         self.feature_dim = c * h * w
         self.head = layers.linear(self.feature_dim, num_classes)
+
+
+class VGG(Family):
+    """VGG-style CNN (Simonyan & Zisserman 2015): stages of ``convs_per_stage`` stacked 3x3 convs (two 3x3
+    convs see what one 5x5 sees, with fewer weights and one more nonlinearity), each stage closed by 2x2 max
+    pooling and wider than the last, then dense layers. Sized here for 8x8 and 28x28 inputs."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 64),
+        convs_per_stage: int = 2,
+        fc_dims: Sequence[int] = (128,),
+        layers: Layers | None = None,
+    ) -> None:
+        super().__init__(tuple(input_shape), num_classes)
+        layers = layers or Layers()
+        c, h, w = _image_shape(input_shape, "vgg")
+        convs: list[nn.Module] = []
+        for out in channels:
+            if min(h, w) < 2:
+                raise ValueError(
+                    f"model.channels: {len(channels)} pooled stages shrink a {input_shape[1]}x{input_shape[2]} "
+                    "input below 1 pixel; use fewer channels entries"
+                )
+            for _ in range(convs_per_stage):
+                convs.append(layers.conv(c, out, 3))
+                c = out
+            convs.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        dense: list[nn.Module] = [nn.Flatten()]
+        width = c * h * w
+        for hidden in fc_dims:
+            dense.append(layers.dense(width, hidden))
+            width = hidden
+        self.encoder = nn.Sequential(*convs, *dense)
+        self.feature_dim = width
+        self.head = layers.linear(width, num_classes)
+
+
+class InceptionBlock(nn.Module):
+    """Four parallel branches concatenated on channels (Szegedy et al. 2015, the block with dimension
+    reductions): 1x1; 1x1 then 3x3; 1x1 then 5x5; 3x3 max pool then 1x1. Each branch puts out a quarter of
+    ``out_channels``; the 1x1 reductions before the 3x3 and 5x5 convs halve that again, which is what keeps
+    the wide convs cheap."""
+
+    def __init__(self, in_channels: int, out_channels: int, layers: Layers) -> None:
+        super().__init__()
+        if out_channels % 4:
+            raise ValueError(f"model.channels: {out_channels} is not divisible by 4 (an inception block's "
+                             "four branches share its output channels)")
+        branch = out_channels // 4
+        reduced = max(1, branch // 2)
+        self.branches = nn.ModuleList([
+            layers.conv(in_channels, branch, 1),
+            nn.Sequential(layers.conv(in_channels, reduced, 1), layers.conv(reduced, branch, 3)),
+            nn.Sequential(layers.conv(in_channels, reduced, 1), layers.conv(reduced, branch, 5)),
+            nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), layers.conv(in_channels, branch, 1)),
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+
+class Inception(Family):
+    """Inception-style CNN (GoogLeNet, Szegedy et al. 2015, small): a 3x3 conv stem, then one inception block
+    per ``channels`` entry, each followed by 2x2 max pooling, then global average pooling (no large dense
+    layer, as in GoogLeNet)."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        stem_channels: int = 32,
+        channels: Sequence[int] = (64, 128),
+        layers: Layers | None = None,
+    ) -> None:
+        super().__init__(tuple(input_shape), num_classes)
+        layers = layers or Layers()
+        c, h, w = _image_shape(input_shape, "inception")
+        parts: list[nn.Module] = [layers.conv(c, stem_channels, 3)]
+        c = stem_channels
+        for out in channels:
+            if min(h, w) < 2:
+                raise ValueError(
+                    f"model.channels: {len(channels)} pooled blocks shrink a {input_shape[1]}x{input_shape[2]} "
+                    "input below 1 pixel; use fewer channels entries"
+                )
+            parts += [InceptionBlock(c, out, layers), nn.MaxPool2d(2)]
+            c, h, w = out, h // 2, w // 2
+        self.encoder = nn.Sequential(*parts, nn.AdaptiveAvgPool2d(1), nn.Flatten(), layers.dropout())
+        self.feature_dim = c
+        self.head = layers.linear(c, num_classes)
