@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds vanishing pretraining anomaly results results-quick losses
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds vanishing pretraining anomaly studies results results-quick losses
 
 venv: $(VENV)/.installed
 
@@ -81,21 +81,16 @@ losses: venv
 	$(BIN)/deepsweep run -m loss=cross_entropy,label_smoothing,focal,multi_margin,mse pretrain=none seed=0,1,2 \
 	  hydra.sweep.dir=outputs/sweeps/losses
 
-# Memory over growing sequence length: RNN vs LSTM vs GRU on the first-bit task, 3 seeds each
-# (report in outputs/sweeps/vanishing_gradients/sweep_report.md; README quotes it).
+# Three studies by their old target names (each is `deepsweep study <name>`: its sweep, then its page in
+# docs/studies/ with figures and verdict): memory over sequence length (RNN, LSTM, GRU), every pretraining
+# method against none, and anomaly detection by a class left out of pretraining.
 vanishing: venv
-	$(BIN)/deepsweep run -m experiment=vanishing_gradients model=rnn,lstm,gru data.length=10,25,50,100 seed=0,1,2 \
-	  hydra.sweep.dir=outputs/sweeps/vanishing_gradients
-
-# Every pretraining method against none on digits, same MLP, split and 10% of the labels, 3 seeds:
-# linear-probe and fine-tuned test metrics (report in outputs/sweeps/pretraining/sweep_report.md; README quotes it).
-PRETRAIN_METHODS := none,autoencoder,denoising_autoencoder,sparse_autoencoder,tied_autoencoder,stacked_autoencoder,vae,dbn,gan,wgan_gp,cgan
+	$(BIN)/deepsweep study vanishing_gradients
 pretraining: venv
-	$(BIN)/deepsweep run -m pretrain=$(PRETRAIN_METHODS) pretrain.epochs=30 finetune.label_fraction=0.1 \
-	  trainer.max_epochs=100 seed=0,1,2 hydra.sweep.dir=outputs/sweeps/pretraining
-
-# Anomaly detection on digits: each digit in turn left out of pretraining, scored by reconstruction error
-# (autoencoders), -ELBO (VAE) or free energy (DBN); ROC-AUC of the score on the test split.
+	$(BIN)/deepsweep study pretraining
 anomaly: venv
-	$(BIN)/deepsweep run -m pretrain=autoencoder,denoising_autoencoder,vae,dbn 'pretrain.anomaly_class=range(0,10)' \
-	  pretrain.epochs=30 trainer.max_epochs=1 hydra.sweep.dir=outputs/sweeps/anomaly
+	$(BIN)/deepsweep study anomaly
+
+# Every study in turn (`deepsweep study --list`), each rewriting its page in docs/studies/.
+studies: venv
+	for name in $$($(BIN)/deepsweep study --list | cut -d: -f1); do $(BIN)/deepsweep study $$name; done

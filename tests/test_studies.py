@@ -13,11 +13,11 @@ def test_study_list_names_each_claim():
     result = deepsweep_cli("study", "--list")
     assert result.returncode == 0, result.stderr
     # Every module of deepsweep/studies is a study: adding one is that module alone.
-    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [
-        "activations", "batch_norm", "gnn_depth", "initialization", "labels_needed", "optimizers", "regularization"]
+    names = ["activations", "anomaly", "batch_norm", "gan_stability", "gnn_depth", "initialization", "labels_needed",
+             "optimizers", "pretraining", "regularization", "vanishing_gradients"]
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == names
     assert deepsweep_cli("study", "adam_vs_sgd").stderr.strip() == (
-        "deepsweep: error: study: unknown study 'adam_vs_sgd'; allowed: activations, batch_norm, gnn_depth, "
-        "initialization, labels_needed, optimizers, regularization")
+        f"deepsweep: error: study: unknown study 'adam_vs_sgd'; allowed: {', '.join(names)}")
 
 
 @pytest.mark.parametrize("name,figure", [("regularization", "regularization_curves.png")])
@@ -173,3 +173,75 @@ def test_labels_needed_holds_when_pretraining_beats_scratch_at_few_labels_and_th
     assert finding.measured.endswith("at 1%: autoencoder; of those, a smaller gain at 100%: autoencoder.")
     assert "| `gan` | 0.620 +/- 0.057 | 0.960 +/- 0.000 |" in finding.table
     assert (tmp_path / "labels_needed.png").stat().st_size > 10_000
+
+
+def test_gan_stability_holds_only_where_wgan_gp_covers_more_modes_than_the_gan_beyond_the_spread(monkeypatch, tmp_path):
+    """Worked by hand: on the ring WGAN-GP covers 8 and 7 modes, the GAN 2 and 3 (beyond the spread); on MNIST
+    both find 10 digits: in part. Then the MNIST GAN finds 4 and 5: yes."""
+    from deepsweep.studies import gan_stability
+
+    def row(data: str, method: str, seed: int, value: float) -> dict:
+        metric = gan_stability.RING_MODES if data == "ring" else gan_stability.CLASSES
+        return {"run_id": f"{data}{method}{seed}", "params": {"data.name": data, "pretrain.name": method, "seed": str(seed)},
+                "metrics": {metric: value, gan_stability.RING_QUALITY: 0.5, gan_stability.CLASS_KL: 0.1},
+                "stage_runs": {}}
+
+    monkeypatch.setattr(gan_stability, "mean_curve", lambda rows, metric, stage: [(0, 1.0, 0.1), (1, 2.0, 0.2)])
+    monkeypatch.setattr(gan_stability, "stage_artifact", lambda row, stage, path, to: None)
+    ring = [row("ring", "gan", 0, 2), row("ring", "gan", 1, 3), row("ring", "wgan_gp", 0, 8), row("ring", "wgan_gp", 1, 7)]
+    mnist = [row("mnist", m, s, 10) for m in ("gan", "wgan_gp") for s in (0, 1)]
+    finding = gan_stability.analyze(ring + mnist, tmp_path, "full")
+    assert finding.held == "in part"
+    assert "| `gan` | 2.50 +/- 0.71 | 0.500 +/- 0.000 | 10.00 +/- 0.00 | 0.100 +/- 0.000 |" in finding.table
+    assert "on the ring yes, on MNIST no" in finding.measured
+    collapsed = [row("mnist", "gan", 0, 4), row("mnist", "gan", 1, 5)] + mnist[2:]
+    assert gan_stability.analyze(ring + collapsed, tmp_path, "full").held == "yes"
+
+
+def test_vanishing_gradients_holds_when_each_gated_cell_beats_the_rnn_at_the_longest_length(tmp_path):
+    from deepsweep.studies import vanishing_gradients
+
+    def row(cell: str, length: int, accuracy: float, bias: str = "None") -> dict:
+        return {"params": {"model.name": cell, "data.length": str(length), "model.forget_bias": bias},
+                "metrics": {"evaluate.accuracy": accuracy}, "stage_runs": {}}
+
+    base = [row(c, 10, 1.0) for c in ("rnn", "lstm", "gru") for _ in range(2)]
+    long = [row("rnn", 100, 0.50), row("rnn", 100, 0.52), row("lstm", 100, 0.49), row("lstm", 100, 0.51),
+            row("gru", 100, 0.95), row("gru", 100, 0.97), row("gru", 100, 0.99, "1.0"), row("gru", 100, 0.98, "1.0")]
+    finding = vanishing_gradients.analyze(base + long, tmp_path, "full")
+    assert finding.held == "in part"  # the GRU does, the plain LSTM does not
+    assert "Above the RNN beyond the spread over seeds: gru, gru, forget_bias=1." in finding.measured
+    assert finding.table.splitlines()[0] == "| length | rnn | lstm | gru | gru, forget_bias=1 |"
+    long[2:4] = [row("lstm", 100, 0.90), row("lstm", 100, 0.92)]
+    assert vanishing_gradients.analyze(base + long, tmp_path, "full").held == "yes"
+
+
+def test_pretraining_separates_what_a_probe_sees_from_what_fine_tuning_keeps(tmp_path):
+    from deepsweep.studies import pretraining
+
+    def row(method: str, probe: float, tuned: float) -> dict:
+        metrics = {f"evaluate.{k}": v for k, v in (("probe_accuracy", probe), ("accuracy", tuned))}
+        metrics.update({f"evaluate.{k}": 0.9 for k in ("probe_f1_macro", "probe_roc_auc", "f1_macro", "roc_auc")})
+        return {"params": {"pretrain.name": method}, "metrics": metrics, "stage_runs": {}}
+
+    rows = [row("none", 0.80, 0.90), row("none", 0.82, 0.91), row("autoencoder", 0.90, 0.90), row("autoencoder", 0.91, 0.92)]
+    finding = pretraining.analyze(rows, tmp_path, "full")
+    assert finding.held == "in part"
+    assert "above it beyond the spread over seeds: autoencoder" in finding.measured
+    assert "above `none` beyond the spread: none." in finding.measured
+    assert len([line for line in finding.table.splitlines() if line.startswith("| `")]) == 2
+
+
+def test_anomaly_holds_for_a_method_above_chance_beyond_the_spread_over_held_out_digits(tmp_path):
+    from deepsweep.studies import anomaly
+
+    def row(method: str, digit: int, auc: float) -> dict:
+        return {"params": {"pretrain.name": method, "pretrain.anomaly_class": str(digit)},
+                "metrics": {"evaluate.anomaly_roc_auc": auc}, "stage_runs": {}}
+
+    rows = [row("autoencoder", 0, 0.90), row("autoencoder", 1, 0.80), row("vae", 0, 0.90), row("vae", 1, 0.30)]
+    finding = anomaly.analyze(rows, tmp_path, "full")
+    assert finding.held == "in part"  # the VAE's 0.60 mean lies within its spread (0.42) of chance
+    assert "| `autoencoder` (reconstruction error) | 0.90 | 0.80 | 0.850 +/- 0.071 |" in finding.table
+    assert "Above chance beyond the spread over digits: autoencoder." in finding.measured
+    assert "vae 1 (0.30)" in finding.measured

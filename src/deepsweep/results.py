@@ -201,56 +201,6 @@ def _pretrained(quick: bool) -> tuple[list[list[str]], str]:
     return rows, ""
 
 
-PRETRAIN_METHODS = ("none", "autoencoder", "denoising_autoencoder", "sparse_autoencoder", "tied_autoencoder",
-                    "stacked_autoencoder", "vae", "dbn", "gan", "wgan_gp", "cgan")
-PRETRAINING = Sweep("pretraining", ["make", "pretraining"])
-
-
-def _pretraining(quick: bool) -> tuple[list[list[str]], str]:
-    seconds = PRETRAINING.run()
-    rows = PRETRAINING.rows()
-    metrics = ("probe_accuracy", "probe_f1_macro", "probe_roc_auc", "accuracy", "f1_macro", "roc_auc")
-    table = [[f"`{m}`", *(_stat(_where(rows, **{"pretrain.name": m}), f"evaluate.{k}", 3) for k in metrics)]
-             for m in PRETRAIN_METHODS]
-    return table, f"`make pretraining`: {len(rows)} jobs, {_seconds(seconds)}"
-
-
-ANOMALY = Sweep("anomaly", ["make", "anomaly"])
-
-
-def _anomaly(quick: bool) -> tuple[list[list[str]], str]:
-    seconds = ANOMALY.run()
-    rows = ANOMALY.rows()
-    table = []
-    for method in ("autoencoder", "denoising_autoencoder", "vae", "dbn"):
-        values = []
-        for digit in range(10):
-            found = _where(rows, **{"pretrain.name": method, "pretrain.anomaly_class": str(digit)})
-            values.append(found[0]["metrics"]["evaluate.anomaly_roc_auc"] if found else float("nan"))
-        table.append([f"`{method}`", *(f"{v:.2f}" for v in values), f"{statistics.mean(values):.3f}"])
-    return table, f"`make anomaly`: {len(rows)} jobs, {_seconds(seconds)}"
-
-
-VANISHING = Sweep("vanishing_gradients", ["make", "vanishing"])
-FORGET_BIAS = Sweep("vanishing_forget_bias", [
-    _bin("deepsweep"), "run", "-m", "experiment=vanishing_gradients", "model=lstm,gru", "model.forget_bias=1.0",
-    "data.length=10,25,50,100", "seed=0,1,2", "hydra.sweep.dir=outputs/sweeps/vanishing_forget_bias"])
-
-
-def _vanishing(quick: bool) -> tuple[list[list[str]], str]:
-    seconds = VANISHING.run() + FORGET_BIAS.run()
-    plain, biased = VANISHING.rows(), FORGET_BIAS.rows()
-    table = []
-    for length in ("10", "25", "50", "100"):
-        cells = [_stat(_where(plain, **{"model.name": m, "data.length": length}), "evaluate.accuracy", 3)
-                 for m in ("rnn", "lstm", "gru")]
-        cells += [_stat(_where(biased, **{"model.name": m, "data.length": length}), "evaluate.accuracy", 3)
-                  for m in ("lstm", "gru")]
-        table.append([length, *cells])
-    return table, (f"`make vanishing` and the `forget_bias=1` sweep: {len(plain) + len(biased)} jobs, "
-                   f"{_seconds(seconds)}")
-
-
 PUBLISHED = {"cora_gcn": "81.5 +/- 0.6 (Kipf & Welling; PyG)", "cora_gat": "83.0 +/- 0.7 (Velickovic et al.)",
              "cora_sage_pretrained": "-"}
 CORA = [Sweep(e, [_bin("deepsweep"), "run", "-m", f"experiment={e}", "seed=range(0,10)",
@@ -298,11 +248,6 @@ TABLES = [
     Table("pretrained", ["pipeline", "pretrained: accuracy / F1 / ROC-AUC", "probe accuracy",
                          "no pretraining (`pretrain=none`): accuracy / F1 / ROC-AUC", "probe accuracy",
                          "wall time", "command"], _pretrained, quick_rows=1),
-    Table("pretraining", ["pretrain", "probe accuracy", "probe macro F1", "probe ROC-AUC", "fine-tuned accuracy",
-                          "fine-tuned macro F1", "fine-tuned ROC-AUC"], _pretraining),
-    Table("anomaly", ["pretrain", *map(str, range(10)), "mean"], _anomaly),
-    Table("vanishing", ["length", "RNN (Elman)", "LSTM", "GRU", "LSTM, `forget_bias=1`", "GRU, `forget_bias=1`"],
-          _vanishing),
     Table("cora", ["experiment", "test accuracy", "macro F1", "ROC-AUC (OvR)", "published accuracy"], _cora),
     Table("cora_inductive", ["pretrain (50 epochs)", "test accuracy", "macro F1", "ROC-AUC (OvR)",
                              "linear probe accuracy"], _cora_inductive),

@@ -12,6 +12,7 @@ Adding a study is one module here with a ``STUDY``: ``NAMES`` lists the modules 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import shutil
 import statistics
@@ -43,8 +44,15 @@ class Study:
     title: str
     claim: str  # as the course states it
     setup: str  # what runs, in words
-    sweeps: dict[str, list[str]]  # budget -> the overrides of `deepsweep run -m`
+    # budget -> the overrides of `deepsweep run -m`, or a list of such lists: sweeps run one after another
+    # (e.g. two data sets whose options differ), their jobs' rows pooled for ``analyze``
+    sweeps: dict[str, list[str] | list[list[str]]]
     analyze: Callable[[list[dict], Path, str], Finding]  # (finished job rows, figure folder, budget)
+
+    def parts(self, budget: str) -> list[list[str]]:
+        """The sweeps of ``budget``, each a list of overrides."""
+        sweeps = self.sweeps[budget]
+        return [list(part) for part in sweeps] if sweeps and isinstance(sweeps[0], list) else [list(sweeps)]
 
 
 def load(name: str) -> Study:
@@ -81,12 +89,43 @@ def group(rows: list[dict], key: str) -> dict[str, list[dict]]:
     return groups
 
 
+def stage_run(row: dict, stage: str) -> str | None:
+    """The id of a job's ``stage`` run: its own, or the one a resumed job reused (``deepsweep.resumed.<stage>``)."""
+    import mlflow
+
+    if stage in row["stage_runs"]:
+        return row["stage_runs"][stage]
+    client = mlflow.MlflowClient()
+    job = client.get_run(row["run_id"])
+    found = client.search_runs([job.info.experiment_id], max_results=1, filter_string=(
+        f"tags.mlflow.parentRunId = '{row['run_id']}' and tags.`deepsweep.stage` = '{stage}'"))
+    run_id = found[0].info.run_id if found else job.data.tags.get(f"deepsweep.resumed.{stage}")
+    row["stage_runs"][stage] = run_id
+    return run_id
+
+
+def stage_artifact(row: dict, stage: str, path: str, to: Path) -> Path | None:
+    """Copy the artifact ``path`` of a job's ``stage`` run to the file ``to``; None when the run has none."""
+    import mlflow
+
+    run_id = stage_run(row, stage)
+    if run_id is None:
+        return None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per figure says nothing here
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+    except Exception:  # noqa: BLE001 - MLflow raises its own and OSError kinds for a missing artifact
+        return None
+    shutil.copyfile(local, to)
+    return to
+
+
 def history(row: dict, metric: str, stage: str = "finetune") -> list[tuple[int, float, float]]:
     """``(epoch, value, seconds since the stage run started)`` of a per-epoch metric of a job's stage run."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    run_id = row["stage_runs"].get(stage)
+    run_id = stage_run(row, stage)
     if not run_id:
         return []
     start = client.get_run(run_id).info.start_time
@@ -134,15 +173,16 @@ def hidden_layers(row: dict) -> int:
 
 # --- running one ----------------------------------------------------------------------------------------
 
-def sweep_dir(name: str, budget: str) -> Path:
+def sweep_dir(name: str, budget: str, part: int = 0) -> Path:
+    """The folder of the study's sweep (its ``part``-th, for a study of several sweeps)."""
     from deepsweep import paths
 
-    return paths.project_root() / "outputs" / "sweeps" / f"study_{name}_{budget}"
+    return paths.project_root() / "outputs" / "sweeps" / (f"study_{name}_{budget}" + (f"_{part}" if part else ""))
 
 
 def run_sweep(study: Study, budget: str, reuse: bool = False) -> tuple[list[dict], float]:
-    """Run the study's sweep for ``budget`` afresh (``reuse``: read the last one instead); its finished jobs'
-    rows and the wall time (0 when reused)."""
+    """Run the study's sweeps for ``budget`` afresh (``reuse``: read the last ones instead); their finished
+    jobs' rows and the wall time (0 when reused)."""
     import mlflow
     from omegaconf import OmegaConf
 
@@ -151,20 +191,22 @@ def run_sweep(study: Study, budget: str, reuse: bool = False) -> tuple[list[dict
     from deepsweep.tracking.runs import tracking_uri
     from deepsweep.tracking.sweep import PARENT_FILE
 
-    folder = sweep_dir(study.name, budget)
-    seconds = 0.0
-    if not reuse:
-        shutil.rmtree(folder, ignore_errors=True)
-        command = [sys.executable, "-m", "deepsweep", "run", "-m", *study.sweeps[budget], f"hydra.sweep.dir={folder}"]
-        start = time.monotonic()
-        subprocess.run(command, cwd=paths.project_root(), check=True)
-        seconds = time.monotonic() - start
-    elif not (folder / PARENT_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: no sweep of study {study.name} to reuse; run it without --reuse")
-    mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": None}})))
-    rows = [r for r in sweep_rows((folder / PARENT_FILE).read_text().strip()) if r["status"] == "FINISHED"]
-    if not rows:
-        raise FileNotFoundError(f"{folder}: no job of study {study.name}'s sweep finished")
+    seconds, rows = 0.0, []
+    for part, overrides in enumerate(study.parts(budget)):
+        folder = sweep_dir(study.name, budget, part)
+        if not reuse:
+            shutil.rmtree(folder, ignore_errors=True)
+            command = [sys.executable, "-m", "deepsweep", "run", "-m", *overrides, f"hydra.sweep.dir={folder}"]
+            start = time.monotonic()
+            subprocess.run(command, cwd=paths.project_root(), check=True)
+            seconds += time.monotonic() - start
+        elif not (folder / PARENT_FILE).is_file():
+            raise FileNotFoundError(f"{folder}: no sweep of study {study.name} to reuse; run it without --reuse")
+        mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": None}})))
+        finished = [r for r in sweep_rows((folder / PARENT_FILE).read_text().strip()) if r["status"] == "FINISHED"]
+        if not finished:
+            raise FileNotFoundError(f"{folder}: no job of study {study.name}'s sweep finished")
+        rows += finished
     return rows, seconds
 
 
@@ -181,7 +223,9 @@ def page(study: Study, finding: Finding, budget: str, jobs: int, seconds: float 
         f"**Claim** (as the course states it): {study.claim}", "",
         f"**Held:** {finding.held}. {finding.measured}", "",
         f"**Setup:** {study.setup}", "",
-        f"**Command:** `{command_line(study, budget)}` (the sweep: `deepsweep run -m {' '.join(study.sweeps[budget])}`)", "",
+        f"**Command:** `{command_line(study, budget)}` ("
+        + ("the sweep: " if len(study.parts(budget)) == 1 else "its sweeps, one after the other: ")
+        + " and ".join(f"`deepsweep run -m {' '.join(part)}`" for part in study.parts(budget)) + ")", "",
         finding.table, "",
         figures, "",
         f"(Generated by `{command_line(study, budget)}` on {machine()}: {jobs} jobs finished"
