@@ -39,6 +39,33 @@ def test_small_budget_writes_the_page(tmp_path, isolated_tracking, name, figure)
     assert [line for line in (tmp_path / f"{name}.md").read_text().splitlines() if line.startswith("| `")] == rows
 
 
+FIGURES = {"activations": "activations_depth.png", "anomaly": "anomaly.png", "batch_norm": "batch_norm_epochs.png",
+           "gan_stability": "gan_stability_ring.png", "gnn_depth": "gnn_depth.png",
+           "initialization": "initialization_layers.png", "labels_needed": "labels_needed.png",
+           "optimizers": "optimizers_loss.png", "pretraining": "pretraining.png",
+           "vanishing_gradients": "vanishing_gradients.png"}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_each_study_runs_its_small_budget_into_a_page_with_a_verdict(tmp_path, isolated_tracking, name):
+    """Every study's whole path on its small budget (regularization's above): its sweeps run, its runs are read
+    back, its table has a row per compared setting and its verdict is computed (the worked-by-hand tests below
+    check each verdict rule)."""
+    from deepsweep import studies
+
+    result = deepsweep_cli("study", name, "--budget", "small", "--out", str(tmp_path),
+                           env={"MLFLOW_TRACKING_URI": f"sqlite:///{isolated_tracking}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (tmp_path / f"{name}.md").read_text()
+    held = page.split("**Held:** ", 1)[1].split(".", 1)[0]
+    assert held in ("yes", "no", "in part"), page
+    assert (tmp_path / FIGURES[name]).stat().st_size > 5_000 and f"]({FIGURES[name]})" in page
+    table = [line for line in page.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(table) >= 3, page  # the header and at least two compared settings
+    sweeps = studies.load(name).parts("small")
+    assert all(f"`deepsweep run -m {' '.join(part)}`" in page for part in sweeps)
+
+
 def test_a_difference_counts_only_beyond_the_spread_over_seeds(monkeypatch, tmp_path):
     """The verdict rule on numbers worked by hand: rmsprop below SGD by more than either spread, momentum not."""
     from deepsweep import studies
@@ -192,7 +219,7 @@ def test_gan_stability_holds_only_where_wgan_gp_covers_more_modes_than_the_gan_b
     mnist = [row("mnist", m, s, 10) for m in ("gan", "wgan_gp") for s in (0, 1)]
     finding = gan_stability.analyze(ring + mnist, tmp_path, "full")
     assert finding.held == "in part"
-    assert "| `gan` | 2.50 +/- 0.71 | 0.500 +/- 0.000 | 10.00 +/- 0.00 | 0.100 +/- 0.000 |" in finding.table
+    assert "| `gan` | 2.50 +/- 0.71 | 0.500 +/- 0.000 | - | 10.00 +/- 0.00 | 0.100 +/- 0.000 |" in finding.table
     assert "on the ring yes, on MNIST no" in finding.measured
     collapsed = [row("mnist", "gan", 0, 4), row("mnist", "gan", 1, 5)] + mnist[2:]
     assert gan_stability.analyze(ring + collapsed, tmp_path, "full").held == "yes"

@@ -1,4 +1,4 @@
-"""kill -9 at three points of each training and evaluation stage, then the stage again (the command dvc.yaml
+"""kill -9 at two points of each training and evaluation stage, then the stage again (the command dvc.yaml
 runs): no partial output is ever in place, every killed run is marked KILLED by the next process, and the final
 metrics.json is byte for byte the one an uninterrupted pipeline writes (CPU, one thread).
 
@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 
 OVERRIDES = ["pretrain.epochs=8", "trainer.max_epochs=8", "trainer.num_threads=1", "logger.log_checkpoints=false"]
 KILLED_STAGES = ("pretrain", "finetune", "evaluate")
-KILL_FRACTIONS = (0.1, 0.4, 0.7)  # of the stage's uninterrupted MLflow run duration, from its first output write
+# Of the stage's uninterrupted MLflow run duration, from its first output write: early (set-up, first epoch)
+# and late (last epochs, writing). A third point at 40% cost 25-30 s of suite time and found nothing new.
+KILL_FRACTIONS = (0.1, 0.6)
 
 
 def stage(name: str, params: Path, artifacts: Path, env: dict) -> subprocess.Popen:
@@ -110,7 +112,8 @@ def test_killed_stages_leave_nothing_partial_and_the_rerun_matches_importing_onl
                 landed += 1  # killed mid-stage: nothing of it is in place, only its temp folder
         wrong_imports += run_stage(name, params, faulty, env)
         assert not any(p.name.endswith(".tmp") for p in faulty.iterdir())
-    assert landed >= 2 * len(KILLED_STAGES), f"only {landed} of {kills} kills landed before their stage's output"
+    assert landed >= len(KILL_FRACTIONS) * len(KILLED_STAGES) - 2, \
+        f"only {landed} of {kills} kills landed before their stage's output"
 
     metrics = "evaluate/metrics.json"
     assert (faulty / metrics).read_bytes() == (clean / metrics).read_bytes()
