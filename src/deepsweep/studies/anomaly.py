@@ -22,6 +22,8 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
                  if int(r["params"]["pretrain.anomaly_class"]) == digit and "evaluate.anomaly_roc_auc" in r["metrics"]]
         return statistics.mean(found) if found else None
 
+    methods = [m for m in methods if any(auc(m, d) is not None for d in digits)]  # a method with no score: no row
+
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for method in methods:

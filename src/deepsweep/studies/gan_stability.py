@@ -72,10 +72,12 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
                 + ", ".join(f"{mean(ring, m, RING_MODES):.1f} modes ({m})" for m in methods if m in ring)
                 + " of 8, with "
                 + ", ".join(f"{mean(ring, m, RING_QUALITY):.2f}" for m in methods if m in ring)
-                + " of them high quality. On MNIST a fixed classifier finds "
-                + ", ".join(f"{mean(mnist, m, CLASSES):.1f} ({m})" for m in methods if m in mnist)
-                + " of the 10 digits among 1,000 samples. WGAN-GP covers more than the GAN beyond the spread over "
-                f"seeds: on the ring {'yes' if ring_held else 'no'}, on MNIST {'yes' if mnist_held else 'no'}.")
+                + " of them high quality."
+                + (" On MNIST a fixed classifier finds "
+                   + ", ".join(f"{mean(mnist, m, CLASSES):.1f} ({m})" for m in methods if m in mnist)
+                   + " of the 10 digits among 1,000 samples." if mnist else "")
+                + " WGAN-GP covers more than the GAN beyond the spread over seeds: on the ring "
+                f"{'yes' if ring_held else 'no'}, on MNIST {'yes' if mnist_held else 'no (not run)' if not mnist else 'no'}.")
     return Finding(table, measured, held, figures)
 
 
@@ -101,10 +103,9 @@ STUDY = Study(
            "accuracy is in the runs); a digit counts as covered at 1% of the samples."),
     sweeps={
         "full": [RING_FULL, [*MNIST, "data.train_subset=20000", "pretrain.epochs=30", "trainer.max_epochs=3", "seed=0,1"]],
-        "small": [["experiment=ring_gan", "pretrain=gan,wgan_gp", "data.num_train=1000", "pretrain.epochs=2",
-                   "trainer.max_epochs=1", "seed=0"],
-                  ["data=mnist", "pretrain=gan,wgan_gp", "model.hidden_dims=[256,128]", "finetune.load_pretrained=false",
-                   "data.train_subset=500", "pretrain.epochs=1", "trainer.max_epochs=1", "seed=0"]],
+        # The ring alone: the MNIST sweep's path (its figures, the classifier's labels) is the same code.
+        "small": ["experiment=ring_gan", "pretrain=gan,wgan_gp", "data.num_train=1000", "pretrain.epochs=2",
+                  "trainer.max_epochs=1", "seed=0"],
     },
     analyze=analyze,
 )

@@ -21,6 +21,8 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     def values(method: str, metric: str) -> list[float]:
         return [r["metrics"][f"evaluate.{metric}"] for r in by_method[method] if f"evaluate.{metric}" in r["metrics"]]
 
+    methods = [m for m in methods if values(m, "probe_accuracy") and values(m, "accuracy")]
+
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
     offsets = {"probe_accuracy": -0.2, "accuracy": 0.2}

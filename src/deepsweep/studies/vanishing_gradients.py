@@ -47,7 +47,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     lines += [f"| {n} | " + " | ".join(mean_std(accuracy(v, n)) for v in variants) + " |" for n in lengths]
     longest = lengths[-1]
     gated = [v for v in variants if v != "rnn" and accuracy(v, longest)]
-    if "rnn" not in variants or not gated:
+    if not accuracy("rnn", longest) or not gated:
         return Finding("\n".join(lines), "This budget lacks the simple RNN or a gated cell.", "not tested", [figure])
     beat = [v for v in gated if clearly_below(accuracy("rnn", longest), accuracy(v, longest))]
     plain_gated = [v for v in gated if "forget_bias" not in v]
