@@ -66,19 +66,20 @@ def load(name: str) -> Study:
 
 # --- reading a sweep ------------------------------------------------------------------------------------
 
+def spread(values: list[float]) -> float:
+    """The standard deviation over seeds (or other repeats); 0 for a single value."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def mean_std(values: list[float], digits: int = 3) -> str:
     if not values:
         return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} +/- {spread:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} +/- {spread(values):.{digits}f}"
 
 
 def clearly_below(values: list[float], reference: list[float]) -> bool:
     """Whether ``values`` lie below ``reference`` by more than the larger of their spreads over seeds: a
     difference the seeds do not explain, not a verdict of a test."""
-    def spread(v: list[float]) -> float:
-        return statistics.stdev(v) if len(v) > 1 else 0.0
-
     return statistics.mean(reference) - statistics.mean(values) > max(spread(values), spread(reference))
 
 

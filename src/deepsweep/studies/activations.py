@@ -15,6 +15,7 @@ from deepsweep.studies import (
     mean_std,
     pyplot,
     save_figure,
+    spread,
     widths,
 )
 
@@ -50,7 +51,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
         for ax, values in ((acc_ax, accuracy), (loss_ax, loss)):
             shown = [d for d in depths if values[(name, d)]]
             ax.errorbar(shown, [statistics.mean(values[(name, d)]) for d in shown],
-                        yerr=[statistics.stdev(values[(name, d)]) if len(values[(name, d)]) > 1 else 0 for d in shown],
+                        yerr=[spread(values[(name, d)]) for d in shown],
                         linestyle=style, marker="o", capsize=3, label=name)
     acc_ax.set_ylabel("test accuracy (mean +/- std over seeds)")
     loss_ax.set_ylabel("training loss at the last epoch")

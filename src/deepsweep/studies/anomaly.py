@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, group, pyplot, save_figure
+from deepsweep.studies import Finding, Study, group, mean_std, pyplot, save_figure, spread
 
 METHODS = ("autoencoder", "denoising_autoencoder", "vae", "dbn")
 SCORES = {"autoencoder": "reconstruction error", "denoising_autoencoder": "reconstruction error", "vae": "-ELBO",
@@ -44,16 +44,15 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     for method in methods:
         values = [auc(method, d) for d in digits]
         means[method] = [v for v in values if v is not None]
-        spread = statistics.stdev(means[method]) if len(means[method]) > 1 else 0.0
         lines.append(f"| `{method}` ({SCORES[method]}) | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values)
-                     + f" | {statistics.mean(means[method]):.3f} +/- {spread:.3f} |")
+                     + f" | {mean_std(means[method])} |")
     table = "\n".join(lines)
     if not methods:
         return Finding(table, "No method finished.", "not tested", [figure])
 
     def detects(method: str) -> bool:  # above chance beyond the spread over held-out digits
         values = means[method]
-        return statistics.mean(values) - 0.5 > (statistics.stdev(values) if len(values) > 1 else 0.0)
+        return statistics.mean(values) - 0.5 > spread(values)
 
     detecting = [m for m in methods if detects(m)]
     held = "yes" if len(detecting) == len(methods) else ("in part" if detecting else "no")

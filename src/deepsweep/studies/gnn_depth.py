@@ -5,7 +5,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, group, hidden_layers, mean_std, pyplot, save_figure, widths
+from deepsweep.studies import (
+    Finding, Study, clearly_below, group, hidden_layers, mean_std, pyplot, save_figure, spread, widths,
+)
 
 FAMILIES = ("gcn", "sage", "gat")
 WIDTH = 16
@@ -35,7 +37,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
         for ax, metric in ((acc_ax, "evaluate.accuracy"), (mad_ax, "evaluate.embedding_mad")):
             shown = [d for d in depths if values(family, d, metric)]
             ax.errorbar(shown, [statistics.mean(values(family, d, metric)) for d in shown],
-                        yerr=[statistics.stdev(v) if len(v := values(family, d, metric)) > 1 else 0 for d in shown],
+                        yerr=[spread(values(family, d, metric)) for d in shown],
                         marker="o", capsize=3, label=family)
     acc_ax.set_ylabel("test accuracy (mean +/- std over seeds)")
     mad_ax.set_ylabel("mean cosine distance between node embeddings (MAD)")

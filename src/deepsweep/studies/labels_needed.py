@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, mean_std, pyplot, save_figure
+from deepsweep.studies import Finding, Study, clearly_below, mean_std, pyplot, save_figure, spread
 
 METHODS = ("none", "autoencoder", "denoising_autoencoder", "dbn", "gan")
 FRACTIONS = {"full": ("0.01", "0.1", "1.0"), "small": ("0.01", "1.0")}
@@ -25,7 +25,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     for method in methods:
         shown = [f for f in fractions if accuracy[(method, f)]]
         ax.errorbar([labels[f] for f in shown], [statistics.mean(accuracy[(method, f)]) for f in shown],
-                    yerr=[statistics.stdev(v) if len(v := accuracy[(method, f)]) > 1 else 0 for f in shown],
+                    yerr=[spread(accuracy[(method, f)]) for f in shown],
                     linestyle="--" if method == "none" else "-", marker="o", capsize=3,
                     label="scratch (none)" if method == "none" else method)
     ax.set_xscale("log")

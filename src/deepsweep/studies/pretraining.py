@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, group, mean_std, pyplot, save_figure
+from deepsweep.studies import Finding, Study, clearly_below, group, mean_std, pyplot, save_figure, spread
 
 METHODS = ("none", "autoencoder", "denoising_autoencoder", "sparse_autoencoder", "tied_autoencoder",
            "stacked_autoencoder", "vae", "dbn", "gan", "wgan_gp", "cgan")
@@ -28,7 +28,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     offsets = {"probe_accuracy": -0.2, "accuracy": 0.2}
     for metric, label in (("probe_accuracy", "linear probe on the frozen encoder"), ("accuracy", "fine-tuned")):
         ax.bar([i + offsets[metric] for i in range(len(methods))], [statistics.mean(values(m, metric)) for m in methods],
-               width=0.4, yerr=[statistics.stdev(v) if len(v := values(m, metric)) > 1 else 0 for m in methods],
+               width=0.4, yerr=[spread(values(m, metric)) for m in methods],
                capsize=2, label=label)
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
     low = min(statistics.mean(values(m, k)) for m in methods for k in offsets)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deepsweep.studies import Finding, Study, clearly_below, mean_std, pyplot, save_figure
+from deepsweep.studies import Finding, Study, clearly_below, mean_std, pyplot, save_figure, spread
 
 CELLS = ("rnn", "lstm", "gru")
 LENGTHS = {"full": (10, 25, 50, 100), "small": (5, 10)}
@@ -31,7 +31,7 @@ def analyze(rows: list[dict], folder: Path, budget: str) -> Finding:
     for name in variants:
         shown = [n for n in lengths if accuracy(name, n)]
         ax.errorbar(shown, [statistics.mean(accuracy(name, n)) for n in shown],
-                    yerr=[statistics.stdev(v) if len(v := accuracy(name, n)) > 1 else 0 for n in shown],
+                    yerr=[spread(accuracy(name, n)) for n in shown],
                     marker="o", capsize=3, linestyle="--" if "forget_bias" in name else "-", label=name)
     ax.axhline(0.5, color="grey", linewidth=0.8)
     ax.set_xscale("log")
