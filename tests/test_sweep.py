@@ -3,6 +3,7 @@ a report; a failing job is isolated."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import mlflow
@@ -69,6 +70,9 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
     # Interrupt job 1 after its pretrain stage: its run left RUNNING, its later outputs gone.
     job1 = next(r for r in jobs if r.data.params["seed"] == "1")
     client.update_run(job1.info.run_id, status="RUNNING")
+    # Its pretrain stage had committed its output but not yet ended its run when the process died.
+    pretrain1 = json.loads((sweep_dir / "1" / "pretrain" / "run.json").read_text())["run_id"]
+    client.update_run(pretrain1, status="RUNNING")
     for stage in ("finetune", "evaluate"):
         shutil.rmtree(sweep_dir / "1" / stage)
 
@@ -85,6 +89,11 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
     # Stages that had finished are kept; the lost ones ran again.
     assert {"deepsweep.resumed.prepare", "deepsweep.resumed.pretrain"} <= set(rerun.data.tags)
     assert "deepsweep.resumed.finetune" not in rerun.data.tags
+    # A kept stage finished: its run is closed as such, not left failed as interrupted.
+    assert rerun.data.tags["deepsweep.resumed.pretrain"] == pretrain1
+    kept = client.get_run(pretrain1)
+    assert kept.info.status == "FINISHED" and "deepsweep.error" not in kept.data.tags
+    assert "deepsweep.closed_on_resume" in kept.data.tags
     assert len(jobs) == 3 and client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert "3 jobs, 1 failed" in (sweep_dir / "sweep_report.md").read_text()
 

@@ -147,3 +147,31 @@ def test_a_parallel_sweep_through_a_real_mlflow_server_records_every_run(tmp_pat
     assert refused.info.status == "FAILED" and refused.data.tags["deepsweep.stage"] == "pipeline"
     assert "pretrain.epochs: 0 is out of range" in refused.data.tags["deepsweep.error"]
     assert "4 jobs, 1 failed" in (tmp_path / "sweep" / "sweep_report.md").read_text()
+
+
+def test_a_dataset_insert_lost_to_a_concurrent_job_is_retried(compose, monkeypatch):
+    """Two prepare stages logging the same dataset at once: the store refuses the second insert; the stage
+    tries again (and then only links the existing dataset) instead of failing its job."""
+    import mlflow
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    from deepsweep.stages.prepare import log_datasets
+
+    calls = []
+    original = mlflow.log_input
+
+    def racing_log_input(dataset, context=None, **kwargs):
+        calls.append(context)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return original(dataset, context=context, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", racing_log_input)
+    split = (np.zeros((4, 2), dtype=np.float32), np.zeros(4, dtype=np.int64))
+    with mlflow.start_run() as run:
+        log_datasets(compose(), {"train": split, "val": split})
+    assert calls == ["train", "train", "val"]
+    logged = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert sorted(i.tags[0].value for i in logged) == ["train", "val"]

@@ -114,6 +114,25 @@ def finished_stage(cfg: DictConfig, folder: Path) -> dict[str, float] | None:
     return info.get("metrics") if info.get("fingerprint") == fingerprint(cfg) else None
 
 
+def _close_kept_run(run_id: str) -> None:
+    """A kept stage's output is complete, and so is its record: its metrics were logged before the output
+    was committed. A process that died between that commit and the run's end left the run RUNNING (or the
+    rerun of its sweep marked it FAILED as interrupted); it finished, so it is closed as FINISHED."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return  # recorded in another tracking store: not this one's to close
+    if run.info.status != "FINISHED":
+        if "deepsweep.error" in run.data.tags:
+            client.delete_tag(run_id, "deepsweep.error")
+        client.set_tag(run_id, "deepsweep.closed_on_resume", "its output was complete; the resumed job closed it")
+        client.set_terminated(run_id, "FINISHED")
+
+
 def run_all(cfg: DictConfig, workdir: Path, run_name: str = "pipeline", tags: dict[str, str] | None = None,
             parent_run_id: str | None = None, resume: bool = False) -> dict[str, float]:
     """Every stage in order, in this process; one MLflow run for the whole pipeline with the stages nested.
@@ -135,6 +154,7 @@ def run_all(cfg: DictConfig, workdir: Path, run_name: str = "pipeline", tags: di
             if metrics is not None:
                 kept = read_json(workdir / name / RUN_FILE)
                 mlflow.set_tag(f"deepsweep.resumed.{name}", kept["run_id"])
+                _close_kept_run(kept["run_id"])
                 # The stages rerun after kept ones belong to the kept ones' pipeline: one lineage.
                 pipeline_id = kept.get("pipeline_id") or pipeline_id
             else:

@@ -15,6 +15,7 @@ from deepsweep.data.downloads import ensure_for
 from deepsweep.data.loaders import GRAPH_FILE
 from deepsweep.data.sources import load_splits
 from deepsweep.utils.io import write_json
+from deepsweep.utils.retry import retry_insert_race
 
 
 def log_datasets(cfg: DictConfig, splits: Mapping[str, tuple]) -> None:
@@ -34,7 +35,7 @@ def log_datasets(cfg: DictConfig, splits: Mapping[str, tuple]) -> None:
     for split, (x, y) in splits.items():
         dataset = mlflow.data.from_numpy(np.asarray(x), targets=np.asarray(y), source=origin,
                                          name=f"{cfg.data.name}-{split}")
-        mlflow.log_input(dataset, context=split)
+        retry_insert_race(mlflow.log_input, dataset, context=split)
 
 
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:

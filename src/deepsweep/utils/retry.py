@@ -19,3 +19,16 @@ def retry_locked(call: Any, *args: Any, attempts: int = 8, first_wait_s: float =
                 raise
             time.sleep(first_wait_s * 2**attempt * (1 + random.random()))
     return None
+
+
+def retry_insert_race(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, tried once more when it lost an insert race: two jobs logging the same
+    MLflow dataset at once both find it missing and both insert it; the store refuses the second ("UNIQUE
+    constraint failed: datasets..."), and on the retry the dataset exists and is only linked to the run.
+    Seen in a sweep of prepare stages against an ``mlflow server`` (tests/faults/test_store.py)."""
+    try:
+        return retry_locked(call, *args, **kwargs)
+    except Exception as exc:
+        if not any(text in str(exc) for text in ("UNIQUE constraint failed", "duplicate key", "Duplicate entry")):
+            raise
+        return retry_locked(call, *args, **kwargs)
