@@ -17,14 +17,12 @@ from deepsweep.tracking.runs import log_artifact
 MODEL_FILE = "model.pt"
 
 
-def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
-    import mlflow
-
+def build(cfg: DictConfig, data: PreparedData, inputs: Mapping[str, Path]):
+    """The task this stage fits (encoder + head, from the pretrained encoder where one is loaded) and its
+    training and validation loaders; a fused array builds each of its members with it."""
     from deepsweep.tasks.classify import task_for
 
-    data = PreparedData.load(inputs["prepare"])
     pretrained = cfg.pretrain.name != "none" and cfg.finetune.load_pretrained
-    mlflow.set_tag("deepsweep.pretrained_encoder", str(pretrained).lower())
     model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"),
                                 encoder=inputs["pretrain"] / ENCODER_FILE if pretrained else None)
     task = factory.build_task(cfg, task_for(data.kind), model, "finetune",
@@ -33,9 +31,24 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
                                label_fraction=float(cfg.finetune.label_fraction),
                                num_neighbors=cfg.data.get("num_neighbors"))
-    val_loader = data.loader("val", batch)
-    result = fit(cfg, task, train_loader, val_loader, out, stage="finetune", epochs=int(cfg.trainer.max_epochs),
-                 run_id=run_id, validate=True, early_stopping_patience=task.regularization.early_stopping_patience)
+    return task, train_loader, data.loader("val", batch)
+
+
+def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
+    import mlflow
+
+    from deepsweep.training import fused
+
+    data = PreparedData.load(inputs["prepare"])
+    mlflow.set_tag("deepsweep.pretrained_encoder",
+                   str(cfg.pretrain.name != "none" and bool(cfg.finetune.load_pretrained)).lower())
+    task, train_loader, val_loader = build(cfg, data, inputs)
+    model = task.model
+    # A member of a fused sweep (hydra/launcher=fused) replays its part of the array's fit instead.
+    result = fused.member_fit(cfg, task, out, run_id, build=lambda member: build(member, data, inputs))
+    if result is None:
+        result = fit(cfg, task, train_loader, val_loader, out, stage="finetune", epochs=int(cfg.trainer.max_epochs),
+                     run_id=run_id, validate=True, early_stopping_patience=task.regularization.early_stopping_patience)
 
     torch.save({"model": cfg.model.name, "state_dict": model.state_dict()}, out / MODEL_FILE)
     if cfg.logger.log_checkpoints:

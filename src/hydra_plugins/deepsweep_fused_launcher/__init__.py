@@ -1,0 +1,1 @@
+"""deepsweep's fused launcher (``hydra/launcher=fused``): same-shape jobs trained as one stacked model."""

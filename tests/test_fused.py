@@ -1,0 +1,123 @@
+"""Fused sweeps (hydra/launcher=fused): an array of members trains as its jobs would one by one.
+
+Tolerance: a member's forward pass is one slice of a vmapped (batched) matrix product, which may add in
+another order than the unfused job's matrix product: float32 rounding, ~1e-7 relative per operation.
+Over 2 epochs of a few dozen Adam steps on digits that stays far below 1e-4 (measured: equal to 6 decimals),
+so every per-epoch value and test metric is compared at rtol 1e-4; a member trained with another member's
+learning rate, seed or data order differs by more than 1e-2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mlflow
+import pytest
+
+from conftest import deepsweep_cli
+
+SWEEP = ["pretrain=none", "trainer.max_epochs=2", "logger.log_model=false", "logger.figures=false",
+         "logger.log_checkpoints=false", "seed=0,1", "optimizer.lr=0.001,0.003"]
+
+
+def _finetune_runs(sweep_dir):
+    """Per finished job's (seed, lr): its finetune stage run, the job's run and its curves per epoch."""
+    client = mlflow.MlflowClient()
+    (parent,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                               filter_string="tags.`deepsweep.stage` = 'sweep'")
+                 if r.data.tags["deepsweep.sweep_dir"] == str(sweep_dir.resolve())]
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    jobs = {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+            and r.info.status == "FINISHED"}
+    found = {}
+    for r in runs:
+        job = jobs.get(r.data.tags.get("mlflow.parentRunId"))
+        if job is not None and r.data.tags.get("deepsweep.stage") == "finetune" and r.info.status == "FINISHED":
+            curves = {name: [m.value for m in sorted(client.get_metric_history(r.info.run_id, name), key=lambda m: m.step)]
+                      for name in ("val/loss", "train/loss", "val/acc")}
+            found[(job.data.params["seed"], job.data.params["optimizer.lr"])] = (r, job, curves)
+    return found
+
+
+@pytest.mark.slow
+def test_a_fused_array_trains_each_member_as_its_own_job_and_resumes(tmp_path, isolated_tracking):
+    fused_dir, plain_dir = tmp_path / "fused", tmp_path / "plain"
+    result = deepsweep_cli("run", "-m", "hydra/launcher=fused", *SWEEP, f"hydra.sweep.dir={fused_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 jobs, 4 in 1 arrays (4), 0 alone" in result.stdout + result.stderr
+    assert deepsweep_cli("run", "-m", "hydra/launcher=basic", *SWEEP, f"hydra.sweep.dir={plain_dir}").returncode == 0
+
+    fused, plain = _finetune_runs(fused_dir), _finetune_runs(plain_dir)
+    assert sorted(fused) == sorted(plain) and len(fused) == 4
+    assert len({r.data.tags["deepsweep.fused_array"] for r, _, _ in fused.values()}) == 1
+    assert not any("deepsweep.fused_array" in r.data.tags for r, _, _ in plain.values())
+    for key, (run, job, curves) in fused.items():
+        plain_run, plain_job, plain_curves = plain[key]
+        for name, values in curves.items():
+            assert len(values) == 2 and values == pytest.approx(plain_curves[name], rel=1e-4), (key, name)
+        for metric in ("finetune.best_val_acc", "finetune.best_val_loss", "evaluate.accuracy", "evaluate.roc_auc"):
+            assert job.data.metrics[metric] == pytest.approx(plain_job.data.metrics[metric], rel=1e-4), (key, metric)
+        assert (fused_dir / job.data.tags["deepsweep.job"] / "finetune" / "curves.csv").is_file()
+    # Per-member values really are per member: the two learning rates (and the two seeds) part early.
+    first = {key: curves["val/loss"][0] for key, (_, _, curves) in fused.items()}
+    assert len({round(v, 2) for v in first.values()}) == 4
+
+    # An interrupted fused sweep, run again: the finished members are skipped, the lost one trains again,
+    # in an array again, to the same numbers.
+    run, job, curves = fused[("1", "0.003")]
+    client = mlflow.MlflowClient()
+    client.update_run(job.info.run_id, status="RUNNING")
+    folder = fused_dir / job.data.tags["deepsweep.job"]
+    for stage in ("finetune", "evaluate"):
+        shutil.rmtree(folder / stage)
+    result = deepsweep_cli("run", "-m", "hydra/launcher=fused", *SWEEP, f"hydra.sweep.dir={fused_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count("already finished in this sweep: skipped") == 3
+    rerun, rerun_job, rerun_curves = _finetune_runs(fused_dir)[("1", "0.003")]
+    assert rerun.info.run_id != run.info.run_id and rerun.data.tags["deepsweep.fused_array"]
+    assert rerun_curves["val/loss"] == pytest.approx(curves["val/loss"], rel=1e-4)
+    assert json.loads((folder / "evaluate" / "metrics.json").read_text())["accuracy"] == pytest.approx(
+        job.data.metrics["evaluate.accuracy"], rel=1e-4)
+
+
+def test_arrays_group_jobs_by_shape_and_name_why_a_job_runs_alone(compose):
+    from deepsweep.training.fused import plan
+
+    cfgs = [compose("pretrain=none", f"seed={s}", f"optimizer.lr={lr}", "regularizer=l2")
+            for s in (0, 1) for lr in (0.001, 0.01)]
+    cfgs.append(compose("pretrain=none", "model.hidden_dims=[32]"))  # another shape: another array
+    cfgs.append(compose("pretrain=none", "model.hidden_dims=[32]", "seed=3", "init=xavier_uniform"))
+    cfgs.append(compose("pretrain=none", "regularizer=dropout"))
+    cfgs.append(compose())  # fine-tunes a pretrained encoder of its own
+    cfgs.append(compose("pretrain=none", "model=lenet", "data=digits"))  # alone in its shape
+    cfgs.append(None)  # invalid: its own job says why
+    arrays, alone = plan(cfgs, max_members=3)
+    assert arrays == [[0, 1, 2], [4, 5]]  # 3 left over from the first shape, alone in its array: a job
+    assert sorted(alone) == [3, 6, 7, 8, 9]
+    assert "regularizer.dropout=0.3" in alone[6] and "pretrain=autoencoder" in alone[7]
+    assert alone[3] == alone[8] == "no other job of the sweep has its shapes" and alone[9] == "its config is invalid"
+    assert plan(cfgs[:4], max_members=32)[0] == [[0, 1, 2, 3]]
+
+
+def test_a_member_whose_loss_goes_non_finite_fails_alone(compose, tmp_path):
+    from deepsweep.data.loaders import PreparedData
+    from deepsweep.stages import finetune
+    from deepsweep.stages.pipeline import execute
+    from deepsweep.training.fused import train_members
+
+    base = ["pretrain=none", "trainer.max_epochs=3", "optimizer=sgd"]
+    execute("prepare", compose(*base), tmp_path)
+    data = PreparedData.load(tmp_path / "prepare")
+    good = [compose(*base, "seed=0", "optimizer.lr=0.05"), compose(*base, "seed=1", "optimizer.lr=0.05",
+                                                                    "regularizer=early_stopping", "regularizer.early_stopping_patience=1")]
+    bad = compose(*base, "seed=2", "optimizer.lr=1e30")
+    build = [finetune.build(c, data, {"pretrain": tmp_path / "pretrain"}) for c in [good[0], bad, good[1]]]
+    results = train_members([good[0], bad, good[1]], build)
+    assert results[1].error.startswith("non-finite value at epoch 0") and results[1].epochs == 0
+    assert results[0].error is None and results[0].epochs == 3 and results[0].best_epoch is not None
+    # The others' numbers are those of an array without it: nothing of the failing member reaches them.
+    alone = train_members(good, [finetune.build(c, data, {"pretrain": tmp_path / "pretrain"}) for c in good])
+    for fused, single in ((results[0], alone[0]), (results[2], alone[1])):
+        assert sorted(fused.history) == sorted(single.history) and fused.epochs == single.epochs
+        for epoch, values in fused.history.items():
+            assert values == pytest.approx(single.history[epoch], rel=1e-5)
