@@ -121,3 +121,25 @@ def test_a_member_whose_loss_goes_non_finite_fails_alone(compose, tmp_path):
         assert sorted(fused.history) == sorted(single.history) and fused.epochs == single.epochs
         for epoch, values in fused.history.items():
             assert values == pytest.approx(single.history[epoch], rel=1e-5)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no GPU here; on one, an array on the GPU must "
+                    "train as on the CPU")
+def test_an_array_on_the_gpu_trains_as_on_the_cpu(compose, tmp_path):
+    from deepsweep.data.loaders import PreparedData
+    from deepsweep.stages import finetune
+    from deepsweep.stages.pipeline import execute
+    from deepsweep.training.fused import train_members
+
+    execute("prepare", compose("pretrain=none"), tmp_path)
+    data = PreparedData.load(tmp_path / "prepare")
+    results = {}
+    for trainer in ("cpu", "gpu"):
+        cfgs = [compose("pretrain=none", f"trainer={trainer}", "trainer.max_epochs=3", f"seed={s}",
+                        f"optimizer.lr={lr}") for s in (0, 1) for lr in (0.001, 0.003)]
+        results[trainer] = train_members(cfgs, [finetune.build(c, data, {"pretrain": tmp_path}) for c in cfgs])
+    for cpu, gpu in zip(results["cpu"], results["gpu"]):
+        assert cpu.best_epoch == gpu.best_epoch and sorted(cpu.history) == sorted(gpu.history)
+        for epoch, values in cpu.history.items():  # other kernels, other summation order: float32 noise only
+            assert gpu.history[epoch] == pytest.approx(values, rel=1e-3)
+        assert all(v.device.type == "cpu" for v in gpu.state.values())  # kept weights come back to the host

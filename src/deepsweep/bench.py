@@ -336,6 +336,102 @@ def warm_job_costs(repeats: int) -> list[dict]:
     return [{"job": label, "seconds": statistics.median(t), "repeats": repeats} for label, t in times.items()]
 
 
+FUSED_COMMON = ["pretrain=none", "logger.log_model=false", "logger.figures=false", "logger.log_checkpoints=false"]
+# The sweeps issue 21 names: (name, what every job runs, the swept axes for a sweep of n members).
+FUSED_SWEEPS = (  # (key, name, what every job runs, the swept axes for a sweep of n members)
+    ("mlp", "MLP on MNIST, init x seed", ["data=mnist", "model=mlp"],
+     lambda n: ["init=xavier_uniform,he_normal", f"seed=range(0,{n // 2})"]),
+    ("lenet", "LeNet on 10k MNIST images, seed x lr", ["data=mnist", "model=lenet", "data.train_subset=10000"],
+     lambda n: [f"seed=range(0,{n // 4})", "optimizer.lr=0.0005,0.001,0.002,0.004"]),
+)
+
+
+class _GpuSampler:
+    """nvidia-smi's GPU utilisation and memory in use, sampled every 0.2 s while a sweep runs."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "200"],
+            stdout=subprocess.PIPE, text=True)
+
+    def stop(self) -> tuple[float | None, float | None]:
+        self.process.terminate()
+        out = self.process.communicate()[0]
+        rows = [tuple(float(v) for v in line.split(",")) for line in out.splitlines() if line.count(",") == 1]
+        if not rows:
+            return None, None
+        return statistics.mean(r[0] for r in rows), max(r[1] for r in rows)
+
+
+def _finetune_seconds(sweep_dir: Path) -> float | None:
+    """Seconds of the sweep's finetune stage runs (MLflow start to end), summed over its jobs."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = [r for r in client.search_runs(experiments, "tags.`deepsweep.stage` = 'sweep'", max_results=5000)
+               if r.data.tags.get("deepsweep.sweep_dir") == str(sweep_dir.resolve())]
+    if not parents:
+        return None
+    experiment = parents[0].info.experiment_id
+    jobs = {r.info.run_id for r in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'",
+                                                      max_results=5000)}
+    stages = client.search_runs([experiment], "tags.`deepsweep.stage` = 'finetune'", max_results=50000)
+    return sum((r.info.end_time - r.info.start_time) / 1000 for r in stages
+               if r.data.tags.get("mlflow.parentRunId") in jobs and r.info.end_time)
+
+
+def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...], epochs: int,
+                 sweeps: tuple[str, ...] = ("mlp", "lenet"), one_process_up_to: int | None = None) -> list[dict]:
+    """Issue 21's sweeps under the fused launcher, one process (Hydra's basic launcher: one job after
+    another, which is what jobs_per_gpu=1 gives on one GPU) and the parallel launcher (one job per core;
+    on a GPU, jobs_per_gpu=4 and 8 jobs sharing it): whole-sweep wall time, member-epochs per second, the
+    finetune stages' seconds, peak memory per member in flight. ``one_process_up_to``: the one-process
+    sweep only up to this many members (its rate per job does not grow with the sweep; on a GPU machine's
+    short lease, 32 jobs one after another cost more time than the rest together)."""
+    launchers = [("fused", ["hydra/launcher=fused"], None), ("one process", ["hydra/launcher=basic"], 1)]
+    if device.type == "cuda":
+        launchers += [(f"parallel, jobs_per_gpu={k}", [f"hydra.launcher.n_jobs={k}", f"trainer.jobs_per_gpu={k}"], k)
+                      for k in (4, 8)]
+    else:
+        cores = os.cpu_count() or 1
+        launchers.append((f"parallel, {cores} processes", [f"hydra.launcher.n_jobs={cores}"], cores))
+    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+               "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+               "sys.exit(r.returncode)")
+    rows = []
+    for key, name, overrides, axes in FUSED_SWEEPS:
+        if key not in sweeps:
+            continue
+        for n in sizes:
+            for label, launcher, in_flight in launchers:
+                if label == "one process" and one_process_up_to is not None and n > one_process_up_to:
+                    continue
+                folder = paths.project_root() / "bench" / "fused" / re.sub(r"\W+", "_", f"{name}_{n}_{label}")
+                shutil.rmtree(folder, ignore_errors=True)  # a leftover sweep dir would be resumed, not rerun
+                cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "deepsweep", "run", "-m", *FUSED_COMMON,
+                       *overrides, *axes(n), f"trainer.max_epochs={epochs}", *extra, *launcher,
+                       f"hydra.sweep.dir={folder}"]
+                sampler = _GpuSampler() if device.type == "cuda" else None
+                start = time.perf_counter()
+                done = subprocess.run(cmd, capture_output=True, text=True, cwd=paths.project_root())
+                wall = time.perf_counter() - start
+                utilisation, gpu_mb = sampler.stop() if sampler else (None, None)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{name}, {label}: the sweep failed:\n{done.stderr[-3000:]}")
+                rss_kb = int(re.search(r"peak_rss_kb (\d+)", done.stderr).group(1))
+                failed = len(list((folder / ".jobs_done").glob("*.failed")))
+                members = n if in_flight is None else in_flight
+                row = {"sweep": name, "members": n, "epochs": epochs, "launcher": label, "wall_s": wall,
+                       "member_epochs_per_s": n * epochs / wall, "finetune_s": _finetune_seconds(folder),
+                       "failed": failed, "peak_rss_mb_per_member": rss_kb / 1024 / (members if in_flight is None else 1),
+                       "gpu_utilisation": utilisation,
+                       "peak_gpu_mb_per_member": gpu_mb / members if gpu_mb is not None else None}
+                print(json.dumps(row))
+                rows.append(row)
+    return rows
+
+
 def machine() -> str:
     from deepsweep.utils.machine import cpu_model
 
@@ -412,6 +508,32 @@ def markdown(results: dict) -> str:
                          f"{s['parallel_s']:.1f} | {s['sequential_jobs_per_min']:.1f} | {s['parallel_jobs_per_min']:.1f} | "
                          f"{s['speedup']:.2f}x | {steady(s['sequential_steady_jobs_per_min'], '.1f')} | "
                          f"{steady(s['parallel_steady_jobs_per_min'], '.1f')} | {steady(s['steady_speedup'], '.2f')}x |")
+    if results.get("fused"):
+        lines += [
+            "", "## Fused sweeps", "",
+            "Issue 21's sweeps (`pretrain=none`, no MLflow model or figures) under `hydra/launcher=fused` (one",
+            "array of all members), Hydra's basic launcher (one process, one job after another) and the parallel",
+            "launcher. *Member-epochs/s*: members x epochs / whole-sweep wall time (sweep start, every job's four",
+            "stages and the report included). *Finetune s*: the jobs' finetune stage runs, start to end, summed",
+            "(for the fused array, the first member's holds the array's training). Peak memory per member: the",
+            "largest process's peak RSS (and nvidia-smi's most GPU memory in use) over the members it held at once.",
+            f"This section alone: `python -m deepsweep.bench --only fused{''.join(' ' + o for o in results['overrides'])}`.",
+            "", "| sweep | members x epochs | launcher | wall s | member-epochs/s | vs one process | finetune s "
+                "| failed | peak RSS MB/member | GPU util % | peak GPU MB/member |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        one = {(r["sweep"], r["members"]): r["member_epochs_per_s"] for r in results["fused"] if r["launcher"] == "one process"}
+        largest = {sweep: one[(sweep, members)] for sweep, members in sorted(one, key=lambda k: k[1])}
+        if any((r["sweep"], r["members"]) not in one for r in results["fused"]):
+            lines.insert(-4, "Where a size has no one-process row, *vs one process* compares with that sweep's largest "
+                             "one-process row (one job after another: its rate does not grow with the sweep).")
+        shown = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
+        for r in results["fused"]:
+            base = one.get((r["sweep"], r["members"]), largest.get(r["sweep"]))
+            lines.append(f"| {r['sweep']} | {r['members']} x {r['epochs']} | {r['launcher']} | {r['wall_s']:.1f} | "
+                         f"{r['member_epochs_per_s']:.2f} | {shown(r['member_epochs_per_s'] / base if base else None, '.2f')}x | "
+                         f"{shown(r['finetune_s'], '.1f')} | {r['failed']} | {r['peak_rss_mb_per_member']:.0f} | "
+                         f"{shown(r['gpu_utilisation'], '.0f')} | {shown(r['peak_gpu_mb_per_member'], '.0f')} |")
     lines += [
         "",
         "## What stands between these numbers and the targets",
@@ -495,7 +617,12 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, action="append", default=[],
                         help="another checkout of deepsweep (e.g. a git worktree of an earlier commit) whose pipeline "
                              "costs are measured beside this one's, in the same run")
-    parser.add_argument("--only", choices=("pipeline", "job"),
+    parser.add_argument("--fused-sizes", default="8,32", help="members of the fused-sweep comparisons (issue 21)")
+    parser.add_argument("--fused-epochs", type=int, default=3)
+    parser.add_argument("--fused-sweeps", default="mlp,lenet", help="which of issue 21's sweeps: mlp, lenet")
+    parser.add_argument("--fused-one-process-up-to", type=int, default=None,
+                        help="time the one-process sweep only up to this many members")
+    parser.add_argument("--only", choices=("pipeline", "job", "fused"),
                         help="measure only this section and rewrite docs/benchmarks.md with the others as bench/results.json "
                              "holds them from the last full run")
     parser.add_argument("overrides", nargs="*", help="config overrides for every workload, e.g. trainer=gpu")
@@ -527,11 +654,15 @@ def main() -> None:
         if args.only == "pipeline":
             results.update(pipeline=pipeline_costs(checkouts, args.repeats) if device.type == "cpu" else [],
                            baselines=[str(b) for b in args.baseline])
+        elif args.only == "fused":
+            results.update(fused=fused_sweeps(extra, device, tuple(int(v) for v in args.fused_sizes.split(",")),
+                                              args.fused_epochs, tuple(args.fused_sweeps.split(",")),
+                                              args.fused_one_process_up_to))
         else:
             results.update(jobs=warm_job_costs(max(args.repeats, 5)))
         path.write_text(json.dumps(results, indent=2) + "\n")
         (root / "docs" / f"benchmarks{suffix}.md").write_text(markdown(results))
-        print(json.dumps(results.get(args.only if args.only == "pipeline" else "jobs"), indent=2))
+        print(json.dumps(results.get(args.only if args.only in ("pipeline", "fused") else "jobs"), indent=2))
         return
     pipeline = pipeline_costs(checkouts, args.repeats) if device.type == "cpu" else []
     training = [
@@ -561,6 +692,9 @@ def main() -> None:
         "jobs": warm_job_costs(max(args.repeats, 5)),
         "sweep": None if args.quick or parallel < 2 else [sweep_throughput(8, 5, 2, extra, parallel),
                                                           sweep_throughput(8, 30, 5, extra, parallel)],
+        "fused": None if args.quick else fused_sweeps(extra, device, tuple(int(v) for v in args.fused_sizes.split(",")),
+                                                      args.fused_epochs, tuple(args.fused_sweeps.split(",")),
+                                                      args.fused_one_process_up_to),
     }
     (root / "bench" / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)

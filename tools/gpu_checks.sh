@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark of one lease of a GPU machine, in one command (docs/benchmarks_gpu.md):
+# the tests that run only where there is a GPU, then issue 21's fused-sweep benchmark on the GPU.
+# From the repository root, with deepsweep's dependencies importable (see README, "On a GPU"):
+#   bash tools/gpu_checks.sh OUT_DIR
+# MNIST must be in data/mnist/raw already (the machine may have no network): copy it there beforehand.
+set -uo pipefail
+out=${1:?usage: tools/gpu_checks.sh OUT_DIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI="sqlite:///$PWD/bench/mlflow_gpu.db"
+mkdir -p bench
+python3 - <<'PY' | tee "$out/machine.txt"
+import torch, lightning, mlflow
+print("torch", torch.__version__, "lightning", lightning.__version__, "mlflow", mlflow.__version__)
+print(torch.cuda.get_device_name(0), round(torch.cuda.get_device_properties(0).total_memory / 2**30), "GiB")
+PY
+# The GPU cases of the suite: each skips on a machine without one.
+timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+    tests/test_fused.py::test_an_array_on_the_gpu_trains_as_on_the_cpu \
+    "tests/test_bench.py" "tests/test_training.py::test_data_moves_to_the_trainers_gpu_once_and_stays_put_on_cpu" 2>&1 \
+    | tee "$out/pytest.log" | tail -5
+# Issue 21: fused vs one process vs jobs_per_gpu=4/8 on the MNIST MLP, 8 and 32 members (one process: 8).
+timeout 420 python3 -m deepsweep.bench --only fused trainer=gpu --fused-sizes 8,32 --fused-epochs 3 \
+    --fused-sweeps mlp --fused-one-process-up-to 8 2>&1 | grep -v '^\[' | tee "$out/bench.log" | grep '^{'
+cp bench/results_gpu.json docs/benchmarks_gpu.md "$out/" 2>/dev/null
+true
