@@ -382,7 +382,8 @@ def _finetune_seconds(sweep_dir: Path) -> float | None:
 
 
 def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...], epochs: int,
-                 sweeps: tuple[str, ...] = ("mlp", "lenet"), one_process_up_to: int | None = None) -> list[dict]:
+                 sweeps: tuple[str, ...] = ("mlp", "lenet"), one_process_up_to: int | None = None,
+                 launcher_names: tuple[str, ...] | None = None) -> list[dict]:
     """Issue 21's sweeps under the fused launcher, one process (Hydra's basic launcher: one job after
     another, which is what jobs_per_gpu=1 gives on one GPU) and the parallel launcher (one job per core;
     on a GPU, jobs_per_gpu=4 and 8 jobs sharing it): whole-sweep wall time, member-epochs per second, the
@@ -396,6 +397,8 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...],
     else:
         cores = os.cpu_count() or 1
         launchers.append((f"parallel, {cores} processes", [f"hydra.launcher.n_jobs={cores}"], cores))
+    if launcher_names is not None:  # "fused", "one process", "jobs_per_gpu=8", "2 processes": by the label's end
+        launchers = [entry for entry in launchers if any(entry[0].endswith(name) for name in launcher_names)]
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
                "sys.exit(r.returncode)")
@@ -620,6 +623,8 @@ def main() -> None:
     parser.add_argument("--fused-sizes", default="8,32", help="members of the fused-sweep comparisons (issue 21)")
     parser.add_argument("--fused-epochs", type=int, default=3)
     parser.add_argument("--fused-sweeps", default="mlp,lenet", help="which of issue 21's sweeps: mlp, lenet")
+    parser.add_argument("--fused-launchers", default=None,
+                        help="only these launchers, comma-separated: fused, one process, jobs_per_gpu=8, ...")
     parser.add_argument("--fused-one-process-up-to", type=int, default=None,
                         help="time the one-process sweep only up to this many members")
     parser.add_argument("--only", choices=("pipeline", "job", "fused"),
@@ -657,7 +662,8 @@ def main() -> None:
         elif args.only == "fused":
             results.update(fused=fused_sweeps(extra, device, tuple(int(v) for v in args.fused_sizes.split(",")),
                                               args.fused_epochs, tuple(args.fused_sweeps.split(",")),
-                                              args.fused_one_process_up_to))
+                                              args.fused_one_process_up_to,
+                                              tuple(args.fused_launchers.split(",")) if args.fused_launchers else None))
         else:
             results.update(jobs=warm_job_costs(max(args.repeats, 5)))
         path.write_text(json.dumps(results, indent=2) + "\n")
@@ -694,7 +700,9 @@ def main() -> None:
                                                           sweep_throughput(8, 30, 5, extra, parallel)],
         "fused": None if args.quick else fused_sweeps(extra, device, tuple(int(v) for v in args.fused_sizes.split(",")),
                                                       args.fused_epochs, tuple(args.fused_sweeps.split(",")),
-                                                      args.fused_one_process_up_to),
+                                                      args.fused_one_process_up_to,
+                                                      tuple(args.fused_launchers.split(",")) if args.fused_launchers
+                                                      else None),
     }
     (root / "bench" / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)

@@ -3,6 +3,8 @@ import it, it imports nothing of deepsweep."""
 
 from __future__ import annotations
 
+import math
+
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what is allowed."""
@@ -22,3 +24,14 @@ class DataFileError(ValueError):
 
 class DownloadError(RuntimeError):
     """A raw data file could not be fetched, or arrived with other bytes than its checksum says."""
+
+
+def check_finite(values: dict[str, float], epoch: int, step: int) -> None:
+    """Stop fitting at the first NaN or infinite epoch value: every number after it would be noise, and a
+    sweep must show the job as failed rather than rank it. Checked once per epoch, on values already on
+    the host for logging, so it costs no extra device sync."""
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if bad:
+        shown = ", ".join(f"{name} = {value}" for name, value in bad.items())
+        raise NonFiniteError(f"non-finite value at epoch {epoch}, step {step}: {shown} (lower the learning "
+                             "rate, clip gradients with trainer.gradient_clip_val, or check the data)")

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from deepsweep.errors import ConfigError
+from deepsweep.kinds import declared_kind
 
 
 def stage_optimizer(cfg: DictConfig) -> DictConfig:
@@ -53,65 +54,6 @@ def seed_everything(seed: int) -> int:
     torch.manual_seed(seed)
     os.environ["PL_SEED_WORKERS"] = "0"
     return seed
-
-
-def declared_kind(target: str) -> str:
-    """The ``kind`` class attribute of ``target`` ("package.module.Class"): the kind of data it reads.
-
-    Read from the source (the class's own ``kind = "..."``, else its bases', followed through the module's
-    imports) instead of importing the class: a task's module imports Lightning, about two seconds of start-up
-    that a stage which trains nothing (prepare, evaluate) would pay for one string. Imported only where the
-    source does not say it (tests/test_factory_kinds.py checks both ways agree for every option)."""
-    module, _, name = target.rpartition(".")
-    kind = _source_kind(module, name, 0)
-    if kind is None:
-        from hydra.utils import get_class
-
-        kind = getattr(get_class(target), "kind", "tensor")
-    return kind
-
-
-@functools.lru_cache(maxsize=None)
-def _module_tree(module: str):
-    import ast
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(module)  # imports the parent packages only
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return ast.parse(Path(spec.origin).read_text())
-
-
-def _source_kind(module: str, name: str, depth: int) -> str | None:
-    import ast
-
-    tree = _module_tree(module)
-    if tree is None or depth > 8:
-        return None
-    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    node = classes.get(name)
-    if node is None:
-        return None
-    for statement in node.body:
-        targets = (statement.targets if isinstance(statement, ast.Assign)
-                   else [statement.target] if isinstance(statement, ast.AnnAssign) else [])
-        if any(isinstance(t, ast.Name) and t.id == "kind" for t in targets):
-            value = statement.value
-            return value.value if isinstance(value, ast.Constant) and isinstance(value.value, str) else None
-    imported = {alias.asname or alias.name: (statement.module, alias.name) for statement in tree.body
-                if isinstance(statement, ast.ImportFrom) and statement.module and statement.level == 0
-                for alias in statement.names}
-    for base in node.bases:  # in order, as the method resolution order mostly is
-        if not isinstance(base, ast.Name):
-            continue
-        where = (module, base.id) if base.id in classes else imported.get(base.id)
-        kind = _source_kind(where[0], where[1], depth + 1) if where else None
-        if kind is not None:
-            return kind
-    return None
 
 
 def _target_kind(node: DictConfig) -> str:

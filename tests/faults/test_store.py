@@ -170,6 +170,7 @@ def test_a_dataset_insert_lost_to_a_concurrent_job_is_retried(compose, monkeypat
 
     monkeypatch.setattr(mlflow, "log_input", racing_log_input)
     split = (np.zeros((4, 2), dtype=np.float32), np.zeros(4, dtype=np.int64))
+    mlflow.set_experiment("dataset race")  # this test's fresh store: not the experiment an earlier test left active
     with mlflow.start_run() as run:
         log_datasets(compose(), {"train": split, "val": split})
     assert calls == ["train", "train", "val"]

@@ -18,7 +18,6 @@ A new objective is one subclass and one ``conf/pretrain/<name>.yaml`` naming it 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from deepsweep import internals
-from deepsweep.errors import NonFiniteError
+from deepsweep.errors import check_finite
 from deepsweep.nn.regularizers import Regularization
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -90,17 +89,6 @@ class EpochMean:
         mean = (values * weights).sum() / weights.sum()
         self.values, self.counts = [], []
         return mean
-
-
-def check_finite(values: dict[str, float], epoch: int, step: int) -> None:
-    """Stop fitting at the first NaN or infinite epoch value: every number after it would be noise, and a
-    sweep must show the job as failed rather than rank it. Checked once per epoch, on values already on
-    the host for logging, so it costs no extra device sync."""
-    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
-    if bad:
-        shown = ", ".join(f"{name} = {value}" for name, value in bad.items())
-        raise NonFiniteError(f"non-finite value at epoch {epoch}, step {step}: {shown} (lower the learning "
-                             "rate, clip gradients with trainer.gradient_clip_val, or check the data)")
 
 
 class EpochLoggingMixin:

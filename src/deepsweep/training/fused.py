@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from deepsweep.errors import NonFiniteError
+from deepsweep.errors import NonFiniteError, check_finite
 
 log = logging.getLogger("deepsweep")
 
@@ -49,7 +49,7 @@ BuildMember = Callable[[DictConfig], tuple[Any, Any, Any]]
 
 def unfusable(cfg: DictConfig) -> str | None:
     """Why this job cannot be a member of a fused array (it then runs as a job of its own), or None."""
-    from deepsweep.factory import declared_kind
+    from deepsweep.kinds import declared_kind
 
     if cfg.pretrain.name != "none" and cfg.finetune.load_pretrained:
         return (f"pretrain={cfg.pretrain.name}: each member would fine-tune its own pretrained encoder; a fused "
@@ -244,8 +244,6 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[tuple[Any, Any, 
     import torch
     from torch.func import functional_call, vmap
     from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
-
-    from deepsweep.tasks.common import check_finite
 
     device = _device(cfgs[0])
     tasks = [task for task, _, _ in members]
