@@ -42,14 +42,18 @@ def _finetune_runs(sweep_dir):
 @pytest.mark.slow
 def test_a_fused_array_trains_each_member_as_its_own_job_and_resumes(tmp_path, isolated_tracking):
     fused_dir, plain_dir = tmp_path / "fused", tmp_path / "plain"
-    result = deepsweep_cli("run", "-m", "hydra/launcher=fused", *SWEEP, f"hydra.sweep.dir={fused_dir}")
+    # Two arrays of two, trained in two worker processes at once (the rerun below: one process).
+    result = deepsweep_cli("run", "-m", "hydra/launcher=fused", *SWEEP, "hydra.launcher.max_members=2",
+                           "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={fused_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 jobs, 4 in 1 arrays (4), 0 alone" in result.stdout + result.stderr
+    assert "4 jobs, 4 in 2 arrays (2, 2), 0 alone" in result.stdout + result.stderr
     assert deepsweep_cli("run", "-m", "hydra/launcher=basic", *SWEEP, f"hydra.sweep.dir={plain_dir}").returncode == 0
 
     fused, plain = _finetune_runs(fused_dir), _finetune_runs(plain_dir)
     assert sorted(fused) == sorted(plain) and len(fused) == 4
-    assert len({r.data.tags["deepsweep.fused_array"] for r, _, _ in fused.values()}) == 1
+    assert len({r.data.tags["deepsweep.fused_array"] for r, _, _ in fused.values()}) == 2
+    assert len({r.data.tags["deepsweep.pid"] for r, _, _ in fused.values()}) == 2  # one process per array
+    assert {r.data.tags["deepsweep.fused_members"] for r, _, _ in fused.values()} == {"2"}
     assert not any("deepsweep.fused_array" in r.data.tags for r, _, _ in plain.values())
     for key, (run, job, curves) in fused.items():
         plain_run, plain_job, plain_curves = plain[key]
@@ -70,7 +74,8 @@ def test_a_fused_array_trains_each_member_as_its_own_job_and_resumes(tmp_path, i
     folder = fused_dir / job.data.tags["deepsweep.job"]
     for stage in ("finetune", "evaluate"):
         shutil.rmtree(folder / stage)
-    result = deepsweep_cli("run", "-m", "hydra/launcher=fused", *SWEEP, f"hydra.sweep.dir={fused_dir}")
+    result = deepsweep_cli("run", "-m", "hydra/launcher=fused", *SWEEP, "hydra.launcher.max_members=2",
+                           f"hydra.sweep.dir={fused_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (result.stdout + result.stderr).count("already finished in this sweep: skipped") == 3
     rerun, rerun_job, rerun_curves = _finetune_runs(fused_dir)[("1", "0.003")]

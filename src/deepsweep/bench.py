@@ -390,7 +390,11 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...],
     finetune stages' seconds, peak memory per member in flight. ``one_process_up_to``: the one-process
     sweep only up to this many members (its rate per job does not grow with the sweep; on a GPU machine's
     short lease, 32 jobs one after another cost more time than the rest together)."""
-    launchers = [("fused", ["hydra/launcher=fused"], None), ("one process", ["hydra/launcher=basic"], 1)]
+    workers = 8 if device.type == "cuda" else (os.cpu_count() or 1)
+    # None: the members in flight are the array's (all of them in one process, or n / workers in each of them).
+    launchers = [("fused", ["hydra/launcher=fused"], None),
+                 (f"fused, {workers} processes", ["hydra/launcher=fused", f"hydra.launcher.n_jobs={workers}"], None),
+                 ("one process", ["hydra/launcher=basic"], 1)]
     if device.type == "cuda":
         launchers += [(f"parallel, jobs_per_gpu={k}", [f"hydra.launcher.n_jobs={k}", f"trainer.jobs_per_gpu={k}"], k)
                       for k in (4, 8)]
@@ -412,6 +416,8 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...],
                     continue
                 folder = paths.project_root() / "bench" / "fused" / re.sub(r"\W+", "_", f"{name}_{n}_{label}")
                 shutil.rmtree(folder, ignore_errors=True)  # a leftover sweep dir would be resumed, not rerun
+                if launcher[-1].startswith("hydra.launcher.n_jobs") and launcher[0] == "hydra/launcher=fused":
+                    launcher = [*launcher, f"hydra.launcher.max_members={max(1, n // workers)}"]
                 cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "deepsweep", "run", "-m", *FUSED_COMMON,
                        *overrides, *axes(n), f"trainer.max_epochs={epochs}", *extra, *launcher,
                        f"hydra.sweep.dir={folder}"]
@@ -424,12 +430,14 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...],
                     raise RuntimeError(f"{name}, {label}: the sweep failed:\n{done.stderr[-3000:]}")
                 rss_kb = int(re.search(r"peak_rss_kb (\d+)", done.stderr).group(1))
                 failed = len(list((folder / ".jobs_done").glob("*.failed")))
-                members = n if in_flight is None else in_flight
+                fused_workers = next((int(o.split("=")[1]) for o in launcher if o.startswith("hydra.launcher.n_jobs")), 1)
+                members = max(1, n // fused_workers) if in_flight is None else in_flight
                 row = {"sweep": name, "members": n, "epochs": epochs, "launcher": label, "wall_s": wall,
                        "member_epochs_per_s": n * epochs / wall, "finetune_s": _finetune_seconds(folder),
                        "failed": failed, "peak_rss_mb_per_member": rss_kb / 1024 / (members if in_flight is None else 1),
+                       "launcher_overrides": " ".join(launcher),
                        "gpu_utilisation": utilisation,
-                       "peak_gpu_mb_per_member": gpu_mb / members if gpu_mb is not None else None}
+                       "peak_gpu_mb_per_member": gpu_mb / (n if in_flight is None else in_flight) if gpu_mb is not None else None}
                 print(json.dumps(row))
                 rows.append(row)
     return rows

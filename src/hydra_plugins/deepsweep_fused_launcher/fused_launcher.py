@@ -4,10 +4,14 @@ Jobs are grouped by ``deepsweep.training.fused.shape_key`` (everything but seed,
 L1/L2, early stopping, ...) into arrays of up to ``max_members``; jobs that change a shape (hidden sizes,
 model, batch size, data) land in other arrays, and jobs an array cannot hold (``fused.unfusable``: GAN or
 CD-k pretraining to fine-tune from, dropout, batch norm, schedules, ...) run as ordinary jobs, each with one
-log line saying why. Every job, member or not, then runs in this process one after another through Hydra's
-``run_job``, as Hydra's basic launcher runs them: each is an ordinary job with its own output folder,
-MLflow run, resume and report row. Within an array, the first member's finetune stage trains the whole
-array; the others replay their part (``fused.member_fit``).
+log line saying why. Every job, member or not, then runs through Hydra's ``run_job``, as Hydra's own
+launchers run them: each is an ordinary job with its own output folder, MLflow run, resume and report row.
+Within an array, the first member's finetune stage trains the whole array; the others replay their part
+(``fused.member_fit``). With ``n_jobs`` 1 (the default) everything runs in this process, one job after
+another; with more, each array (or lone job) is one unit of work in a joblib process pool of ``n_jobs``
+workers, so the members' own stages (prepare, evaluate, records), which are not fused, run in parallel
+too: on one H200, 32 MNIST MLPs as one array in one process spent 2 minutes in those stages one after
+another (docs/benchmarks_gpu.md). Unlike ``hydra/launcher=parallel``, a worker that dies ends the sweep.
 
 Hydra imports every module of ``hydra_plugins`` at each start, so this one imports deepsweep only in ``launch``.
 """
@@ -27,11 +31,14 @@ log = logging.getLogger("deepsweep")
 
 
 class FusedLauncher(Launcher):
-    def __init__(self, max_members: int = 32) -> None:
+    def __init__(self, max_members: int = 32, n_jobs: int = 1) -> None:
         super().__init__()
         if int(max_members) < 1:
             raise ValueError(f"hydra.launcher.max_members: must be >= 1, got {max_members}")
+        if int(n_jobs) < 1 and int(n_jobs) != -1:
+            raise ValueError(f"hydra.launcher.n_jobs: must be >= 1 (or -1, one per core), got {n_jobs}")
         self.max_members = int(max_members)
+        self.n_jobs = int(n_jobs)
         self.config: DictConfig | None = None
         self.task_function: Any = None
         self.hydra_context: Any = None
@@ -45,12 +52,6 @@ class FusedLauncher(Launcher):
             sweep_config.hydra.job.id = num
             sweep_config.hydra.job.num = num
         return sweep_config
-
-    def _run(self, sweep_config: DictConfig) -> JobReturn:
-        result = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
-                         job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return result
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from deepsweep.config import ConfigError, validate
@@ -75,12 +76,50 @@ class FusedLauncher(Launcher):
         for position, reason in sorted(alone.items()):
             log.info("fused launcher: job %d (%s) runs alone: %s", initial_job_idx + position,
                      " ".join(filter_overrides(job_overrides[position])) or "defaults", reason)
+        units = [*arrays, *([p] for p in sorted(alone))]
         results: dict[int, JobReturn] = {}
-        for array in arrays:
-            with fused.active(fused.FusedArray([job_configs[p] for p in array])) as members:
-                for index, position in enumerate(array):
-                    members.current = index
-                    results[position] = self._run(sweep_configs[position])
-        for position in sorted(alone):
-            results[position] = self._run(sweep_configs[position])
+        if self.n_jobs == 1:
+            for unit in units:
+                results.update(zip(unit, _run_unit(self.hydra_context, self.task_function,
+                                                   [sweep_configs[p] for p in unit], [job_configs[p] for p in unit])))
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        else:
+            from hydra.core.singleton import Singleton
+            from joblib import Parallel, delayed
+
+            state = Singleton.get_state()
+            done = Parallel(n_jobs=self.n_jobs, backend="loky")(
+                delayed(_run_unit)(self.hydra_context, self.task_function, [sweep_configs[p] for p in unit],
+                                   [job_configs[p] for p in unit], state) for unit in units)
+            for unit, returns in zip(units, done):
+                results.update(zip(unit, returns))
         return [results[p] for p in range(len(sweep_configs))]
+
+
+def _run_unit(hydra_context: Any, task_function: Any, sweep_configs: list[DictConfig],
+              job_configs: list[DictConfig | None], singleton_state: dict | None = None) -> list[JobReturn]:
+    """One array's jobs (or one lone job), one after another in this process; in a pool worker, after
+    taking over the launcher process's Hydra state (as Hydra's joblib launcher does)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from deepsweep.training import fused
+
+    if singleton_state is not None:
+        from hydra.core.singleton import Singleton
+
+        setup_globals()
+        Singleton.set_state(singleton_state)
+
+    def run(sweep_config: DictConfig) -> JobReturn:
+        HydraConfig.instance().set_config(sweep_config)
+        return run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+    if len(sweep_configs) == 1:
+        return [run(sweep_configs[0])]
+    returns = []
+    with fused.active(fused.FusedArray(job_configs)) as members:
+        for index, sweep_config in enumerate(sweep_configs):
+            members.current = index
+            returns.append(run(sweep_config))
+    return returns
