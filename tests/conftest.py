@@ -143,3 +143,9 @@ def mlflow_server(store: Path, cwd: Path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests (whole sweeps, DVC queues, servers: a minute or more each) first, the rest after in
+    their order: with two workers, a long test picked up last would leave the other worker idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -148,3 +148,15 @@ def test_an_array_on_the_gpu_trains_as_on_the_cpu(compose, tmp_path):
         for epoch, values in cpu.history.items():  # other kernels, other summation order: float32 noise only
             assert gpu.history[epoch] == pytest.approx(values, rel=1e-3)
         assert all(v.device.type == "cpu" for v in gpu.state.values())  # kept weights come back to the host
+
+
+@pytest.mark.parametrize("setting,allowed", [("max_members=0", "an integer >= 1"),
+                                             ("n_jobs=two", "an integer >= 1 (or -1, one process per core)")])
+def test_a_bad_launcher_setting_is_one_line_before_any_job(tmp_path, setting, allowed):
+    result = deepsweep_cli("run", "-m", "hydra/launcher=fused", f"hydra.launcher.{setting}", "pretrain=none", "seed=0,1",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    key, value = setting.split("=")
+    # (MLflow's own lines about creating the fresh store's tables may come first.)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1] == (
+        f"deepsweep: error: hydra.launcher.{key}: {int(value) if value.isdigit() else repr(value)}; allowed: {allowed}")
+    assert not (tmp_path / "sweep" / "0").exists()

@@ -492,7 +492,7 @@ def markdown(results: dict) -> str:
                          f"{stage['finetune']:.1f} | {stage['evaluate']:.1f} | "
                          + ", ".join(f"{compute.get(s, 0):.2f}" for s in ("prepare", "pretrain", "finetune", "evaluate")) + " |")
     lines += ["", "## Start-up (config only, nothing trained)", "", "| command | seconds |", "|---|---|"]
-    lines += [f"| `{s['command']}` | {s['seconds']:.2f} |" for s in results["startup"]]
+    lines += [f"| `{s['command']}` | {s['seconds']:.2f} |" for s in results.get("startup", [])]
     if results.get("jobs"):
         lines += [
             "", "## A job in a warm worker", "",

@@ -30,13 +30,22 @@ from omegaconf import DictConfig, open_dict, read_write
 log = logging.getLogger("deepsweep")
 
 
+def _refuse(message: str) -> None:
+    """A bad launcher setting: one line and exit code 2 from ``deepsweep run`` (a SystemExit passes through
+    Hydra's instantiation and error report, as cli.run's known failures do), before any job starts."""
+    from deepsweep.cli.run import _Reported
+    from deepsweep.errors import ConfigError
+
+    raise _Reported(ConfigError(message))
+
+
 class FusedLauncher(Launcher):
     def __init__(self, max_members: int = 32, n_jobs: int = 1) -> None:
         super().__init__()
-        if int(max_members) < 1:
-            raise ValueError(f"hydra.launcher.max_members: must be >= 1, got {max_members}")
-        if int(n_jobs) < 1 and int(n_jobs) != -1:
-            raise ValueError(f"hydra.launcher.n_jobs: must be >= 1 (or -1, one per core), got {n_jobs}")
+        for key, value, least in (("max_members", max_members, 1), ("n_jobs", n_jobs, -1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:
+                _refuse(f"hydra.launcher.{key}: {value!r}; allowed: an integer >= 1"
+                        + (" (or -1, one process per core)" if key == "n_jobs" else ""))
         self.max_members = int(max_members)
         self.n_jobs = int(n_jobs)
         self.config: DictConfig | None = None
