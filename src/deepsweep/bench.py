@@ -528,7 +528,8 @@ def markdown(results: dict) -> str:
             "stages and the report included). *Finetune s*: the jobs' finetune stage runs, start to end, summed",
             "(for the fused array, the first member's holds the array's training). Peak memory per member: the",
             "largest process's peak RSS (and nvidia-smi's most GPU memory in use) over the members it held at once.",
-            f"This section alone: `python -m deepsweep.bench --only fused{''.join(' ' + o for o in results['overrides'])}`.",
+            f"This section alone: `python -m deepsweep.bench --only fused{''.join(' ' + o for o in results['overrides'])}"
+            f"{results.get('fused_flags', '')}`.",
             "", "| sweep | members x epochs | launcher | wall s | member-epochs/s | vs one process | finetune s "
                 "| failed | peak RSS MB/member | GPU util % | peak GPU MB/member |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -619,6 +620,17 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fused_flags(args: argparse.Namespace) -> str:
+    """The fused-sweep flags of this run as a command line would give them (for the table's caption)."""
+    flags = [f"--fused-sizes {args.fused_sizes}", f"--fused-epochs {args.fused_epochs}",
+             f"--fused-sweeps {args.fused_sweeps}"]
+    if args.fused_one_process_up_to is not None:
+        flags.append(f"--fused-one-process-up-to {args.fused_one_process_up_to}")
+    if args.fused_launchers:
+        flags.append(f"--fused-launchers '{args.fused_launchers}'")
+    return "".join(" " + f for f in flags)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -668,6 +680,7 @@ def main() -> None:
             results.update(pipeline=pipeline_costs(checkouts, args.repeats) if device.type == "cpu" else [],
                            baselines=[str(b) for b in args.baseline])
         elif args.only == "fused":
+            results.update(fused_flags=_fused_flags(args))
             results.update(fused=fused_sweeps(extra, device, tuple(int(v) for v in args.fused_sizes.split(",")),
                                               args.fused_epochs, tuple(args.fused_sweeps.split(",")),
                                               args.fused_one_process_up_to,
@@ -706,6 +719,7 @@ def main() -> None:
         "jobs": warm_job_costs(max(args.repeats, 5)),
         "sweep": None if args.quick or parallel < 2 else [sweep_throughput(8, 5, 2, extra, parallel),
                                                           sweep_throughput(8, 30, 5, extra, parallel)],
+        "fused_flags": _fused_flags(args),
         "fused": None if args.quick else fused_sweeps(extra, device, tuple(int(v) for v in args.fused_sizes.split(",")),
                                                       args.fused_epochs, tuple(args.fused_sweeps.split(",")),
                                                       args.fused_one_process_up_to,
