@@ -8,7 +8,6 @@ learning rate, seed or data order differs by more than 1e-2."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import mlflow
@@ -66,23 +65,29 @@ def test_a_fused_array_trains_each_member_as_its_own_job_and_resumes(tmp_path, i
     first = {key: curves["val/loss"][0] for key, (_, _, curves) in fused.items()}
     assert len({round(v, 2) for v in first.values()}) == 4
 
-    # An interrupted fused sweep, run again: the finished members are skipped, the lost one trains again,
-    # in an array again, to the same numbers.
-    run, job, curves = fused[("1", "0.003")]
+    # An interrupted fused sweep, run again (in one process this time): the finished members are skipped and
+    # kept out of the arrays, so no array trains a member nobody replays; the two lost ones (seed 1) train
+    # again as one array, to the same numbers.
     client = mlflow.MlflowClient()
-    client.update_run(job.info.run_id, status="RUNNING")
-    folder = fused_dir / job.data.tags["deepsweep.job"]
-    for stage in ("finetune", "evaluate"):
-        shutil.rmtree(folder / stage)
+    lost = {key: fused[key] for key in (("1", "0.001"), ("1", "0.003"))}
+    for run, job, _ in lost.values():
+        client.update_run(job.info.run_id, status="RUNNING")
+        for stage in ("finetune", "evaluate"):
+            shutil.rmtree(fused_dir / job.data.tags["deepsweep.job"] / stage)
     result = deepsweep_cli("run", "-m", "hydra/launcher=fused", *SWEEP, "hydra.launcher.max_members=2",
                            f"hydra.sweep.dir={fused_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (result.stdout + result.stderr).count("already finished in this sweep: skipped") == 3
-    rerun, rerun_job, rerun_curves = _finetune_runs(fused_dir)[("1", "0.003")]
-    assert rerun.info.run_id != run.info.run_id and rerun.data.tags["deepsweep.fused_array"]
-    assert rerun_curves["val/loss"] == pytest.approx(curves["val/loss"], rel=1e-4)
-    assert json.loads((folder / "evaluate" / "metrics.json").read_text())["accuracy"] == pytest.approx(
-        job.data.metrics["evaluate.accuracy"], rel=1e-4)
+    log = result.stdout + result.stderr
+    assert log.count("already finished in this sweep: skipped") == 2
+    assert log.count("runs alone: it finished in an earlier run of this sweep") == 2
+    assert "4 jobs, 2 in 1 arrays (2), 2 alone" in log
+    again = _finetune_runs(fused_dir)
+    for key, (run, job, curves) in lost.items():
+        rerun, rerun_job, rerun_curves = again[key]
+        assert rerun.info.run_id != run.info.run_id and rerun.data.tags["deepsweep.fused_members"] == "2"
+        assert rerun_curves["val/loss"] == pytest.approx(curves["val/loss"], rel=1e-4)
+        assert rerun_job.data.metrics["evaluate.accuracy"] == pytest.approx(job.data.metrics["evaluate.accuracy"],
+                                                                            rel=1e-4)
 
 
 def test_arrays_group_jobs_by_shape_and_name_why_a_job_runs_alone(compose):

@@ -79,7 +79,14 @@ class FusedLauncher(Launcher):
                 job_configs.append(validate(job_config))
             except ConfigError:
                 job_configs.append(None)  # its job fails with the reason, as in any sweep
-        arrays, alone = fused.plan(job_configs, self.max_members)
+        # A rerun of an interrupted sweep: jobs that finished before are skipped by the job itself (cli.run);
+        # they stay out of the arrays, so no array trains a member nobody will replay.
+        finished = _finished_jobs(str(self.config.hydra.sweep.dir), job_configs)
+        todo = [p for p in range(len(job_configs)) if p not in finished]
+        arrays, alone = fused.plan([job_configs[p] for p in todo], self.max_members)
+        arrays = [[todo[i] for i in array] for array in arrays]
+        alone = {todo[i]: reason for i, reason in alone.items()}
+        alone.update({p: "it finished in an earlier run of this sweep" for p in finished})
         log.info("fused launcher: %d jobs, %d in %d arrays (%s), %d alone", len(sweep_configs),
                  sum(map(len, arrays)), len(arrays), ", ".join(str(len(a)) for a in arrays) or "none", len(alone))
         for position, reason in sorted(alone.items()):
@@ -103,6 +110,18 @@ class FusedLauncher(Launcher):
             for unit, returns in zip(units, done):
                 results.update(zip(unit, returns))
         return [results[p] for p in range(len(sweep_configs))]
+
+
+def _finished_jobs(sweep_dir: str, job_configs: list[DictConfig | None]) -> set[int]:
+    """Positions of the jobs that have a FINISHED run with the same fingerprint in this sweep's parent run."""
+    from deepsweep.launch import fingerprint, previous_runs
+    from deepsweep.tracking.sweep import parent_run_id
+
+    parent = parent_run_id(sweep_dir)
+    if not parent:
+        return set()
+    return {position for position, cfg in enumerate(job_configs) if cfg is not None
+            and any(run.info.status == "FINISHED" for run in previous_runs(parent, fingerprint(cfg)))}
 
 
 def _run_unit(hydra_context: Any, task_function: Any, sweep_configs: list[DictConfig],
