@@ -451,6 +451,12 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {device}, torch {torch.__version__}, torch threads {torch.get_num_threads()}"
 
 
+def _cell(value: float | None, fmt: str) -> str:
+    """A table cell: the value formatted, or "-" where the run measured none (a steady rate with fewer than
+    two job ends, a sweep without a GPU)."""
+    return "-" if value is None else format(value, fmt)
+
+
 def markdown(results: dict) -> str:
     lines = [
         "# Benchmarks",
@@ -513,12 +519,11 @@ def markdown(results: dict) -> str:
                 "| speed-up, whole sweep | steady jobs/min, 1 process | steady jobs/min, per core | speed-up, steady |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        steady = lambda v, fmt: format(v, fmt) if v else "-"  # noqa: E731
         for s in results["sweep"]:
             lines.append(f"| {s['jobs']} | {s['epochs']} + {s['pretrain_epochs']} | {s['sequential_s']:.1f} | "
                          f"{s['parallel_s']:.1f} | {s['sequential_jobs_per_min']:.1f} | {s['parallel_jobs_per_min']:.1f} | "
-                         f"{s['speedup']:.2f}x | {steady(s['sequential_steady_jobs_per_min'], '.1f')} | "
-                         f"{steady(s['parallel_steady_jobs_per_min'], '.1f')} | {steady(s['steady_speedup'], '.2f')}x |")
+                         f"{s['speedup']:.2f}x | {_cell(s['sequential_steady_jobs_per_min'], '.1f')} | "
+                         f"{_cell(s['parallel_steady_jobs_per_min'], '.1f')} | {_cell(s['steady_speedup'], '.2f')}x |")
     if results.get("fused"):
         lines += [
             "", "## Fused sweeps", "",
@@ -539,13 +544,12 @@ def markdown(results: dict) -> str:
         if any((r["sweep"], r["members"]) not in one for r in results["fused"]):
             lines.insert(-4, "Where a size has no one-process row, *vs one process* compares with that sweep's largest "
                              "one-process row (one job after another: its rate does not grow with the sweep).")
-        shown = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
         for r in results["fused"]:
             base = one.get((r["sweep"], r["members"]), largest.get(r["sweep"]))
             lines.append(f"| {r['sweep']} | {r['members']} x {r['epochs']} | {r['launcher']} | {r['wall_s']:.1f} | "
-                         f"{r['member_epochs_per_s']:.2f} | {shown(r['member_epochs_per_s'] / base if base else None, '.2f')}x | "
-                         f"{shown(r['finetune_s'], '.1f')} | {r['failed']} | {r['peak_rss_mb_per_member']:.0f} | "
-                         f"{shown(r['gpu_utilisation'], '.0f')} | {shown(r['peak_gpu_mb_per_member'], '.0f')} |")
+                         f"{r['member_epochs_per_s']:.2f} | {_cell(r['member_epochs_per_s'] / base if base else None, '.2f')}x | "
+                         f"{_cell(r['finetune_s'], '.1f')} | {r['failed']} | {r['peak_rss_mb_per_member']:.0f} | "
+                         f"{_cell(r['gpu_utilisation'], '.0f')} | {_cell(r['peak_gpu_mb_per_member'], '.0f')} |")
     lines += [
         "",
         "## What stands between these numbers and the targets",
