@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds vanishing pretraining anomaly studies results results-quick losses
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds vanishing pretraining anomaly studies results results-quick losses
 
 venv: $(VENV)/.installed
 
@@ -75,6 +75,10 @@ cora-seeds: venv
 	  $(BIN)/deepsweep run -m experiment=$$e 'seed=range(0,10)' hydra.sweep.dir=outputs/sweeps/$$e; done
 	$(BIN)/deepsweep run -m experiment=cora_sage_inductive pretrain=random_walk,dgi,none 'seed=range(0,10)' \
 	  hydra.sweep.dir=outputs/sweeps/cora_sage_inductive
+
+# Link prediction on Cora against Kipf & Welling (2016): GAE and VGAE, 10 seeds each (README, "Link prediction").
+link-seeds: venv
+	$(BIN)/deepsweep run -m experiment=cora_gae pretrain=gae,vgae 'seed=range(0,10)' hydra.sweep.dir=outputs/sweeps/cora_gae
 
 # The loss group compared on digits: every option, no pretraining, 3 seeds (README, "Losses compared").
 losses: venv

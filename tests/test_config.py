@@ -85,6 +85,12 @@ def test_missing_data_that_cannot_be_fetched_names_the_url(tmp_path):
         "deepsweep: error: http://127.0.0.1:9/mnist/raw/train-images-idx3-ubyte.gz: cannot download ([Errno 111] "
         "Connection refused); check $DEEPSWEEP_DATA_MIRROR (http://127.0.0.1:9), or place the file yourself")
     assert not (tmp_path / "nowhere").exists() or not any((tmp_path / "nowhere").iterdir())
+    # The same one line from a whole run (Hydra would print its traceback), its prepare run marked failed.
+    result = deepsweep_cli("run", "data=mnist", f"data.root={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run",
+                           env={"DEEPSWEEP_DATA_MIRROR": "http://127.0.0.1:9"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "deepsweep: error: http://127.0.0.1:9/mnist/raw/train-images-idx3-ubyte.gz: cannot download")
 
 
 def test_hydra_run_rejects_typo_before_training(tmp_path):

@@ -60,7 +60,7 @@ def test_kinds_must_agree(compose):
         build_model(compose("data=karate", "model=gcn", "regularizer=dropconnect"), (10,), 4)
 
 
-@pytest.mark.parametrize("pretrain", ["gae", "dgi"])
+@pytest.mark.parametrize("pretrain", ["gae", "vgae", "dgi"])
 def test_karate_pipeline_end_to_end(compose, tmp_path, pretrain):
     cfg = compose("data=karate", "model=gcn", f"pretrain={pretrain}", "pretrain.epochs=5", "trainer.max_epochs=30",
                   "optimizer.lr=0.01")
@@ -70,6 +70,8 @@ def test_karate_pipeline_end_to_end(compose, tmp_path, pretrain):
     metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
     assert {"accuracy", "f1_macro", "roc_auc", "loss", "probe_accuracy", "probe_f1_macro", "probe_roc_auc"} <= set(metrics)
     assert metrics["probe_accuracy"] > 1 / 4  # the embeddings separate the karate clubs better than chance
+    # The graph autoencoders hold out 10% of the edges and score them (pretrain stage) against as many non-edges.
+    assert ({"link_roc_auc", "link_average_precision"} <= set(metrics)) == (pretrain != "dgi")
     assert (artifacts / "evaluate" / "node_embedding.png").stat().st_size > 0
     meta = json.loads((artifacts / "prepare" / "meta.json").read_text())
     assert meta["sizes"] == {"train": 4, "val": 15, "test": 15}
@@ -311,3 +313,108 @@ def test_random_walk_settings_are_checked_by_name(compose, tmp_path):
     execute("prepare", cfg, tmp_path / "a")
     with pytest.raises(ConfigError, match="pretrain.task.walk_length: must be >= 1, got 0"):
         execute("pretrain", cfg, tmp_path / "a")
+
+
+# --- link prediction (pretrain=gae / vgae with held-out edges) -------------------------------------------
+
+def _karate_edges():
+    from torch_geometric.datasets import KarateClub
+
+    data = KarateClub()[0]
+    return data.x, data.edge_index
+
+
+def _pairs(edge_index: torch.Tensor) -> set[tuple[int, int]]:
+    return {(min(a, b), max(a, b)) for a, b in edge_index.t().tolist()}
+
+
+def test_link_split_leaves_no_held_out_edge_in_the_training_graph():
+    from deepsweep.data.links import split_edges
+
+    x, edge_index = _karate_edges()
+    edges = _pairs(edge_index)
+    assert len(edges) == 78
+    split = split_edges(edge_index, 34, 0.05, 0.1, seed=3)
+    train, val, test = _pairs(split.train_edge_index), _pairs(split.val_pos), _pairs(split.test_pos)
+    # floor(5% of 78) and floor(10% of 78), as the paper's mask_test_edges; every edge in exactly one part.
+    assert (split.val_pos.shape[1], split.test_pos.shape[1]) == (3, 7)
+    assert train | val | test == edges and not (train & val or train & test or val & test)
+    # The training graph holds each training edge both ways and nothing else (what the encoder propagates over).
+    directed = {tuple(e) for e in split.train_edge_index.t().tolist()}
+    assert directed == {(a, b) for a, b in train} | {(b, a) for a, b in train}
+    # Negatives: as many as positives, distinct, no self-loop, no edge of the whole graph, val and test apart.
+    neg_val, neg_test = _pairs(split.val_neg), _pairs(split.test_neg)
+    assert (len(neg_val), len(neg_test)) == (3, 7)
+    assert not (neg_val | neg_test) & edges and not neg_val & neg_test
+    assert all(a != b for a, b in neg_val | neg_test)
+    # A pure function of graph and seed (a resumed run holds out the same edges); another seed, other edges.
+    again = split_edges(edge_index, 34, 0.05, 0.1, seed=3)
+    assert all(torch.equal(getattr(split, f), getattr(again, f)) for f in ("train_edge_index", "test_pos", "test_neg"))
+    assert _pairs(split_edges(edge_index, 34, 0.05, 0.1, seed=4).test_pos) != test
+
+
+def test_pairwise_auc_is_roc_auc_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from deepsweep.tasks.graph_ssl import pairwise_auc
+
+    pos, neg = torch.tensor([0.9, 0.5, 0.5, 0.2]), torch.tensor([0.5, 0.1, 0.3])
+    expected = roc_auc_score([1] * 4 + [0] * 3, torch.cat([pos, neg]).numpy())
+    assert float(pairwise_auc(pos, neg)) == pytest.approx(expected)
+    assert float(pairwise_auc(torch.tensor([1.0, 2.0]), torch.tensor([0.0]))) == 1.0
+
+
+@pytest.mark.parametrize("method", ["gae", "vgae"])
+def test_graph_autoencoder_trains_on_the_training_edges_only(compose, method):
+    """Every graph the encoder propagates over during training and validation is the training graph; the
+    codes come from a conv without activation (negative entries possible); VGAE's loss adds KL / nodes."""
+    import random
+
+    from deepsweep.data.links import split_edges
+    from deepsweep.factory import build_task
+
+    cfg = compose("data=karate", "model=gcn", f"pretrain={method}", "model.hidden_dims=[8]", "seed=5")
+    x, edge_index = _karate_edges()
+    model = build_model(cfg, (x.shape[1],), 4)
+    task = build_task(cfg, cfg.pretrain.task, model, "pretrain")
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+    batch = (x, edge_index, torch.zeros(34, dtype=torch.long), torch.ones(34, dtype=torch.bool))
+    random.seed(0)  # negative sampling draws from Python's and torch's generators
+    torch.manual_seed(0)
+    task.train()
+    loss = task.training_loss(batch).detach()
+    task.eval()
+    task.validation_batch(batch)
+    scores = task.link_scores(batch)
+    split = task.link_split(x, edge_index)
+    held_out = _pairs(split.test_pos) | _pairs(split.val_pos)
+    assert len(seen) == 3 and all(not _pairs(graph) & held_out for graph in seen)
+    assert torch.equal(split.test_pos, split_edges(edge_index, 34, 0.05, 0.1, seed=5).test_pos)  # the run's seed
+    assert scores["pos"].shape == (7,) and scores["neg"].shape == (7,)
+    assert ((0 <= scores["pos"]) & (scores["pos"] <= 1)).all()
+    z = task.objective.encode(x, split.train_edge_index)
+    assert (z < 0).any()  # no ReLU on the codes: an inner product can score a non-edge below 1/2
+    if method == "vgae":
+        objective = task.objective
+        random.seed(0)
+        torch.manual_seed(0)
+        task.train()
+        with torch.no_grad():
+            recon = objective.recon_loss(objective.encode(x, split.train_edge_index), split.train_edge_index)
+            mu, logstd = objective.__mu__, objective.__logstd__
+            kl = -0.5 * torch.mean(torch.sum(1 + 2 * logstd - mu ** 2 - logstd.exp() ** 2, dim=1))
+        assert float(kl) > 0
+        assert float(loss) == pytest.approx(float(recon + kl / 34), rel=1e-5)
+
+
+def test_link_prediction_needs_one_whole_graph(compose):
+    from deepsweep.config import validate
+
+    validate(compose("data=cora", "model=gcn", "pretrain=gae"))
+    with pytest.raises(ConfigError, match=r"pretrain\.task\.link_test_fraction.*data\.inductive=false"):
+        validate(compose("data=cora", "model=gcn", "pretrain=gae", "data.inductive=true"))
+    with pytest.raises(ConfigError, match=r"pretrain\.task\.link_val_fraction.*data\.batch_size=0"):
+        validate(compose("data=cora", "model=sage", "pretrain=vgae", "data.batch_size=64"))
+    validate(compose("data=cora", "model=sage", "pretrain=vgae", "data.batch_size=64",
+                     "pretrain.task.link_val_fraction=0", "pretrain.task.link_test_fraction=0"))

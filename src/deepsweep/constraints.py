@@ -87,6 +87,12 @@ def _graph(cfg: Mapping[str, Any]) -> bool:
     return str(cfg.get("data", {}).get("name")) in ("cora", "karate")
 
 
+def _whole_graph(cfg: Mapping[str, Any]) -> bool:
+    """Every batch is the same whole graph: full batch, transductive."""
+    data = cfg.get("data", {})
+    return data.get("batch_size") == 0 and not data.get("inductive", False)
+
+
 PROBABILITY = real(0, 1, high_open=True)
 FRACTION = real(0, 1, low_open=True, high_open=True)
 POSITIVE = real(0, low_open=True)
@@ -161,6 +167,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("pretrain.task.beta", NON_NEGATIVE),
     ("pretrain.task.gradient_penalty", NON_NEGATIVE),
     ("pretrain.task.sparsity", NON_NEGATIVE),
+    ("pretrain.task.link_*_fraction", Rule(
+        "a number in [0, 1) (> 0 only on one whole graph: data.batch_size=0 and data.inductive=false)",
+        lambda v, cfg: PROBABILITY.accepts(v, cfg) and (v == 0 or not _graph(cfg) or _whole_graph(cfg)))),
     ("pretrain.task.*", COUNT),  # latent_dim, cd_k, n_critic, epochs_per_layer, walk_length, ...
     # finetune
     ("finetune.label_fraction", real(0, 1, low_open=True)),

@@ -210,7 +210,7 @@ def build_task_setup(cfg: DictConfig, stage: str = "finetune"):
     return TaskSetup(optimizer=build_optimizer(cfg, stage), scheduler=build_scheduler(cfg, epochs),
                      regularization=build(cfg.regularizer), activation=build(cfg.activation),
                      steps_per_call=steps_per_call(cfg), gradient_clip_val=cfg.trainer.gradient_clip_val,
-                     loss=build(cfg.loss),
+                     loss=build(cfg.loss), seed=int(cfg.seed),
                      name=f"pretrain={cfg.pretrain.name}" if stage == "pretrain" else stage)
 
 

@@ -83,6 +83,17 @@ def anomaly_roc_auc(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
     return float(roc_auc_score(is_anomaly.numpy(), scores.double().numpy()))
 
 
+def link_metrics(pos: torch.Tensor, neg: torch.Tensor) -> dict[str, float]:
+    """Link prediction scores (Kipf & Welling 2016): ROC-AUC and average precision of the edge probabilities of
+    held-out edges (``pos``) against as many non-edges (``neg``)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    target = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).numpy()
+    scores = torch.cat([pos, neg]).double().numpy()
+    return {"link_roc_auc": float(roc_auc_score(target, scores)),
+            "link_average_precision": float(average_precision_score(target, scores))}
+
+
 def mean_average_distance(embedding: torch.Tensor) -> float:
     """MAD (Chen et al., 2020): the mean cosine distance between the embeddings of every two distinct nodes.
     It falls towards 0 as a deep GNN over-smooths (every node's embedding alike). Computed in O(N d) from

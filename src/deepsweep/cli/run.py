@@ -59,9 +59,9 @@ def _stop_single_run(exc: Exception) -> None:
     """A single run's known failures leave Hydra as themselves, not inside its error report: SystemExit
     passes through Hydra's job runner, and ``deepsweep run`` prints them as one line."""
     from deepsweep.config import ConfigError
-    from deepsweep.errors import DataFileError, FolderInUse, NonFiniteError
+    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError
 
-    if isinstance(exc, (ConfigError, FileNotFoundError, DataFileError, NonFiniteError, FolderInUse)):
+    if isinstance(exc, (ConfigError, FileNotFoundError, DataFileError, DownloadError, NonFiniteError, FolderInUse)):
         raise _Reported(exc)
     raise exc
 

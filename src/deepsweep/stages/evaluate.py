@@ -1,6 +1,7 @@
 """evaluate: accuracy, macro F1 and ROC-AUC of the fine-tuned model on the held-out test split; the same
 three for a linear probe of the pretrained encoder's frozen features; the pretraining task's test score
-(reconstruction error, and anomaly ROC-AUC with pretrain.anomaly_class); how the fine-tuned model labels the
+(reconstruction error, and anomaly ROC-AUC with pretrain.anomaly_class; a graph autoencoder's link
+prediction ROC-AUC and average precision on the edges it held out); how the fine-tuned model labels the
 inputs a GAN generated (the classes they cover); on a graph, how alike the encoder
 makes the nodes' embeddings (embedding_mad, which over-smoothing drives to 0). metrics.json for DVC metrics,
 confusion.csv and roc.csv for DVC plots, PNGs for MLflow."""
@@ -22,12 +23,13 @@ from deepsweep.metrics import (
     classification_metrics,
     confusion_matrix,
     linear_probe,
+    link_metrics,
     mean_average_distance,
     per_class_roc,
     roc_points,
 )
 from deepsweep.stages.finetune import MODEL_FILE
-from deepsweep.stages.pretrain import ENCODER_FILE, GENERATED_FILE, SCORES_FILE
+from deepsweep.stages.pretrain import ENCODER_FILE, GENERATED_FILE, LINK_SCORES_FILE, SCORES_FILE
 from deepsweep.tasks.batches import outputs_and_targets
 from deepsweep.utils.io import write_json
 
@@ -73,6 +75,16 @@ def anomaly_metrics(cfg: DictConfig, pretrained: Path, target: torch.Tensor) -> 
     return {name: float(scores[~is_anomaly].mean()), "anomaly_roc_auc": anomaly_roc_auc(scores, is_anomaly)}
 
 
+def held_out_link_metrics(pretrained: Path) -> dict[str, float]:
+    """``link_roc_auc`` and ``link_average_precision`` of the edges pretraining held out (pretrain=gae or vgae
+    with ``link_test_fraction``), scored by the pretrain stage against as many non-edges."""
+    path = pretrained / LINK_SCORES_FILE
+    if not path.is_file():
+        return {}
+    scores = torch.load(path, weights_only=True)
+    return link_metrics(scores["pos"], scores["neg"])
+
+
 def generated_metrics(model, pretrained: Path, num_classes: int) -> dict[str, float]:
     """The fine-tuned classifier's labels of the inputs pretraining generated (``generates_inputs``: the GANs):
     ``generated_classes_covered`` and ``generated_class_kl`` (``metrics.class_coverage``), which mode collapse
@@ -103,6 +115,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     metrics = classification_metrics(logits, target, k)
     metrics.update(probe_pretrained_encoder(cfg, data, inputs["pretrain"]))
     metrics.update(anomaly_metrics(cfg, inputs["pretrain"], target))
+    metrics.update(held_out_link_metrics(inputs["pretrain"]))
     metrics.update(generated_metrics(model, inputs["pretrain"], k))
     embedding = None
     if data.kind == "graph":

@@ -17,6 +17,7 @@ from deepsweep.tracking.runs import log_artifact
 
 ENCODER_FILE = "encoder.pt"
 SCORES_FILE = "test_scores.pt"
+LINK_SCORES_FILE = "link_scores.pt"  # held-out test edges and non-edges, scored: evaluate's link metrics
 GENERATED_FILE = "generated.pt"  # samples of a task that generates inputs, which evaluate labels
 GENERATED_SAMPLES = 1000
 
@@ -57,6 +58,9 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
         with torch.inference_mode():
             scores = torch.cat([task.anomaly_score(x.to(task.device)).cpu() for x, _ in data.loader("test", 1024)])
         torch.save({"name": task.score_name, "scores": scores}, out / SCORES_FILE)
+    if task.predicts_links:
+        task.eval()
+        torch.save(task.link_scores(next(iter(data.loader("test")))), out / LINK_SCORES_FILE)
     if task.generates_inputs:
         task.eval()
         with torch.no_grad():  # codes from a fixed stream: the same samples for the same weights

@@ -10,6 +10,9 @@ fitting code (``deepsweep.training``) and the stages read instead of probing for
 * ``keep_best_weights``: its validation loss ranks epochs (else the last epoch's weights are kept);
 * ``scores_anomalies``: it gives ``anomaly_score(x)`` per input (named ``score_name``);
 * ``draws_figures``: it gives ``save_figures(folder, x)``;
+* ``predicts_links``: it held edges of the graph out of training and gives ``link_scores(batch)``, its scores
+  of the held-out test edges and of as many non-edges (the graph autoencoders with a link split: set per
+  instance, since the split is an option of the objective);
 * ``generates_inputs``: it gives ``generate(n, generator=...)``, new inputs drawn from what it learned (the
   GANs): pretrain saves 1,000 of them, evaluate labels them, and on data with modes (``data=ring``) their
   coverage is measured every epoch.
@@ -63,6 +66,7 @@ class TaskSetup:
     steps_per_call: int = 1
     gradient_clip_val: float | None = None
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(default_factory=nn.CrossEntropyLoss)
+    seed: int = 0  # the run's seed, for what a task draws once and must draw alike on a resume (held-out edges)
     name: str = "this task"  # how messages name the objective, e.g. "pretrain=gan"
 
 
@@ -150,6 +154,7 @@ class Task(EpochLoggingMixin, L.LightningModule):
     keep_best_weights: ClassVar[bool] = True
     scores_anomalies: ClassVar[bool] = False
     draws_figures: ClassVar[bool] = False
+    predicts_links: bool = False
     generates_inputs: ClassVar[bool] = False
     score_name: ClassVar[str] = ""
 
@@ -180,6 +185,9 @@ class Task(EpochLoggingMixin, L.LightningModule):
 
     def save_figures(self, folder, x: torch.Tensor) -> list:  # where draws_figures
         return []
+
+    def link_scores(self, batch) -> dict[str, torch.Tensor]:  # where predicts_links
+        raise NotImplementedError(f"{type(self).__name__} holds out no edges")
 
 
 class LossTask(Task):

@@ -1,12 +1,11 @@
-"""Self-supervised graph pretraining of a GNN encoder: graph autoencoder, Deep Graph Infomax, or
+"""Self-supervised graph pretraining of a GNN encoder: graph autoencoder (GAE, VGAE), Deep Graph Infomax, or
 GraphSAGE's random-walk loss.
 
 No labels are read: the batch's labels and mask are ignored; every node and edge of the batch's graph
-(the whole graph, or a sampled neighbourhood with mini-batches) takes part."""
+(the whole graph, or a sampled neighbourhood with mini-batches) takes part, except the edges a graph
+autoencoder holds out for link prediction (``link_val_fraction``, ``link_test_fraction``)."""
 
 from __future__ import annotations
-
-
 
 import torch
 from torch import nn
@@ -15,7 +14,7 @@ from torch.nn import functional as F
 from deepsweep.models.base import Family
 from deepsweep.tasks.common import LossTask, TaskSetup
 
-METHODS = ("gae", "dgi", "random_walk")
+METHODS = ("gae", "vgae", "dgi", "random_walk")
 
 
 def _shuffle_nodes(x: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,13 +46,43 @@ def random_walk_loss(z: torch.Tensor, edge_index: torch.Tensor, walk_length: int
     return -F.logsigmoid(positive).mean() - F.logsigmoid(-negative).view(-1, num_negatives).sum(1).mean()
 
 
+def pairwise_auc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """ROC-AUC of scores ``pos`` (positives) against ``neg``: the share of (positive, negative) pairs ranked
+    right, ties counting half. O(k^2) memory: for the few hundred held-out edges of a validation epoch."""
+    diff = pos.unsqueeze(1) - neg.unsqueeze(0)
+    return (diff > 0).float().mean() + 0.5 * (diff == 0).float().mean()
+
+
+class LatentEncoder(nn.Module):
+    """The GNN encoder, then graph convs to the latent codes without an activation (Kipf & Welling 2016:
+    ``Z = A relu(A X W0) W1``; a code that ends in a ReLU has no negative inner product to score a non-edge
+    with). ``logstd``: VGAE's second output conv. The output convs stay with the objective: what pretraining
+    hands to fine-tuning is the encoder."""
+
+    def __init__(self, encoder: nn.Module, mu: nn.Module, logstd: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder, self.mu, self.logstd = encoder, mu, logstd
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor):
+        h = self.encoder(x, edge_index)
+        if self.logstd is None:
+            return self.mu(h, edge_index)
+        return self.mu(h, edge_index), self.logstd(h, edge_index)
+
+
 def _mean_summary(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return torch.sigmoid(z.mean(dim=0))
 
 
 class GraphSelfSupervisedTask(LossTask):
-    """``method: gae`` - graph autoencoder (Kipf & Welling 2016): inner-product decoder, reconstruct the
-    edges against as many sampled non-edges. ``method: dgi`` - Deep Graph Infomax (Velickovic et al. 2019):
+    """``method: gae`` - graph autoencoder (Kipf & Welling 2016): the encoder and one more graph conv to
+    ``latent_dim`` codes, inner-product decoder, reconstruct the edges against as many sampled non-edges.
+    ``method: vgae`` - its variational form: two output convs give each node's Gaussian code (mean, log std),
+    the loss adds KL(q(z) || N(0, I)) / number of nodes. With ``link_test_fraction`` (and
+    ``link_val_fraction``) > 0 both hold that share of the graph's edges out of training
+    (``data.links.split_edges``): the validation loss and ``val/link_roc_auc`` score the validation edges
+    against fixed non-edges, and evaluate reports the test edges' ROC-AUC and average precision.
+    ``method: dgi`` - Deep Graph Infomax (Velickovic et al. 2019):
     tell node embeddings of the graph from those of a feature-shuffled copy, against a graph summary.
     ``method: random_walk`` - GraphSAGE's unsupervised loss: ``walks_per_node`` walks of ``walk_length``
     steps from every node, each visited node a positive, ``num_negatives`` noise nodes per positive."""
@@ -69,9 +98,12 @@ class GraphSelfSupervisedTask(LossTask):
         walk_length: int = 5,
         walks_per_node: int = 1,
         num_negatives: int = 5,
+        latent_dim: int = 16,
+        link_val_fraction: float = 0.0,
+        link_test_fraction: float = 0.0,
     ) -> None:
         super().__init__(setup)
-        from torch_geometric.nn import GAE, DeepGraphInfomax
+        from torch_geometric.nn import GAE, VGAE, DeepGraphInfomax
 
         if method not in METHODS:
             raise ValueError(f"pretrain.task.method: unknown method {method!r}; allowed: {', '.join(METHODS)}")
@@ -81,8 +113,19 @@ class GraphSelfSupervisedTask(LossTask):
                            ("num_negatives", num_negatives)):
             if value < 1:
                 raise ValueError(f"pretrain.task.{key}: must be >= 1, got {value}")
+        holds_out = link_val_fraction > 0 or link_test_fraction > 0
+        if holds_out and method not in ("gae", "vgae"):
+            raise ValueError(f"pretrain.task.link_test_fraction: {method} predicts no links; gae and vgae do")
+        if not (0 <= link_val_fraction < 1 and 0 <= link_test_fraction < 1
+                and link_val_fraction + link_test_fraction < 1):
+            raise ValueError(f"pretrain.task.link_val_fraction + link_test_fraction: {link_val_fraction} + "
+                             f"{link_test_fraction}; each in [0, 1), their sum below 1")
         self.encoder = model.encoder
         self.method = method
+        self.link_fractions = (link_val_fraction, link_test_fraction)
+        self.predicts_links = link_test_fraction > 0
+        self.seed = setup.seed
+        self._split = None  # (graph size, LinkSplit), drawn from the first batch's graph
         self.walk = {"walk_length": walk_length, "walks_per_node": walks_per_node, "num_negatives": num_negatives}
         if method == "random_walk":
             # The encoder ends in its activation (ReLU: no negative parts), so no two embeddings can have a
@@ -91,17 +134,60 @@ class GraphSelfSupervisedTask(LossTask):
             self.projection = nn.Linear(model.feature_dim, model.feature_dim)
         if method == "dgi":
             self.objective = DeepGraphInfomax(model.feature_dim, self.encoder, _mean_summary, _shuffle_nodes)
-        elif method == "gae":
-            self.objective = GAE(self.encoder)
+        elif method in ("gae", "vgae"):
+            def latent() -> nn.Module:
+                return model.conv(model.feature_dim, latent_dim, final=True)[0]
 
-    def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            autoencoder = LatentEncoder(self.encoder, latent(), latent() if method == "vgae" else None)
+            self.objective = VGAE(autoencoder) if method == "vgae" else GAE(autoencoder)
+
+    def link_split(self, x: torch.Tensor, edge_index: torch.Tensor):
+        """The held-out edges of this graph (None without a link split), drawn once from the seed."""
+        from deepsweep.data.links import split_edges
+
+        if not any(self.link_fractions):
+            return None
+        size = (x.shape[0], edge_index.shape[1])
+        if self._split is None:
+            split = split_edges(edge_index, x.shape[0], *self.link_fractions, seed=self.seed)
+            self._split = (size, split.to(edge_index.device))
+        elif self._split[0] != size:
+            raise ValueError("pretrain.task.link_test_fraction: link prediction holds edges out of one whole graph; "
+                             "this batch is another graph (use data.batch_size=0 and data.inductive=false)")
+        return self._split[1]
+
+    def _autoencoder_loss(self, x: torch.Tensor, edge_index: torch.Tensor, validation: bool) -> torch.Tensor:
+        split = self.link_split(x, edge_index)
+        graph = edge_index if split is None else split.train_edge_index
+        z = self.objective.encode(x, graph)  # VGAE: a sample in training, the mean in evaluation
+        if validation and split is not None and split.val_pos.shape[1]:
+            loss = self.objective.recon_loss(z, split.val_pos, split.val_neg)
+            decode = self.objective.decoder
+            self.track("val/link_roc_auc", pairwise_auc(decode(z, split.val_pos), decode(z, split.val_neg)), 1)
+        else:
+            loss = self.objective.recon_loss(z, graph)
+        if self.method == "vgae":
+            loss = loss + self.objective.kl_loss() / x.shape[0]
+        return loss
+
+    def _loss(self, batch: tuple[torch.Tensor, ...], validation: bool = False) -> torch.Tensor:
         x, edge_index = batch[0], batch[1]
         if self.method == "dgi":
             pos, neg, summary = self.objective(x, edge_index)
             return self.objective.loss(pos, neg, summary)
         if self.method == "random_walk":
             return random_walk_loss(self.projection(self.encoder(x, edge_index)), edge_index, **self.walk)
-        return self.objective.recon_loss(self.encoder(x, edge_index), edge_index)
+        return self._autoencoder_loss(x, edge_index, validation)
+
+    @torch.no_grad()
+    def link_scores(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """Edge probabilities of the held-out test edges (``pos``) and of as many non-edges (``neg``), the
+        codes computed over the training edges alone (VGAE: the means)."""
+        x, edge_index = batch[0], batch[1]
+        split = self.link_split(x, edge_index)
+        z = self.objective.encode(x, split.train_edge_index)
+        decode = self.objective.decoder
+        return {"pos": decode(z, split.test_pos, sigmoid=True).cpu(), "neg": decode(z, split.test_neg, sigmoid=True).cpu()}
 
     def training_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         loss = self.regularization.penalized(self._loss(batch), self.encoder)
@@ -109,4 +195,4 @@ class GraphSelfSupervisedTask(LossTask):
         return loss
 
     def validation_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
-        self.track("val/loss", self._loss(batch), 1)
+        self.track("val/loss", self._loss(batch, validation=True), 1)
