@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds vanishing pretraining anomaly studies results results-quick losses
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty vanishing pretraining anomaly studies results results-quick losses
 
 venv: $(VENV)/.installed
 
@@ -79,6 +79,12 @@ cora-seeds: venv
 # Link prediction on Cora against Kipf & Welling (2016): GAE and VGAE, 10 seeds each (README, "Link prediction").
 link-seeds: venv
 	$(BIN)/deepsweep run -m experiment=cora_gae pretrain=gae,vgae 'seed=range(0,10)' hydra.sweep.dir=outputs/sweeps/cora_gae
+
+# Uncertainty on digits (README, "Uncertainty"): an MLP with dropout 0.5, 5 seeds, each scored alone and by
+# Monte Carlo dropout (20 passes); the sweep report averages the seeds into a deep ensemble.
+uncertainty: venv
+	$(BIN)/deepsweep run -m regularizer=dropout regularizer.dropout=0.5 evaluate.mc_dropout_passes=20 pretrain=none \
+	  trainer.max_epochs=40 'seed=range(0,5)' hydra.sweep.dir=outputs/sweeps/uncertainty
 
 # The loss group compared on digits: every option, no pretraining, 3 seeds (README, "Losses compared").
 losses: venv

@@ -31,11 +31,12 @@ def test_stages_chain_and_record_everything(compose, tmp_path):
         execute(stage, fast_cfg, artifacts)
 
     metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
-    assert set(metrics) == {"accuracy", "f1_macro", "roc_auc", "loss", "probe_accuracy", "probe_f1_macro",
+    assert set(metrics) == {"accuracy", "f1_macro", "roc_auc", "loss", "ece", "probe_accuracy", "probe_f1_macro",
                             "probe_roc_auc", "test_reconstruction_error"}
     assert metrics["accuracy"] > 0.5 and metrics["roc_auc"] > 0.8
     assert metrics["probe_accuracy"] > 0.5 and 0 < metrics["test_reconstruction_error"] < 1
-    for name in ("confusion.csv", "roc.csv", "confusion_matrix.png", "roc_curve.png"):
+    for name in ("confusion.csv", "roc.csv", "rejection.csv", "predictions.pt", "confusion_matrix.png", "roc_curve.png",
+                 "rejection_curve.png"):
         assert (artifacts / "evaluate" / name).stat().st_size > 0
     assert (artifacts / "evaluate" / "confusion.csv").read_text().startswith("actual,predicted\n")
 
@@ -62,7 +63,7 @@ def test_stages_chain_and_record_everything(compose, tmp_path):
     curves = (artifacts / "finetune" / "curves.csv").read_text().splitlines()
     assert curves[0].startswith("epoch,train_loss,val_loss,val_acc,") and len(curves) == 3
     artifacts_logged = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["evaluate"].info.run_id, "evaluation")}
-    assert "evaluation/confusion_matrix.png" in artifacts_logged and "evaluation/roc_curve.png" in artifacts_logged
+    assert {"evaluation/confusion_matrix.png", "evaluation/roc_curve.png", "evaluation/predictions.pt"} <= artifacts_logged
     ckpt = {a.path for a in mlflow.MlflowClient().list_artifacts(finetune.info.run_id, "checkpoints")}
     assert ckpt == {"checkpoints/model.pt"}
     # logger.figures=false: the same numbers and files, no PNG.

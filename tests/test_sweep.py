@@ -95,7 +95,18 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
     assert kept.info.status == "FINISHED" and "deepsweep.error" not in kept.data.tags
     assert "deepsweep.closed_on_resume" in kept.data.tags
     assert len(jobs) == 3 and client.get_run(parent.info.run_id).info.status == "FINISHED"
-    assert "3 jobs, 1 failed" in (sweep_dir / "sweep_report.md").read_text()
+    report = (sweep_dir / "sweep_report.md").read_text()
+    assert "3 jobs, 1 failed" in report
+    # The two seeds' test probabilities averaged: a deep ensemble, scored on the parent run.
+    import torch
+
+    from deepsweep.calibration import probability_metrics
+
+    saved = [torch.load(sweep_dir / str(seed) / "evaluate" / "predictions.pt", weights_only=True) for seed in (0, 1)]
+    ensemble = probability_metrics((saved[0]["probs"] + saved[1]["probs"]) / 2, saved[0]["target"])
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    assert "## Deep ensembles of the seeds" in report
+    assert {k: metrics[f"ensemble.{k}"] for k in ensemble} == pytest.approx(ensemble)
 
 
 def test_report_columns_leave_out_params_that_follow_another():

@@ -32,6 +32,7 @@ GROUPS = (
     "scheduler",
     "pretrain",
     "finetune",
+    "evaluate",
     "trainer",
     "logger",
 )

@@ -93,6 +93,12 @@ def _whole_graph(cfg: Mapping[str, Any]) -> bool:
     return data.get("batch_size") == 0 and not data.get("inductive", False)
 
 
+def _has_dropout(cfg: Mapping[str, Any]) -> bool:
+    """The model drops something in training: what Monte Carlo dropout samples at test time."""
+    return any(float(cfg.get(group, {}).get(key) or 0) > 0
+               for group, key in (("regularizer", "dropout"), ("model", "dropout"), ("model", "attention_dropout")))
+
+
 PROBABILITY = real(0, 1, high_open=True)
 FRACTION = real(0, 1, low_open=True, high_open=True)
 POSITIVE = real(0, low_open=True)
@@ -174,6 +180,11 @@ RULES: tuple[tuple[str, Rule], ...] = (
     # finetune
     ("finetune.label_fraction", real(0, 1, low_open=True)),
     ("finetune.freeze_encoder_epochs", integer(0)),
+    # evaluate
+    ("evaluate.mc_dropout_passes", Rule(
+        "an integer >= 0 (0 = off; > 0 needs dropout: regularizer.dropout or model.dropout above 0)",
+        lambda v, cfg: _integer(v) and v >= 0 and (v == 0 or _has_dropout(cfg)))),
+    ("evaluate.calibration_bins", COUNT),
     # trainer
     ("trainer.max_epochs", COUNT),
     ("trainer.devices", Rule("an integer >= 1, or a list of device indices >= 0",

@@ -55,6 +55,21 @@ def roc_png(curves, class_names: Sequence[str], micro: dict | None, path: Path, 
     plt.close(fig)
 
 
+def rejection_png(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
+    """Accuracy of the kept test inputs against the fraction rejected as most uncertain, one line per predictor."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    for label, points in curves.items():
+        ax.plot([f for f, _ in points], [a for _, a in points], marker=".", lw=1, label=label)
+    ax.set_xlabel("fraction of test inputs rejected (highest predictive entropy first)")
+    ax.set_ylabel("accuracy of the rest")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 EMBEDDING_METHODS = ("auto", "tsne", "pca", "none")
 
 

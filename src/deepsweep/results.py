@@ -245,6 +245,26 @@ def _links(quick: bool) -> tuple[list[list[str]], str]:
     return table, f"`make link-seeds`: {len(rows)} jobs, {_seconds(seconds)}"
 
 
+UNCERTAINTY = Sweep("uncertainty", ["make", "uncertainty"])
+
+
+def _uncertainty(quick: bool) -> tuple[list[list[str]], str]:
+    import mlflow
+
+    from deepsweep.tracking.sweep import PARENT_FILE
+
+    seconds = UNCERTAINTY.run()
+    rows = UNCERTAINTY.rows()
+    parent = (_root() / "outputs" / "sweeps" / UNCERTAINTY.folder / PARENT_FILE).read_text().strip()
+    ensemble = mlflow.MlflowClient().get_run(parent).data.metrics
+    table = [["one model (mean +/- std over the seeds)",
+              *(_stat(rows, f"evaluate.{k}", 4) for k in ("accuracy", "loss", "ece"))],
+             ["MC dropout, 20 passes (mean +/- std over the seeds)",
+              *(_stat(rows, f"evaluate.mc_{k}", 4) for k in ("accuracy", "loss", "ece"))],
+             [f"deep ensemble of the {len(rows)} seeds", *(f"{ensemble[f'ensemble.{k}']:.4f}" for k in ("accuracy", "loss", "ece"))]]
+    return table, f"`make uncertainty`: {len(rows)} jobs, {_seconds(seconds)}"
+
+
 LOSS_OPTIONS = ("cross_entropy", "label_smoothing", "focal", "multi_margin", "mse")
 LOSSES = Sweep("losses", ["make", "losses"])
 
@@ -270,6 +290,7 @@ TABLES = [
                              "linear probe accuracy"], _cora_inductive),
     Table("links", ["pretrain", "test ROC-AUC", "published ROC-AUC (%)", "test average precision",
                     "published AP (%)", "seeds"], _links),
+    Table("uncertainty", ["predictor", "test accuracy", "test NLL", "ECE (15 bins)"], _uncertainty),
     Table("losses", ["loss", "test accuracy", "macro F1", "ROC-AUC", "test cross-entropy", "epochs trained"], _losses),
 ]
 

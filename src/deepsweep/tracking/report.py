@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 RANK_METRIC = "finetune.best_val_acc"
@@ -37,12 +38,14 @@ def sweep_rows(parent_run_id: str) -> list[dict]:
     for r in children:
         # One small query per job: a query over every finetune run of the experiment grows with all the
         # history in the store (0.6 s at 345 runs), this with the sweep alone (6 ms a job).
-        finetune = client.search_runs(
-            experiment, max_results=1,
-            filter_string=f"tags.mlflow.parentRunId = '{r.info.run_id}' and tags.`deepsweep.stage` = 'finetune'")
-        stage_runs = {"finetune": finetune[0].info.run_id} if finetune else {}
-        if "finetune" not in stage_runs and "deepsweep.resumed.finetune" in r.data.tags:
-            stage_runs["finetune"] = r.data.tags["deepsweep.resumed.finetune"]
+        stages = client.search_runs(experiment, max_results=20,
+                                    filter_string=f"tags.mlflow.parentRunId = '{r.info.run_id}'")
+        stage_runs = {}
+        for name in ("finetune", "evaluate"):
+            run = [s.info.run_id for s in stages if s.data.tags.get("deepsweep.stage") == name]
+            kept = r.data.tags.get(f"deepsweep.resumed.{name}")  # a resumed job's stage kept from before
+            if run or kept:
+                stage_runs[name] = run[0] if run else kept
         rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
                      "params": dict(r.data.params), "metrics": dict(r.data.metrics),
                      "error": r.data.tags.get("deepsweep.error", ""), "stage_runs": stage_runs})
@@ -140,6 +143,62 @@ def aggregate_over_seeds(rows: list[dict], rank_metric: str = RANK_METRIC) -> st
             cells.append(f"{s[0]:.4f} +/- {s[1]:.4f}" if s else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+ENSEMBLE_SCORES = (("accuracy", "accuracy"), ("loss", "NLL"), ("ece", "ECE"))
+
+
+def _predictions(evaluate_run_id: str) -> dict | None:
+    """A job's saved test probabilities (the evaluate stage's ``evaluation/predictions.pt``), or None where
+    the run has none (a run of an older deepsweep, an artifact store out of reach)."""
+    import tempfile
+
+    import mlflow
+    import torch
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    if MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name not in os.environ:  # a bar per job would bury the report
+        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=evaluate_run_id, dst_path=folder,
+                                                       artifact_path="evaluation/predictions.pt")
+        except Exception:  # noqa: BLE001 - a missing artifact only leaves the job out of its ensemble
+            return None
+        return torch.load(path, weights_only=True)
+
+
+def deep_ensembles(rows: list[dict]) -> tuple[str, list[dict]]:
+    """Deep ensembles (Lakshminarayanan et al. 2017) from the seeds of a sweep: per setting (every varying
+    param but seed), the mean of its finished jobs' test probabilities, scored like one model (accuracy,
+    NLL, ECE) next to the mean score of its members. A markdown table (empty where no setting has two
+    seeds with saved predictions) and one dict per ensemble. Imports torch only when a setting has seeds."""
+    finished = [r for r in rows if r["status"] == "FINISHED" and "evaluate" in r["stage_runs"]]
+    if len({r["params"].get("seed") for r in finished}) < 2:
+        return "", []
+    varying, groups = group_by_config(finished)
+    from deepsweep.calibration import probability_metrics
+
+    import torch
+
+    header = ["", *varying, "members", *(f"{label}: {who}" for _, label in ENSEMBLE_SCORES
+                                           for who in ("members (mean)", "ensemble"))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    found = []
+    for config, members in groups.items():
+        loaded = [p for p in (_predictions(m["stage_runs"]["evaluate"]) for m in members) if p is not None]
+        if len(loaded) < 2 or any(not torch.equal(p["target"], loaded[0]["target"]) for p in loaded):
+            continue  # fewer than two members with predictions, or members tested on different inputs
+        target, bins = loaded[0]["target"], int(members[0]["params"].get("evaluate.calibration_bins", 15))
+        single = [probability_metrics(p["probs"], target, bins) for p in loaded]
+        ensemble = probability_metrics(torch.stack([p["probs"] for p in loaded]).mean(dim=0), target, bins)
+        member_mean = {k: sum(m[k] for m in single) / len(single) for k in ensemble}
+        found.append({"config": dict(zip(varying, config)), "members": len(loaded), "ensemble": ensemble,
+                      "member_mean": member_mean})
+        cells = ["", *config, str(len(loaded))]
+        cells += [f"{v:.4f}" for key, _ in ENSEMBLE_SCORES for v in (member_mean[key], ensemble[key])]
+        lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
+    return ("\n".join(lines) + "\n" if found else ""), found
 
 
 def sweep_axes(overrides: str, rows: list[dict]) -> list[str]:
@@ -268,6 +327,9 @@ def finish_sweep(parent_run_id: str, sweep_dir: Path, rank_metric: str | None = 
     seeds = aggregate_over_seeds(rows, rank_metric)
     if seeds:
         sections.append(("Mean +/- std over seeds", seeds))
+    ensembles_md, ensembles = deep_ensembles(rows)
+    if ensembles_md:
+        sections.append(("Deep ensembles of the seeds (test probabilities averaged)", ensembles_md))
     sections.append(("Jobs", md))
     if failed:
         sections.append(("Failed jobs", "\n".join(f"- {r['run_name']}: {r['error'] or r['status']}"
@@ -286,6 +348,11 @@ def finish_sweep(parent_run_id: str, sweep_dir: Path, rank_metric: str | None = 
     (sweep_dir / "sweep_report.html").write_text(_html(title, sections, images))
     for name in ("sweep_report.md", "sweep_report.csv", "sweep_report.html", *images):
         client.log_artifact(parent_run_id, str(sweep_dir / name))
+    if len(ensembles) == 1:  # one setting over seeds: its ensemble's scores are the sweep's own
+        for key, value in ensembles[0]["ensemble"].items():
+            client.log_metric(parent_run_id, f"ensemble.{key}", value)
+        for key, value in ensembles[0]["member_mean"].items():
+            client.log_metric(parent_run_id, f"ensemble.member_mean_{key}", value)
     client.log_metric(parent_run_id, "jobs", len(rows))
     client.log_metric(parent_run_id, "jobs_failed", len(failed))
     if finish:

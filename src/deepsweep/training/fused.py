@@ -214,12 +214,12 @@ def _device(cfg: DictConfig):
 
 
 def _check_stackable(model: Any) -> None:
-    from torch import nn
+    from deepsweep.nn.modes import drops, keeps_running_stats
 
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._NormBase):
+        if keeps_running_stats(module):
             raise Unfusable(f"{name or 'the model'} is a batch norm: running statistics are not stacked per member")
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+        if drops(module):
             raise Unfusable(f"{name} is a dropout: each member's masks must follow its own random stream")
 
 
