@@ -99,6 +99,10 @@ def _has_dropout(cfg: Mapping[str, Any]) -> bool:
                for group, key in (("regularizer", "dropout"), ("model", "dropout"), ("model", "attention_dropout")))
 
 
+# The families whose every activation follows a layer of nn.layers.Layers.dense or .conv, which widens it for
+# maxout's pieces (tests/test_regularizers.py builds each with maxout and every other family refusing it).
+MAXOUT_FAMILIES = ("mlp", "lenet", "vgg", "inception")
+
 PROBABILITY = real(0, 1, high_open=True)
 FRACTION = real(0, 1, low_open=True, high_open=True)
 POSITIVE = real(0, low_open=True)
@@ -133,6 +137,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("model.*", COUNT),  # heads, hidden_size, num_layers, kernel_size, d_model, tbptt_steps, ...
     # activation, init
     ("activation.negative_slope", NON_NEGATIVE),
+    ("activation.pieces", Rule(f"an integer >= 2, with model one of {', '.join(MAXOUT_FAMILIES)}",
+                               lambda v, cfg: _integer(v) and v >= 2
+                               and cfg.get("model", {}).get("name") in MAXOUT_FAMILIES)),
     ("activation.*", ANY_NUMBER),
     ("init.*", POSITIVE),  # std, bound, gain
     # regularizer

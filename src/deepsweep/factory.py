@@ -88,6 +88,10 @@ def check_compatible(cfg: DictConfig) -> None:
         )
     if data_kind == "graph" and int(cfg.data.batch_size) > 0:
         check_neighbor_sampling(cfg)
+    if cfg.activation.get("pieces") and cfg.pretrain.name != "none":
+        # Pretraining decoders and generators apply the activation to dense layers of their own, not widened.
+        raise ConfigError(f"activation=maxout: pretrain={cfg.pretrain.name} builds layers of its own (a decoder or "
+                          "generator) that do not widen for maxout's pieces; use pretrain=none")
 
 
 def check_neighbor_sampling(cfg: DictConfig) -> None:

@@ -64,7 +64,7 @@ class BasicBlock(nn.Module):
         self.conv1 = layers.conv(in_channels, out_channels, 3, stride=stride)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.norm2 = layers.norm2d(out_channels)
-        self.act = layers.activation()
+        self.act = layers.elementwise_activation()
         self.skip: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.skip = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride), layers.norm2d(out_channels))
@@ -129,7 +129,7 @@ class DCGANDiscriminator(Family):
             parts.append(nn.Conv2d(c, out, kernel_size=4, stride=2, padding=1))
             if batch_norm and i > 0:
                 parts.append(nn.BatchNorm2d(out))
-            parts.append(layers.activation())
+            parts.append(layers.elementwise_activation())
             c, h, w = out, h // 2, w // 2
         self.encoder = nn.Sequential(*parts, nn.Flatten(), layers.dropout())
         self.feature_dim = c * h * w

@@ -27,7 +27,7 @@ class GraphEncoder(nn.Module):
         self.norms = nn.ModuleList(
             nn.BatchNorm1d(w) if layers.regularization.batch_norm else nn.Identity() for w in widths
         )
-        self.acts = nn.ModuleList(layers.activation() for _ in widths)
+        self.acts = nn.ModuleList(layers.elementwise_activation() for _ in widths)
         self.dropout = layers.dropout()
         self.residual = residual
 

@@ -20,7 +20,7 @@ from deepsweep.studies import (
 )
 
 SATURATING = ("sigmoid", "tanh")
-RECTIFIERS = ("relu", "leaky_relu", "elu", "gelu", "silu")
+RECTIFIERS = ("relu", "leaky_relu", "elu", "gelu", "silu", "maxout")  # maxout: piecewise linear, 2 pieces
 ACTIVATIONS = SATURATING + RECTIFIERS
 WIDTH = 64
 DEPTHS = {"full": (2, 8, 16), "small": (2, 8)}
@@ -95,8 +95,8 @@ STUDY = Study(
     name="activations",
     title="activations and depth",
     claim=("Saturating activations (sigmoid, tanh) make deep networks hard to train, their gradients vanishing "
-           "through the layers; rectifiers (ReLU and its successors: leaky ReLU, ELU, GELU, SiLU) keep deep "
-           "networks trainable."),
+           "through the layers; rectifiers (ReLU and its successors: leaky ReLU, ELU, GELU, SiLU; and maxout, "
+           "piecewise linear like them) keep deep networks trainable."),
     setup=(f"scikit-learn digits, MLPs of {', '.join(map(str, DEPTHS['full']))} hidden layers of width {WIDTH}, "
            "Glorot-uniform init for every activation (the init Glorot & Bengio derived for saturating units), "
            "Adam (lr 0.001), no pretraining, 20 epochs (the best validation epoch's weights kept), 2 seeds."),
