@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty vanishing pretraining anomaly studies results results-quick losses
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty augment vanishing pretraining anomaly studies results results-quick losses
 
 venv: $(VENV)/.installed
 
@@ -85,6 +85,13 @@ link-seeds: venv
 uncertainty: venv
 	$(BIN)/deepsweep run -m regularizer=dropout regularizer.dropout=0.5 evaluate.mc_dropout_passes=20 pretrain=none \
 	  trainer.max_epochs=40 'seed=range(0,5)' hydra.sweep.dir=outputs/sweeps/uncertainty
+
+# Augmentation on Fashion-MNIST with 1,000 training images (README, "Augmentation"): LeNet, shift x flip x
+# cutout, 2 seeds each.
+augment: venv
+	$(BIN)/deepsweep run -m data=fashion_mnist data.train_subset=1000 model=lenet pretrain=none trainer.max_epochs=40 \
+	  data.augment.shift=0,2 data.augment.hflip=false,true data.augment.cutout=0,8 seed=0,1 \
+	  hydra.sweep.dir=outputs/sweeps/augment
 
 # The loss group compared on digits: every option, no pretraining, 3 seeds (README, "Losses compared").
 losses: venv

@@ -125,6 +125,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("data.modes", integer(2)),
     ("data.radius", POSITIVE),
     ("data.std", POSITIVE),
+    ("data.augment.shift", integer(0)),
+    ("data.augment.rotate", real(0, 180)),
+    ("data.augment.cutout", integer(0)),
     ("data.*", COUNT),  # length, max_len, max_vocab, min_freq, num_samples, train_subset
     # model
     ("model.hidden_dims", widths()),

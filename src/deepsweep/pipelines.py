@@ -17,6 +17,8 @@ import os
 import re
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from deepsweep import paths
 from deepsweep.config import compose, params_text, validate
 
@@ -66,6 +68,12 @@ def pipeline_dvc_yaml(name: str, root_text: str) -> str:
     cfg = validate(compose([f"experiment={name}"]))
     stages = root_text[root_text.index("stages:"):]
     stages = re.sub(r"^      - (src/deepsweep\S*)$", lambda m: _files_from(m.group(1)), stages, flags=re.M)
+    # A param of the root's data option that this one has not (data.augment of the image options): DVC
+    # refuses a stage whose declared param is missing from params.yaml.
+    absent = object()
+    stages = re.sub(r"^      - ([a-z_]+\.[a-z_.]+)\n",
+                    lambda m: "" if OmegaConf.select(cfg, m.group(1), default=absent) is absent else m.group(0),
+                    stages, flags=re.M)
     if cfg.data.get("root"):
         folder = paths.project_root() / "pipelines" / name
         # normpath, not resolve(): a symlinked data folder keeps the path the config gives (the same in every clone)

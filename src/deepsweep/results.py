@@ -265,6 +265,23 @@ def _uncertainty(quick: bool) -> tuple[list[list[str]], str]:
     return table, f"`make uncertainty`: {len(rows)} jobs, {_seconds(seconds)}"
 
 
+AUGMENT = Sweep("augment", ["make", "augment"])
+
+
+def _augment(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = AUGMENT.run()
+    rows = AUGMENT.rows()
+    table = []
+    for shift in ("0", "2"):
+        for hflip in ("False", "True"):
+            for cutout in ("0", "8"):
+                chosen = _where(rows, **{"data.augment.shift": shift, "data.augment.hflip": hflip,
+                                         "data.augment.cutout": cutout})
+                table.append([shift, hflip.lower(), cutout, *(_stat(chosen, f"evaluate.{k}", 4) for k in TRIPLE),
+                              _stat(chosen, "finetune.best_val_acc", 4)])
+    return table, f"`make augment`: {len(rows)} jobs, {_seconds(seconds)}"
+
+
 LOSS_OPTIONS = ("cross_entropy", "label_smoothing", "focal", "multi_margin", "mse")
 LOSSES = Sweep("losses", ["make", "losses"])
 
@@ -291,6 +308,8 @@ TABLES = [
     Table("links", ["pretrain", "test ROC-AUC", "published ROC-AUC (%)", "test average precision",
                     "published AP (%)", "seeds"], _links),
     Table("uncertainty", ["predictor", "test accuracy", "test NLL", "ECE (15 bins)"], _uncertainty),
+    Table("augment", ["shift", "hflip", "cutout", "test accuracy", "macro F1", "ROC-AUC", "best val accuracy"],
+          _augment),
     Table("losses", ["loss", "test accuracy", "macro F1", "ROC-AUC", "test cross-entropy", "epochs trained"], _losses),
 ]
 

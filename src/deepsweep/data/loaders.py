@@ -56,14 +56,15 @@ class PreparedData:
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
                label_fraction: float = 1.0, exclude_class: int | None = None,
-               num_neighbors: list[int] | None = None, all_nodes: bool = False) -> "InMemoryLoader":
-        """Batches of a split; ``num_neighbors`` and ``all_nodes`` concern graphs only (see GraphData)."""
+               num_neighbors: list[int] | None = None, all_nodes: bool = False, augment=None) -> "InMemoryLoader":
+        """Batches of a split; ``num_neighbors`` and ``all_nodes`` concern graphs only (see GraphData);
+        ``augment`` (``data.augment.Augment``): transform each batch, for a training loader."""
         data = getattr(self, split)
         if exclude_class is not None:  # anomaly detection: learn what the other classes look like
             data = data.subset((data.y != exclude_class).nonzero().flatten())
         if label_fraction != 1.0:
             data = label_subset(data, label_fraction, seed)
-        return InMemoryLoader(data, batch_size or len(data), shuffle=shuffle, seed=seed)
+        return InMemoryLoader(data, batch_size or len(data), shuffle=shuffle, seed=seed, augment=augment)
 
     @classmethod
     def load(cls, folder: str | Path) -> "PreparedData | GraphData":
@@ -133,7 +134,7 @@ class GraphData:
 
     def loader(self, split: str, batch_size: int = 0, shuffle: bool = False, seed: int = 0,
                label_fraction: float = 1.0, exclude_class: int | None = None,
-               num_neighbors: list[int] | None = None, all_nodes: bool = False):
+               num_neighbors: list[int] | None = None, all_nodes: bool = False, augment=None):
         """Full batch, or with ``batch_size`` and ``num_neighbors`` GraphSAGE mini-batches: ``batch_size``
         seed nodes of the split (``all_nodes``: of the split's whole graph, for label-free pretraining)
         and their sampled neighbourhoods, ``num_neighbors[h]`` per node at hop h."""
@@ -257,13 +258,18 @@ def label_subset(split: TensorSplit, fraction: float, seed: int) -> TensorSplit:
 class InMemoryLoader:
     """Iterate (x, y) batches over in-memory tensors; reshuffled each epoch when ``shuffle``."""
 
-    def __init__(self, split: TensorSplit, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
+    def __init__(self, split: TensorSplit, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 augment=None) -> None:
         if batch_size < 1:
             raise ValueError(f"data.batch_size: must be >= 1, got {batch_size}")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
+        self.augment = augment
+        # A stream of its own (derived from the seed, not the next seed's shuffle stream): augmenting
+        # leaves the shuffle order as it was.
+        self.augment_generator = torch.Generator().manual_seed((seed * 1_000_003 + 0x5EED) % 2**63)
 
     def __len__(self) -> int:
         return -(-self._shard_size() // self.batch_size)
@@ -296,7 +302,7 @@ class InMemoryLoader:
         rank, world = self._rank_and_world()
         if not self.shuffle and world == 1:
             for start in range(0, len(y), self.batch_size):
-                yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+                yield self._augmented(x[start : start + self.batch_size]), y[start : start + self.batch_size]
             return
         # Every rank draws the same permutation (same seed) and takes its own equal share, wrapping
         # around as DistributedSampler does: DDP ranks must see the same number of batches.
@@ -306,4 +312,7 @@ class InMemoryLoader:
         order = order.to(x.device)  # one copy per epoch, not one index copy per batch
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            yield x[index], y[index]
+            yield self._augmented(x[index]), y[index]
+
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.augment is None else self.augment(x, self.augment_generator)

@@ -61,6 +61,7 @@ class Digits:
     test_fraction: float = 0.2
     split_seed: int = 0
     batch_size: int = 64
+    augment: dict | None = None  # read by the training loaders (data/augment.py), not here
 
     def load(self) -> Splits:
         seed = self.split_seed
@@ -123,6 +124,7 @@ class IdxImages:
     train_subset: int | None = None
     split_seed: int = 0
     batch_size: int = 128
+    augment: dict | None = None  # read by the training loaders (data/augment.py), not here
 
     def files(self) -> dict[str, Path]:
         root = paths.resolve(self.root)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from deepsweep import factory
 from deepsweep.training import fit
+from deepsweep.data.augment import augmentation
 from deepsweep.data.loaders import PreparedData
 from deepsweep.stages.pretrain import ENCODER_FILE
 from deepsweep.tracking.runs import log_artifact
@@ -30,7 +31,7 @@ def build(cfg: DictConfig, data: PreparedData, inputs: Mapping[str, Path]):
     batch = int(cfg.data.batch_size)
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,
                                label_fraction=float(cfg.finetune.label_fraction),
-                               num_neighbors=cfg.data.get("num_neighbors"))
+                               num_neighbors=cfg.data.get("num_neighbors"), augment=augmentation(cfg.data))
     return task, train_loader, data.loader("val", batch)
 
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from deepsweep import factory
 from deepsweep.training import fit
 from deepsweep.training.fit import CURVES_FILE, write_curves
+from deepsweep.data.augment import augmentation
 from deepsweep.data.loaders import PreparedData
 from deepsweep.errors import ConfigError
 from deepsweep.tracking.runs import log_artifact
@@ -46,7 +47,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     result = fit(
         cfg, task,
         data.loader("train", batch, shuffle=True, seed=cfg.seed, exclude_class=anomaly_class,
-                    num_neighbors=cfg.data.get("num_neighbors"), all_nodes=True),
+                    num_neighbors=cfg.data.get("num_neighbors"), all_nodes=True, augment=augmentation(cfg.data)),
         data.loader("val", batch, exclude_class=anomaly_class),
         out, stage="pretrain", epochs=int(cfg.pretrain.epochs), run_id=run_id,
         callbacks=[coverage] if coverage is not None else [])
