@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty augment vanishing pretraining anomaly studies results results-quick losses
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty augment word2vec vanishing pretraining anomaly studies results results-quick losses
 
 venv: $(VENV)/.installed
 
@@ -92,6 +92,12 @@ augment: venv
 	$(BIN)/deepsweep run -m data=fashion_mnist data.train_subset=1000 model=lenet pretrain=none trainer.max_epochs=40 \
 	  data.augment.shift=0,2 data.augment.hflip=false,true data.augment.cutout=0,8 seed=0,1 \
 	  hydra.sweep.dir=outputs/sweeps/augment
+
+# word2vec against next-token pretraining and none, SMS Spam LSTM fine-tuned on 10% of the labels, 3 seeds each
+# (README, "word2vec").
+word2vec: venv
+	$(BIN)/deepsweep run -m experiment=sms_spam_lstm pretrain=word2vec,next_step,none finetune.label_fraction=0.1 \
+	  seed=0,1,2 hydra.sweep.dir=outputs/sweeps/word2vec
 
 # The loss group compared on digits: every option, no pretraining, 3 seeds (README, "Losses compared").
 losses: venv

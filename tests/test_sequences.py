@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import requires_shared
+from conftest import FAST, requires_shared
 from deepsweep.config import ConfigError
 from deepsweep.data.sequences import SPECIALS, build_vocab, encode, tokenize
 from deepsweep.factory import check_compatible, build_model
@@ -199,3 +199,79 @@ def test_forget_bias_opens_the_gate_that_carries_the_state(compose, cell, chunks
         assert (ih[1] == 1.0).all() and (hh[1] == 0).all() and (ih[0] == 0).all()
     plain = build_model(compose("data=synthetic", f"model={cell}", "init=zeros"), (30, 1), 2)
     assert (plain.encoder.rnns[0].bias_ih_l0 == 0).all()
+
+
+# --- word2vec ----------------------------------------------------------------------------------------------
+
+def test_word2vec_context_pairs_by_hand():
+    from deepsweep.tasks.sequence_ssl import context_pairs
+
+    x = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    rows, centres, contexts = context_pairs(x, window=1)
+    pairs = sorted(zip(rows.tolist(), centres.tolist(), contexts.tolist()))
+    # Neighbours one step away, never a padding position.
+    assert pairs == [(0, 0, 1), (0, 1, 0), (0, 1, 2), (0, 2, 1), (1, 0, 1), (1, 1, 0)]
+    rows, centres, contexts = context_pairs(torch.tensor([[3, 4, 5, 6, 7]]), window=2,
+                                            generator=torch.Generator().manual_seed(0))
+    assert ((centres - contexts).abs() <= 2).all() and ((centres - contexts).abs() >= 1).all()
+
+
+@pytest.mark.parametrize("method", ["skipgram", "cbow"])
+def test_word2vec_puts_words_of_one_context_together(compose, method):
+    """Two topics that never share a sentence: after training, a word's embedding is nearer (cosine) to its
+    own topic's words than to the other topic's; the output vectors are the task's, the embedding the model's."""
+    from deepsweep.factory import build_task
+
+    torch.manual_seed(0)
+    cfg = compose("data=sms_spam", "model=lstm", "pretrain=word2vec", f"pretrain.task.method={method}",
+                  "pretrain.task.window=2", "model.embedding_dim=16")
+    model = build_model(cfg, (8,), 2, vocab_size=13)
+    task = build_task(cfg, cfg.pretrain.task, model, "pretrain")
+    assert task.embedding is model.encoder.inputs.embedding
+    optimizer = torch.optim.Adam(task.parameters(), lr=0.05)
+    topics = [torch.arange(3, 8), torch.arange(8, 13)]
+    for _ in range(150):
+        which = torch.randint(2, (32,))
+        x = torch.stack([topics[t][torch.randint(5, (8,))] for t in which.tolist()])
+        loss = task.training_loss((x, which))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    vectors = torch.nn.functional.normalize(model.encoder.inputs.embedding.weight.detach(), dim=1)
+    similarity = vectors @ vectors.T
+    within = torch.cat([similarity[t][:, t][~torch.eye(5, dtype=torch.bool)] for t in (topics[0], topics[1])]).mean()
+    across = similarity[topics[0]][:, topics[1]].mean()
+    assert within > across + 0.3, (float(within), float(across))
+    assert task.counts[3:13].sum() == 150 * 32 * 8 and task.counts[:3].sum() == 0
+
+
+def test_word2vec_needs_a_token_embedding(compose):
+    from deepsweep.config import ConfigError
+    from deepsweep.factory import build_task
+
+    cfg = compose("data=ecg200", "model=gru", "pretrain=word2vec")
+    model = build_model(cfg, (96, 1), 2)
+    with pytest.raises(ConfigError, match="pretrain=word2vec trains a token embedding"):
+        build_task(cfg, cfg.pretrain.task, model, "pretrain")
+
+
+@requires_shared("sms_spam")
+def test_word2vec_pretraining_reaches_finetuning_and_evaluate_lists_neighbours(compose, tmp_path):
+    import json
+
+    from deepsweep.stages.pipeline import execute
+
+    cfg = compose("experiment=sms_spam_lstm", "pretrain=word2vec", "data.max_len=16", *FAST,
+                  "evaluate.neighbour_words=[free,call]")
+    artifacts = tmp_path / "artifacts"
+    for stage in ("prepare", "pretrain", "finetune", "evaluate"):
+        execute(stage, cfg, artifacts)
+    encoder = torch.load(artifacts / "pretrain" / "encoder.pt", weights_only=True)["encoder"]
+    pretrained = encoder["inputs.embedding.weight"]
+    fresh = build_model(cfg, (16,), 2, vocab_size=pretrained.shape[0]).encoder.inputs.embedding.weight
+    assert not torch.allclose(pretrained, fresh)  # word2vec moved the embedding fine-tuning starts from
+    neighbours = json.loads((artifacts / "evaluate" / "embedding_neighbours.json").read_text())
+    assert set(neighbours) == {"free", "call"} and all(len(v) == 5 for v in neighbours.values())
+    with pytest.raises(Exception, match="evaluate.neighbour_words: zzzqx not in the vocabulary"):
+        execute("evaluate", compose("experiment=sms_spam_lstm", "pretrain=word2vec", "data.max_len=16", *FAST,
+                                    "evaluate.neighbour_words=[zzzqx]"), artifacts)

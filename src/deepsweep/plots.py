@@ -70,6 +70,20 @@ def rejection_png(curves: dict[str, list[tuple[float, float]]], path: Path, titl
     plt.close(fig)
 
 
+def words_png(points: torch.Tensor, words: Sequence[str], path: Path, title: str) -> None:
+    """Words at their 2-D positions, each written where it lies."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 9), dpi=100)
+    xy = points.numpy()
+    ax.scatter(xy[:, 0], xy[:, 1], s=4, color="grey")
+    for (x, y), word in zip(xy, words):
+        ax.annotate(word, (x, y), fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 EMBEDDING_METHODS = ("auto", "tsne", "pca", "none")
 
 

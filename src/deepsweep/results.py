@@ -282,6 +282,18 @@ def _augment(quick: bool) -> tuple[list[list[str]], str]:
     return table, f"`make augment`: {len(rows)} jobs, {_seconds(seconds)}"
 
 
+WORD2VEC = Sweep("word2vec", ["make", "word2vec"])
+
+
+def _word2vec(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = WORD2VEC.run()
+    rows = WORD2VEC.rows()
+    table = [[f"`{m}`", *(_stat(_where(rows, **{"pretrain.name": m}), f"evaluate.{k}", 4) for k in TRIPLE),
+              _stat(_where(rows, **{"pretrain.name": m}), "evaluate.probe_accuracy", 4)]
+             for m in ("word2vec", "next_step", "none")]
+    return table, f"`make word2vec`: {len(rows)} jobs, {_seconds(seconds)}"
+
+
 LOSS_OPTIONS = ("cross_entropy", "label_smoothing", "focal", "multi_margin", "mse")
 LOSSES = Sweep("losses", ["make", "losses"])
 
@@ -310,6 +322,7 @@ TABLES = [
     Table("uncertainty", ["predictor", "test accuracy", "test NLL", "ECE (15 bins)"], _uncertainty),
     Table("augment", ["shift", "hflip", "cutout", "test accuracy", "macro F1", "ROC-AUC", "best val accuracy"],
           _augment),
+    Table("word2vec", ["pretrain", "test accuracy", "macro F1", "ROC-AUC", "linear probe accuracy"], _word2vec),
     Table("losses", ["loss", "test accuracy", "macro F1", "ROC-AUC", "test cross-entropy", "epochs trained"], _losses),
 ]
 

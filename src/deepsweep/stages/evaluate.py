@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from deepsweep import factory, plots
+from deepsweep.errors import ConfigError
 from deepsweep.data.loaders import PreparedData
 from deepsweep.metrics import (
     anomaly_roc_auc,
@@ -98,6 +99,49 @@ def mc_dropout_probabilities(model, loader, passes: int, seed: int) -> torch.Ten
             total = probs if total is None else total + probs
     model.eval()
     return total / passes
+
+
+def word_neighbours(cfg: DictConfig, data, prepared: Path, pretrained: Path, out: Path) -> list[str]:
+    """Text data with a pretrained token embedding: each probe word's nearest words by cosine similarity
+    (``embedding_neighbours.json``) and the most frequent words laid out by PCA (``word_embedding.png``):
+    what pretraining (word2vec, next-token, masked-token) put into the embedding fine-tuning starts from.
+    Probe words: ``evaluate.neighbour_words``, else the 10 most frequent words of four letters or more."""
+    from deepsweep.utils.io import read_json
+
+    if cfg.pretrain.name == "none" or not (prepared / "vocab.json").is_file():
+        return []
+    vocab = read_json(prepared / "vocab.json")
+    model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"),
+                                encoder=pretrained / ENCODER_FILE)
+    table = getattr(getattr(model.encoder, "inputs", None), "embedding", None)
+    if table is None:
+        return []
+    from deepsweep.data.sequences import SPECIALS
+
+    vectors = torch.nn.functional.normalize(table.weight.detach().double(), dim=1)
+    index = {word: i for i, word in enumerate(vocab)}
+    probes = list(cfg.evaluate.get("neighbour_words") or
+                  [w for w in vocab[len(SPECIALS):] if len(w) >= 4 and w.isalpha()][:10])
+    unknown = [w for w in probes if w not in index]
+    if unknown:
+        raise ConfigError(f"evaluate.neighbour_words: {', '.join(unknown)} not in the vocabulary of data={cfg.data.name}")
+    neighbours = {}
+    for word in probes:
+        similarity = vectors @ vectors[index[word]]
+        similarity[: len(SPECIALS)] = -2  # never <pad>, <mask>, <unk>
+        similarity[index[word]] = -2
+        top = similarity.topk(5)
+        neighbours[word] = [[vocab[i], round(float(v), 3)] for v, i in zip(top.values, top.indices)]
+    write_json(out / "embedding_neighbours.json", neighbours)
+    files = ["embedding_neighbours.json"]
+    if cfg.logger.get("figures", True):
+        frequent = torch.arange(len(SPECIALS), min(len(vocab), len(SPECIALS) + 150))
+        points = vectors[frequent] - vectors[frequent].mean(0)
+        plane = torch.linalg.svd(points, full_matrices=False).Vh[:2]  # PCA: the two main directions
+        plots.words_png((points @ plane.T).float(), [vocab[i] for i in frequent.tolist()], out / "word_embedding.png",
+                        f"pretrain={cfg.pretrain.name}: the 150 most frequent words (PCA of the embedding)")
+        files.append("word_embedding.png")
+    return files
 
 
 def held_out_link_metrics(pretrained: Path) -> dict[str, float]:
@@ -193,6 +237,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
                             f"{cfg.model.name} node embeddings", method=cfg.logger.embedding_plot)
         figures.append("node_embedding.png")
 
+    figures += word_neighbours(cfg, data, inputs["prepare"], inputs["pretrain"], out)
     for name in ("metrics.json", "confusion.csv", "roc.csv", "rejection.csv", PREDICTIONS_FILE, *figures):
         mlflow.log_artifact(str(out / name), "evaluation")
     return metrics

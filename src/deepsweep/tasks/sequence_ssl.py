@@ -81,3 +81,92 @@ class SequencePretrainTask(LossTask):
     def validation_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, _ = batch
         self.track("val/loss", self._loss(x), len(x))
+
+
+WORD2VEC_METHODS = ("skipgram", "cbow")
+
+
+def context_pairs(x: torch.Tensor, window: int, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Word2vec's (centre, context, offset) pairs of a batch of token ids (B, L): every non-padding position
+    with the non-padding tokens up to ``b`` steps on either side, ``b`` drawn per centre from 1..window
+    (word2vec's reduced window, which weighs near words more). Returns three flat tensors of positions:
+    batch row, centre step and context step."""
+    b, length = x.shape
+    valid = x != 0
+    reach = torch.randint(1, window + 1, (b, length), generator=generator).to(x.device)
+    rows, centres, contexts = [], [], []
+    steps = torch.arange(length, device=x.device)
+    for offset in range(-window, window + 1):
+        if offset == 0:
+            continue
+        context = steps + offset
+        inside = (context >= 0) & (context < length)
+        keep = valid & (reach >= abs(offset)) & inside.unsqueeze(0)
+        keep &= valid[:, context.clamp(0, length - 1)]
+        row, centre = keep.nonzero(as_tuple=True)
+        rows.append(row)
+        centres.append(centre)
+        contexts.append(centre + offset)
+    return torch.cat(rows), torch.cat(centres), torch.cat(contexts)
+
+
+class Word2VecTask(LossTask):
+    """word2vec (Mikolov et al. 2013) trains the sequence family's token embedding, which fine-tuning then
+    starts from. ``skipgram``: each centre word's embedding scores its context words (within a window of up to
+    ``window`` steps) against ``num_negatives`` noise words; ``cbow``: the mean embedding of the context
+    scores the centre word. Negative sampling: -log s(u_o . v) - sum_k log s(-u_k . v), noise words drawn
+    from the unigram counts seen so far in training raised to 3/4. The output vectors u are the task's own and
+    are dropped after pretraining; only the embedding v (the model's) is kept, the rest of the encoder stays
+    as initialized."""
+
+    kind = "sequence"
+
+    def __init__(self, model: Family, setup: TaskSetup, *, method: str = "skipgram", window: int = 5,
+                 num_negatives: int = 5) -> None:
+        super().__init__(setup)
+        if method not in WORD2VEC_METHODS:
+            raise ValueError(f"pretrain.task.method: unknown method {method!r}; allowed: {', '.join(WORD2VEC_METHODS)}")
+        embedding = getattr(getattr(model.encoder, "inputs", None), "embedding", None)
+        if embedding is None:
+            raise ValueError("pretrain=word2vec trains a token embedding: it needs text data (data=sms_spam) and a "
+                             "sequence family (lstm, gru, rnn, transformer)")
+        self.encoder = model.encoder
+        self.embedding = embedding
+        self.output = nn.Embedding(embedding.num_embeddings, embedding.embedding_dim)
+        nn.init.zeros_(self.output.weight)  # word2vec's start: input vectors random, output vectors zero
+        self.method, self.window, self.num_negatives = method, window, num_negatives
+        self.register_buffer("counts", torch.zeros(embedding.num_embeddings))
+
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+        rows, centres, contexts = context_pairs(x, self.window)
+        if len(rows) == 0:
+            return self.embedding.weight.sum() * 0.0
+        centre_ids, context_ids = x[rows, centres], x[rows, contexts]
+        if self.method == "skipgram":
+            inputs, targets = self.embedding(centre_ids), context_ids
+        else:  # the mean embedding of each centre's context words, scored against the centre word
+            key = rows * x.shape[1] + centres
+            slots, index = torch.unique(key, return_inverse=True)
+            total = torch.zeros(len(slots), self.embedding.embedding_dim, device=x.device)
+            total = total.index_add(0, index, self.embedding(context_ids))
+            inputs = total / torch.bincount(index, minlength=len(slots)).unsqueeze(1)
+            targets = x.view(-1)[slots]
+        noise = (self.counts + 1e-3).pow(0.75)
+        noise[:FIRST_WORD_ID] = 0  # never <pad>, <mask>, <unk>
+        negatives = torch.multinomial(noise, len(targets) * self.num_negatives, replacement=True)
+        positive = (inputs * self.output(targets)).sum(-1)
+        negative = torch.bmm(self.output(negatives).view(len(targets), self.num_negatives, -1),
+                             inputs.unsqueeze(2)).squeeze(2)
+        return -(F.logsigmoid(positive) + F.logsigmoid(-negative).sum(1)).mean()
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, _ = batch
+        self.counts += torch.bincount(x.flatten(), minlength=len(self.counts)).to(self.counts.dtype)
+        loss = self.regularization.penalized(self._loss(x), self.embedding)
+        self.track("train/loss", loss, len(x))
+        return loss
+
+    def validation_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, _ = batch
+        self.track("val/loss", self._loss(x), len(x))
