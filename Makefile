@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty augment word2vec vanishing pretraining anomaly studies results results-quick losses
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty augment word2vec infogan vanishing pretraining anomaly studies results results-quick losses
 
 venv: $(VENV)/.installed
 
@@ -98,6 +98,10 @@ augment: venv
 word2vec: venv
 	$(BIN)/deepsweep run -m experiment=sms_spam_lstm pretrain=word2vec,next_step,none finetune.label_fraction=0.1 \
 	  seed=0,1,2 hydra.sweep.dir=outputs/sweeps/word2vec
+
+# InfoGAN on MNIST 20k (README, "InfoGAN"): the inferred category against the digit, 3 seeds.
+infogan: venv
+	$(BIN)/deepsweep run -m experiment=mnist_infogan seed=0,1,2 hydra.sweep.dir=outputs/sweeps/infogan
 
 # The loss group compared on digits: every option, no pretraining, 3 seeds (README, "Losses compared").
 losses: venv

@@ -189,3 +189,57 @@ def test_gan_on_the_ring_logs_mode_coverage_each_epoch_and_evaluate_labels_its_s
         expected = class_coverage(model.eval()(samples).argmax(dim=1), 8)
     assert metrics["generated_classes_covered"] == expected["classes_covered"]
     assert metrics["generated_class_kl"] == pytest.approx(expected["class_kl"])
+
+
+# --- InfoGAN ---------------------------------------------------------------------------------------------------
+
+def test_matched_accuracy_takes_the_best_one_to_one_matching():
+    from deepsweep.metrics import matched_accuracy
+
+    # Category 0 is class 1 twice, category 1 is class 0 twice, category 2 (class 0 once) is left unmatched.
+    categories, target = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([1, 1, 0, 0, 0])
+    assert matched_accuracy(categories, target, 3, 2) == pytest.approx(4 / 5)
+    assert matched_accuracy(torch.tensor([2, 0, 1]), torch.tensor([0, 1, 2]), 3, 3) == 1.0
+
+
+def test_infogan_information_term_by_hand(compose):
+    torch.manual_seed(0)
+    task = _task(compose, categorical_code=4, continuous_codes=2, info_weight=1.0, continuous_weight=0.1)
+    category, continuous = torch.tensor([0, 3, 1]), torch.tensor([[0.5, -0.5], [0.0, 1.0], [-1.0, 0.2]])
+    fake = task.generate(3, codes=(category, continuous))
+    inferred = task.q_head(task.encoder(fake))
+    expected = (F.cross_entropy(inferred[:, :4], category)
+                + 0.1 * 0.5 * (inferred[:, 4:] - continuous).pow(2).sum(1).mean())
+    assert torch.allclose(task.info_loss(fake, category, continuous), expected)
+    # The codes enter the generator: another category, another input from the same z.
+    rng = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    task.eval()
+    other = (torch.tensor([1, 3, 1]), continuous)
+    assert not torch.allclose(task.generate(3, generator=rng(), codes=(category, continuous)),
+                              task.generate(3, generator=rng(), codes=other))
+    assert task.infers_categories and not _task(compose).infers_categories
+
+
+def test_infogan_codes_become_inferable_when_generator_and_q_share_the_information_term(compose):
+    """The mutual-information game alone (generator and Q both minimizing info_loss): Q learns to tell the
+    category a generated input was made from, far above chance (1/4)."""
+    torch.manual_seed(0)
+    task = _task(compose, categorical_code=4, continuous_codes=1)
+    optimizer = torch.optim.Adam([*task.generator.parameters(), *task.q_head.parameters(),
+                                  *task.encoder.parameters()], lr=0.01)
+    for _ in range(60):
+        codes = task.draw_codes(64)
+        loss = task.info_loss(task.generate(64, codes=codes), *codes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    task.eval()
+    codes = task.draw_codes(256, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        inferred = task.categories_of(task.generate(256, codes=codes))
+    assert (inferred == codes[0]).float().mean() > 0.9
+
+
+def test_infogan_and_conditional_exclude_each_other(compose):
+    with pytest.raises(ValueError, match="a conditional GAN reads the labels, InfoGAN infers its codes"):
+        _task(compose, conditional=True, categorical_code=10)

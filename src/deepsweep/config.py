@@ -280,6 +280,11 @@ def load_params(path: str | Path) -> DictConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def fine_tunes_pretrained_encoder(cfg: DictConfig) -> bool:
+    """Whether fine-tuning starts from the encoder the pretrain stage wrote (else from the seeded init)."""
+    return cfg.pretrain.name != "none" and bool(cfg.finetune.load_pretrained)
+
+
 def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flat ``group.key`` params for MLflow, so runs compare and filter on ``init.name``, ``model.hidden_dims``.
 

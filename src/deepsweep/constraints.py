@@ -182,6 +182,10 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("pretrain.task.clip_value", POSITIVE),
     ("pretrain.task.beta", NON_NEGATIVE),
     ("pretrain.task.gradient_penalty", NON_NEGATIVE),
+    ("pretrain.task.info_weight", NON_NEGATIVE),
+    ("pretrain.task.continuous_weight", NON_NEGATIVE),
+    ("pretrain.task.categorical_code", Rule("0 (off) or an integer >= 2", lambda v, _cfg: _integer(v) and v != 1 and v >= 0)),
+    ("pretrain.task.continuous_codes", integer(0)),
     ("pretrain.task.sparsity", NON_NEGATIVE),
     ("pretrain.task.link_*_fraction", Rule(
         "a number in [0, 1) (> 0 only on one whole graph: data.batch_size=0 and data.inductive=false)",

@@ -5,7 +5,6 @@ readable lines. One word throughout: ``build_<what>``."""
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 from pathlib import Path

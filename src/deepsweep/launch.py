@@ -86,3 +86,8 @@ def previous_runs(parent_run_id: str, digest: str) -> list[Any]:
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{FINGERPRINT_TAG}` = '{digest}'",
         order_by=["attributes.start_time DESC"],
     )
+
+
+def finished_run(runs: list[Any]) -> Any | None:
+    """The FINISHED one among a job's runs (``previous_runs``), if any: the job is done in this sweep."""
+    return next((run for run in runs if run.info.status == "FINISHED"), None)

@@ -83,6 +83,18 @@ def anomaly_roc_auc(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
     return float(roc_auc_score(is_anomaly.numpy(), scores.double().numpy()))
 
 
+def matched_accuracy(categories: torch.Tensor, target: torch.Tensor, num_categories: int, num_classes: int) -> float:
+    """Accuracy of categories found without labels (clusters, InfoGAN's code) after the best one-to-one
+    matching of categories to classes (Hungarian algorithm on the contingency table): the usual score of
+    unsupervised classification. Unmatched categories count as wrong."""
+    from scipy.optimize import linear_sum_assignment
+
+    table = torch.zeros(num_categories, num_classes, dtype=torch.long)
+    table.index_put_((categories.long(), target.long()), torch.ones_like(target, dtype=torch.long), accumulate=True)
+    rows, cols = linear_sum_assignment(table.numpy(), maximize=True)
+    return float(table[rows, cols].sum()) / len(target)
+
+
 def link_metrics(pos: torch.Tensor, neg: torch.Tensor) -> dict[str, float]:
     """Link prediction scores (Kipf & Welling 2016): ROC-AUC and average precision of the edge probabilities of
     held-out edges (``pos``) against as many non-edges (``neg``)."""

@@ -182,6 +182,7 @@ PRETRAINED = [
     ("digits, DAE, 10% labels", "digits_dae", True),
     ("MNIST 20k, sigmoid MLP, DBN, 1% labels", "mnist_dbn", False),
     ("MNIST 20k, DCGAN discriminator, 1% labels", "mnist_dcgan", False),
+    ("MNIST 20k, InfoGAN discriminator, 1% labels", "mnist_infogan", False),
 ]
 
 
@@ -294,6 +295,19 @@ def _word2vec(quick: bool) -> tuple[list[list[str]], str]:
     return table, f"`make word2vec`: {len(rows)} jobs, {_seconds(seconds)}"
 
 
+INFOGAN = Sweep("infogan", ["make", "infogan"])
+
+
+def _infogan(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = INFOGAN.run()
+    rows = INFOGAN.rows()
+    table = [[f"`{m}`", _stat(_where(rows, **{"pretrain.name": m}), "evaluate.code_accuracy", 4),
+              *(_stat(_where(rows, **{"pretrain.name": m}), f"evaluate.{k}", 4) for k in ("accuracy", "probe_accuracy")),
+              _stat(_where(rows, **{"pretrain.name": m}), "evaluate.generated_classes_covered", 1)]
+             for m in ("infogan",)]
+    return table, f"`make infogan`: {len(rows)} jobs, {_seconds(seconds)}"
+
+
 LOSS_OPTIONS = ("cross_entropy", "label_smoothing", "focal", "multi_margin", "mse")
 LOSSES = Sweep("losses", ["make", "losses"])
 
@@ -323,6 +337,8 @@ TABLES = [
     Table("augment", ["shift", "hflip", "cutout", "test accuracy", "macro F1", "ROC-AUC", "best val accuracy"],
           _augment),
     Table("word2vec", ["pretrain", "test accuracy", "macro F1", "ROC-AUC", "linear probe accuracy"], _word2vec),
+    Table("infogan", ["pretrain", "code accuracy (best matching)", "fine-tuned accuracy (1% labels)",
+                      "linear probe accuracy", "digits among 1,000 samples"], _infogan),
     Table("losses", ["loss", "test accuracy", "macro F1", "ROC-AUC", "test cross-entropy", "epochs trained"], _losses),
 ]
 

@@ -23,12 +23,14 @@ def _reuse_finished(parent: str, digest: str) -> dict[str, float] | None:
     left RUNNING by an interrupted sweep (and its stage runs) is marked FAILED."""
     import mlflow
 
-    from deepsweep.launch import previous_runs
+    from deepsweep.launch import finished_run, previous_runs
 
     client = mlflow.MlflowClient()
-    for run in previous_runs(parent, digest):
-        if run.info.status == "FINISHED":
-            return dict(run.data.metrics)
+    runs = previous_runs(parent, digest)  # newest first
+    done = finished_run(runs)
+    for run in runs:
+        if run is done:
+            break
         if run.info.status == "RUNNING":
             stale = [run, *client.search_runs([run.info.experiment_id],
                                               filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")]
@@ -36,7 +38,7 @@ def _reuse_finished(parent: str, digest: str) -> dict[str, float] | None:
                 if r.info.status == "RUNNING":
                     client.set_tag(r.info.run_id, "deepsweep.error", "interrupted; the rerun of the sweep restarted it")
                     client.set_terminated(r.info.run_id, "FAILED")
-    return None
+    return dict(done.data.metrics) if done is not None else None
 
 
 @contextlib.contextmanager

@@ -20,6 +20,13 @@ def _image_shape(input_shape: Sequence[int], family: str) -> tuple[int, int, int
     return tuple(input_shape)  # type: ignore[return-value]
 
 
+def _check_halvable(h: int, w: int, input_shape, blocks: str) -> None:
+    """A block that halves height and width needs at least 2 pixels of each."""
+    if min(h, w) < 2:
+        raise ValueError(f"model.channels: {blocks} shrink a {input_shape[1]}x{input_shape[2]} input below 1 pixel; "
+                         "use fewer channels entries")
+
+
 class LeNet(Family):
     """conv blocks, each followed by 2x2 max pooling, then dense layers (LeCun et al. 1998, modernised:
     'same' padding so small inputs survive, any activation, batch norm and dropout by config)."""
@@ -38,11 +45,7 @@ class LeNet(Family):
         c, h, w = _image_shape(input_shape, "lenet")
         convs: list[nn.Module] = []
         for out in channels:
-            if min(h, w) < 2:
-                raise ValueError(
-                    f"model.channels: {len(channels)} conv+pool blocks shrink a {input_shape[1]}x{input_shape[2]} "
-                    "input below 1 pixel; use fewer channels entries"
-                )
+            _check_halvable(h, w, input_shape, f"{len(channels)} conv+pool blocks")
             convs += [layers.conv(c, out, kernel_size), nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2
         dense: list[nn.Module] = [nn.Flatten()]
@@ -121,11 +124,7 @@ class DCGANDiscriminator(Family):
         c, h, w = _image_shape(input_shape, "dcgan")
         parts: list[nn.Module] = []
         for i, out in enumerate(channels):
-            if min(h, w) < 2:
-                raise ValueError(
-                    f"model.channels: {len(channels)} stride-2 convs shrink a {input_shape[1]}x{input_shape[2]} "
-                    "input below 1 pixel; use fewer channels entries"
-                )
+            _check_halvable(h, w, input_shape, f"{len(channels)} stride-2 convs")
             parts.append(nn.Conv2d(c, out, kernel_size=4, stride=2, padding=1))
             if batch_norm and i > 0:
                 parts.append(nn.BatchNorm2d(out))
@@ -155,11 +154,7 @@ class VGG(Family):
         c, h, w = _image_shape(input_shape, "vgg")
         convs: list[nn.Module] = []
         for out in channels:
-            if min(h, w) < 2:
-                raise ValueError(
-                    f"model.channels: {len(channels)} pooled stages shrink a {input_shape[1]}x{input_shape[2]} "
-                    "input below 1 pixel; use fewer channels entries"
-                )
+            _check_halvable(h, w, input_shape, f"{len(channels)} pooled stages")
             for _ in range(convs_per_stage):
                 convs.append(layers.conv(c, out, 3))
                 c = out
@@ -218,11 +213,7 @@ class Inception(Family):
         parts: list[nn.Module] = [layers.conv(c, stem_channels, 3)]
         c = stem_channels
         for out in channels:
-            if min(h, w) < 2:
-                raise ValueError(
-                    f"model.channels: {len(channels)} pooled blocks shrink a {input_shape[1]}x{input_shape[2]} "
-                    "input below 1 pixel; use fewer channels entries"
-                )
+            _check_halvable(h, w, input_shape, f"{len(channels)} pooled blocks")
             parts += [InceptionBlock(c, out, layers), nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2
         self.encoder = nn.Sequential(*parts, nn.AdaptiveAvgPool2d(1), nn.Flatten(), layers.dropout())

@@ -27,13 +27,14 @@ from deepsweep.metrics import (
     confusion_matrix,
     linear_probe,
     link_metrics,
+    matched_accuracy,
     mean_average_distance,
     per_class_roc,
     roc_points,
 )
 from deepsweep.calibration import probability_metrics, rejection_curve
 from deepsweep.stages.finetune import MODEL_FILE
-from deepsweep.stages.pretrain import ENCODER_FILE, GENERATED_FILE, LINK_SCORES_FILE, SCORES_FILE
+from deepsweep.stages.pretrain import CATEGORIES_FILE, ENCODER_FILE, GENERATED_FILE, LINK_SCORES_FILE, SCORES_FILE
 from deepsweep.tasks.batches import outputs_and_targets
 from deepsweep.utils.io import write_json
 
@@ -144,6 +145,16 @@ def word_neighbours(cfg: DictConfig, data, prepared: Path, pretrained: Path, out
     return files
 
 
+def inferred_category_metrics(pretrained: Path, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """``code_accuracy``: how well the categories pretraining inferred without labels (InfoGAN's categorical
+    code, on the test inputs) match the classes, after the best one-to-one matching."""
+    path = pretrained / CATEGORIES_FILE
+    if not path.is_file():
+        return {}
+    saved = torch.load(path, weights_only=True)
+    return {"code_accuracy": matched_accuracy(saved["categories"], target, int(saved["count"]), num_classes)}
+
+
 def held_out_link_metrics(pretrained: Path) -> dict[str, float]:
     """``link_roc_auc`` and ``link_average_precision`` of the edges pretraining held out (pretrain=gae or vgae
     with ``link_test_fraction``), scored by the pretrain stage against as many non-edges."""
@@ -185,6 +196,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     metrics.update(probe_pretrained_encoder(cfg, data, inputs["pretrain"]))
     metrics.update(anomaly_metrics(cfg, inputs["pretrain"], target))
     metrics.update(held_out_link_metrics(inputs["pretrain"]))
+    metrics.update(inferred_category_metrics(inputs["pretrain"], target, k))
     metrics.update(generated_metrics(model, inputs["pretrain"], k))
     embedding = None
     if data.kind == "graph":

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from deepsweep import factory
+from deepsweep.config import fine_tunes_pretrained_encoder
 from deepsweep.training import fit
 from deepsweep.data.augment import augmentation
 from deepsweep.data.loaders import PreparedData
@@ -23,7 +24,7 @@ def build(cfg: DictConfig, data: PreparedData, inputs: Mapping[str, Path]):
     training and validation loaders; a fused array builds each of its members with it."""
     from deepsweep.tasks.classify import task_for
 
-    pretrained = cfg.pretrain.name != "none" and cfg.finetune.load_pretrained
+    pretrained = fine_tunes_pretrained_encoder(cfg)
     model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"),
                                 encoder=inputs["pretrain"] / ENCODER_FILE if pretrained else None)
     task = factory.build_task(cfg, task_for(data.kind), model, "finetune",
@@ -41,8 +42,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     from deepsweep.training import fused
 
     data = PreparedData.load(inputs["prepare"])
-    mlflow.set_tag("deepsweep.pretrained_encoder",
-                   str(cfg.pretrain.name != "none" and bool(cfg.finetune.load_pretrained)).lower())
+    mlflow.set_tag("deepsweep.pretrained_encoder", str(fine_tunes_pretrained_encoder(cfg)).lower())
     task, train_loader, val_loader = build(cfg, data, inputs)
     model = task.model
     # A member of a fused sweep (hydra/launcher=fused) replays its part of the array's fit instead.

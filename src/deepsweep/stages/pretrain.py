@@ -18,6 +18,7 @@ from deepsweep.tracking.runs import log_artifact
 
 ENCODER_FILE = "encoder.pt"
 SCORES_FILE = "test_scores.pt"
+CATEGORIES_FILE = "test_categories.pt"  # a category per test input, inferred without labels (InfoGAN)
 LINK_SCORES_FILE = "link_scores.pt"  # held-out test edges and non-edges, scored: evaluate's link metrics
 GENERATED_FILE = "generated.pt"  # samples of a task that generates inputs, which evaluate labels
 GENERATED_SAMPLES = 1000
@@ -59,6 +60,11 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
         with torch.inference_mode():
             scores = torch.cat([task.anomaly_score(x.to(task.device)).cpu() for x, _ in data.loader("test", 1024)])
         torch.save({"name": task.score_name, "scores": scores}, out / SCORES_FILE)
+    if task.infers_categories:
+        task.eval()
+        with torch.no_grad():
+            categories = torch.cat([task.categories_of(x.to(task.device)).cpu() for x, _ in data.loader("test", 1024)])
+        torch.save({"categories": categories, "count": task.categories}, out / CATEGORIES_FILE)
     if task.predicts_links:
         task.eval()
         torch.save(task.link_scores(next(iter(data.loader("test")))), out / LINK_SCORES_FILE)

@@ -10,6 +10,8 @@ fitting code (``deepsweep.training``) and the stages read instead of probing for
 * ``keep_best_weights``: its validation loss ranks epochs (else the last epoch's weights are kept);
 * ``scores_anomalies``: it gives ``anomaly_score(x)`` per input (named ``score_name``);
 * ``draws_figures``: it gives ``save_figures(folder, x)``;
+* ``infers_categories``: it gives ``categories_of(x)``, a category per input learned without labels
+  (InfoGAN's categorical code), which evaluate matches to the classes;
 * ``predicts_links``: it held edges of the graph out of training and gives ``link_scores(batch)``, its scores
   of the held-out test edges and of as many non-edges (the graph autoencoders with a link split: set per
   instance, since the split is an option of the objective);
@@ -88,9 +90,9 @@ class EpochMean:
     def pop(self) -> torch.Tensor | None:
         if not self.counts:
             return None
-        values = torch.stack(self.values)
+        values = torch.stack(self.values)  # steps x (the value's shape: a fused array's per-member values)
         weights = torch.tensor(self.counts, dtype=values.dtype, device=values.device)
-        mean = (values * weights).sum() / weights.sum()
+        mean = (values * weights.view(-1, *[1] * (values.dim() - 1))).sum(dim=0) / weights.sum()
         self.values, self.counts = [], []
         return mean
 
@@ -155,6 +157,7 @@ class Task(EpochLoggingMixin, L.LightningModule):
     scores_anomalies: ClassVar[bool] = False
     draws_figures: ClassVar[bool] = False
     predicts_links: bool = False
+    infers_categories: bool = False
     generates_inputs: ClassVar[bool] = False
     score_name: ClassVar[str] = ""
 

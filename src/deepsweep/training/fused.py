@@ -49,9 +49,10 @@ BuildMember = Callable[[DictConfig], tuple[Any, Any, Any]]
 
 def unfusable(cfg: DictConfig) -> str | None:
     """Why this job cannot be a member of a fused array (it then runs as a job of its own), or None."""
+    from deepsweep.config import fine_tunes_pretrained_encoder
     from deepsweep.kinds import declared_kind
 
-    if cfg.pretrain.name != "none" and cfg.finetune.load_pretrained:
+    if fine_tunes_pretrained_encoder(cfg):
         return (f"pretrain={cfg.pretrain.name}: each member would fine-tune its own pretrained encoder; a fused "
                 "array fine-tunes from scratch (pretrain=none or finetune.load_pretrained=false)")
     if declared_kind(str(cfg.data._target_)) != "tensor":
@@ -354,9 +355,11 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[tuple[Any, Any, 
 
 
 def _weighted_means(values: list[Any], counts: list[int]):
-    """Per member, the sample-weighted mean over an epoch's batches (``tasks.common.EpochMean``)."""
-    import torch
+    """Per member, the sample-weighted mean over an epoch's batches: ``tasks.common.EpochMean`` over
+    per-member vectors."""
+    from deepsweep.tasks.common import EpochMean
 
-    stacked = torch.stack(values)  # batches x members
-    weights = torch.tensor(counts, dtype=stacked.dtype, device=stacked.device)
-    return (stacked * weights[:, None]).sum(dim=0) / weights.sum()
+    mean = EpochMean()
+    for value, count in zip(values, counts):
+        mean.update(value, count)
+    return mean.pop()

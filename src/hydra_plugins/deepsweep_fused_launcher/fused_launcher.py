@@ -114,14 +114,14 @@ class FusedLauncher(Launcher):
 
 def _finished_jobs(sweep_dir: str, job_configs: list[DictConfig | None]) -> set[int]:
     """Positions of the jobs that have a FINISHED run with the same fingerprint in this sweep's parent run."""
-    from deepsweep.launch import fingerprint, previous_runs
+    from deepsweep.launch import finished_run, fingerprint, previous_runs
     from deepsweep.tracking.sweep import parent_run_id
 
     parent = parent_run_id(sweep_dir)
     if not parent:
         return set()
     return {position for position, cfg in enumerate(job_configs) if cfg is not None
-            and any(run.info.status == "FINISHED" for run in previous_runs(parent, fingerprint(cfg)))}
+            and finished_run(previous_runs(parent, fingerprint(cfg))) is not None}
 
 
 def _run_unit(hydra_context: Any, task_function: Any, sweep_configs: list[DictConfig],
