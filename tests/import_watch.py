@@ -10,14 +10,15 @@ import sys
 import traceback
 
 # stage -> modules it must not import on tensor data (digits). Lightning costs 3-6 s of start-up, torch-geometric
-# about 2 s, matplotlib and torchmetrics about half a second each (python -X importtime -m deepsweep stage NAME).
+# about 2 s, matplotlib about half a second, torchmetrics about 1.9 s with what it pulls in (python -X importtime
+# -m deepsweep stage NAME).
 # The training stages need Lightning, and Lightning itself imports torchmetrics (to read its version), which
 # imports matplotlib and scipy where they are installed: not deepsweep's to cut without patching them.
 FORBIDDEN = {
     "prepare": ("lightning", "torch_geometric", "matplotlib", "torchmetrics", "tensorboard"),
     "pretrain": ("torch_geometric", "tensorboard"),
     "finetune": ("torch_geometric", "tensorboard"),
-    "evaluate": ("lightning", "torch_geometric", "tensorboard"),
+    "evaluate": ("lightning", "torch_geometric", "tensorboard", "torchmetrics"),
 }
 WATCHED = ("lightning", "torch_geometric", "matplotlib", "torchmetrics", "tensorboard", "sklearn", "scipy")
 first: dict[str, list[str]] = {}

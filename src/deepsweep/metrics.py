@@ -1,16 +1,50 @@
-"""Held-out classification metrics (torchmetrics), ROC points and confusion data for DVC plots."""
+"""Held-out classification metrics, ROC points and confusion data for DVC plots, in plain torch.
+
+Not torchmetrics: importing it costs about 1.9 s (it pulls in scipy and its plotting helpers), most of an
+evaluate stage's start-up for five formulas (``python -X importtime -m deepsweep stage evaluate``). The
+values are torchmetrics' own, its zero-division conventions included (tests/test_metrics.py compares them)."""
 
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_roc,
-    multiclass_accuracy,
-    multiclass_auroc,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-)
+
+
+def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    return numerator / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+
+
+def binary_roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Exact ROC-AUC: the chance a positive outscores a negative, ties counting half (Mann-Whitney U from
+    average ranks, the trapezoid under the exact ROC curve). 0 where the truth lacks positives or negatives,
+    as torchmetrics returns."""
+    scores, positive = scores.double().flatten(), positive.bool().flatten()
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return 0.0
+    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    average_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2  # 1-based, ties share their mean
+    rank_sum = float(average_rank[inverse][positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def confusion_matrix(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts, rows the actual class, columns the predicted one."""
+    predicted = logits.argmax(dim=1)
+    return torch.bincount(target.long() * num_classes + predicted, minlength=num_classes ** 2).view(num_classes,
+                                                                                                  num_classes)
+
+
+def macro_f1(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Mean over classes of 2TP / (2TP + FP + FN); a class that is neither in the truth nor predicted is left
+    out of the mean (torchmetrics' convention)."""
+    table = torch.bincount(target.long() * num_classes + predicted.long(), minlength=num_classes ** 2)
+    table = table.view(num_classes, num_classes).double()
+    tp = table.diag()
+    fp, fn = table.sum(0) - tp, table.sum(1) - tp
+    f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
+    counted = (tp + fp + fn) > 0
+    return float(f1[counted].mean()) if counted.any() else 0.0
 
 
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
@@ -18,15 +52,28 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor, num_class
     probs = logits.softmax(dim=1)
     preds = probs.argmax(dim=1)
     if num_classes == 2:
-        auc = binary_auroc(probs[:, 1], target)
+        auc = binary_roc_auc(probs[:, 1], target == 1)
     else:
-        auc = multiclass_auroc(probs, target, num_classes=num_classes, average="macro")
+        auc = sum(binary_roc_auc(probs[:, c], target == c) for c in range(num_classes)) / num_classes
     return {
-        "accuracy": float(multiclass_accuracy(preds, target, num_classes=num_classes, average="micro")),
-        "f1_macro": float(multiclass_f1_score(preds, target, num_classes=num_classes, average="macro")),
+        "accuracy": float((preds == target).double().mean()),
+        "f1_macro": macro_f1(preds, target, num_classes),
         "roc_auc": float(auc),
         "loss": float(torch.nn.functional.cross_entropy(logits, target)),
     }
+
+
+def binned_roc(scores: torch.Tensor, positive: torch.Tensor, bins: int = 201) -> tuple[torch.Tensor, ...]:
+    """(fpr, tpr, thresholds) at ``bins`` thresholds evenly over [0, 1], highest threshold first; an input
+    counts as positive at a threshold its score reaches. A curve of fixed length whatever the test set."""
+    thresholds = torch.linspace(0, 1, bins, dtype=scores.dtype)
+    positive = positive.bool()
+    above = scores.unsqueeze(0) >= thresholds.unsqueeze(1)  # bins x inputs
+    tps = (above & positive).sum(1).double()
+    fps = (above & ~positive).sum(1).double()
+    tpr = _safe_divide(tps, torch.full_like(tps, float(positive.sum())))
+    fpr = _safe_divide(fps, torch.full_like(fps, float((~positive).sum())))
+    return fpr.flip(0).float(), tpr.flip(0).float(), thresholds.flip(0)
 
 
 def roc_points(logits: torch.Tensor, target: torch.Tensor, num_classes: int, bins: int = 201) -> dict[str, torch.Tensor]:
@@ -35,11 +82,11 @@ def roc_points(logits: torch.Tensor, target: torch.Tensor, num_classes: int, bin
     Thresholds are binned so the curve has a fixed number of points whatever the test-set size."""
     probs = logits.softmax(dim=1)
     if num_classes == 2:
-        scores, truth = probs[:, 1], target
+        scores, truth = probs[:, 1], target == 1
     else:
         scores = probs.flatten()
-        truth = torch.nn.functional.one_hot(target, num_classes).flatten()
-    fpr, tpr, thresholds = binary_roc(scores, truth, thresholds=bins)
+        truth = torch.nn.functional.one_hot(target, num_classes).flatten().bool()
+    fpr, tpr, thresholds = binned_roc(scores, truth, bins)
     return {"fpr": fpr, "tpr": tpr, "threshold": thresholds}
 
 
@@ -47,12 +94,8 @@ def per_class_roc(logits: torch.Tensor, target: torch.Tensor, num_classes: int, 
     probs = logits.softmax(dim=1)
     classes = [1] if num_classes == 2 else range(num_classes)
     for c in classes:
-        fpr, tpr, _ = binary_roc(probs[:, c], (target == c).long(), thresholds=bins)
+        fpr, tpr, _ = binned_roc(probs[:, c], target == c, bins)
         yield c, fpr, tpr
-
-
-def confusion_matrix(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return multiclass_confusion_matrix(logits.argmax(dim=1), target, num_classes=num_classes)
 
 
 def linear_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
@@ -75,12 +118,9 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Ten
 
 
 def anomaly_roc_auc(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
-    """ROC-AUC of a per-input anomaly score (higher = more anomalous) against the true anomalies."""
-    from sklearn.metrics import roc_auc_score
-
-    # Not torchmetrics' binary_auroc: it squashes scores outside [0, 1] through a sigmoid, which ties every
-    # large score (a VAE's -ELBO, an RBM's free energy) and reads as chance.
-    return float(roc_auc_score(is_anomaly.numpy(), scores.double().numpy()))
+    """ROC-AUC of a per-input anomaly score (higher = more anomalous) against the true anomalies: scores of
+    any range (a VAE's -ELBO, an RBM's free energy), ranked as they are."""
+    return binary_roc_auc(scores, is_anomaly)
 
 
 def matched_accuracy(categories: torch.Tensor, target: torch.Tensor, num_categories: int, num_classes: int) -> float:
