@@ -89,7 +89,7 @@ uncertainty: venv
 # Augmentation on Fashion-MNIST with 1,000 training images (README, "Augmentation"): LeNet, shift x flip x
 # cutout, 2 seeds each.
 augment: venv
-	$(BIN)/deepsweep run -m data=fashion_mnist data.train_subset=1000 model=lenet pretrain=none trainer.max_epochs=40 \
+	$(BIN)/deepsweep run -m data=fashion_mnist data.train_subset=1000 model=lenet pretrain=none trainer.max_epochs=150 \
 	  data.augment.shift=0,2 data.augment.hflip=false,true data.augment.cutout=0,8 seed=0,1 \
 	  hydra.sweep.dir=outputs/sweeps/augment
 
