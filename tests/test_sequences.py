@@ -272,11 +272,10 @@ def test_word2vec_pretraining_reaches_finetuning_and_evaluate_lists_neighbours(c
     assert not torch.allclose(pretrained, fresh)  # word2vec moved the embedding fine-tuning starts from
     neighbours = json.loads((artifacts / "evaluate" / "embedding_neighbours.json").read_text())
     assert set(neighbours) == {"free", "call"} and all(len(v) == 5 for v in neighbours.values())
-    from deepsweep.data.loaders import PreparedData
-    from deepsweep.stages.evaluate import word_neighbours
-
+    # A word outside the vocabulary stops evaluate before it scores anything, and leaves the last output as it was.
     bad = compose("experiment=sms_spam_lstm", "pretrain=word2vec", "data.max_len=16", *FAST,
                   "evaluate.neighbour_words=[zzzqx]")
+    before = (artifacts / "evaluate" / "metrics.json").read_text()
     with pytest.raises(ConfigError, match="evaluate.neighbour_words: zzzqx not in the vocabulary of data=sms_spam"):
-        word_neighbours(bad, PreparedData.load(artifacts / "prepare"), artifacts / "prepare", artifacts / "pretrain",
-                        tmp_path)
+        execute("evaluate", bad, artifacts)
+    assert (artifacts / "evaluate" / "metrics.json").read_text() == before

@@ -114,17 +114,21 @@ class Sweep:
         shutil.rmtree(_root() / "outputs" / "sweeps" / self.folder, ignore_errors=True)  # a fresh sweep, not a resume
         return _run(self.command)
 
-    def rows(self) -> list[dict]:
+    def parent_run_id(self) -> str:
+        """The sweep's MLflow parent run, with the project's store as the tracking URI from here on."""
         import mlflow
 
-        from deepsweep.tracking.report import sweep_rows
         from deepsweep.tracking.runs import tracking_uri
         from deepsweep.tracking.sweep import PARENT_FILE
         from omegaconf import OmegaConf
 
         mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": None}})))
-        parent = (_root() / "outputs" / "sweeps" / self.folder / PARENT_FILE).read_text().strip()
-        rows = [r for r in sweep_rows(parent) if r["status"] == "FINISHED"]
+        return (_root() / "outputs" / "sweeps" / self.folder / PARENT_FILE).read_text().strip()
+
+    def rows(self) -> list[dict]:
+        from deepsweep.tracking.report import sweep_rows
+
+        rows = [r for r in sweep_rows(self.parent_run_id()) if r["status"] == "FINISHED"]
         if not rows:
             raise RuntimeError(f"sweep {self.folder}: no finished job")
         return rows
@@ -221,12 +225,20 @@ def _cora(quick: bool) -> tuple[list[list[str]], str]:
     return table, f"`make cora-seeds` (first three sweeps): {_seconds(seconds)}"
 
 
+def _by_pretraining(rows: list[dict], methods: tuple[str, ...], probe_digits: int) -> list[list[str]]:
+    """A row per pretraining method: test accuracy, macro F1, ROC-AUC and the linear probe's accuracy."""
+    table = []
+    for method in methods:
+        chosen = _where(rows, **{"pretrain.name": method})
+        table.append([f"`{method}`", *(_stat(chosen, f"evaluate.{k}", 4) for k in TRIPLE),
+                      _stat(chosen, "evaluate.probe_accuracy", probe_digits)])
+    return table
+
+
 def _cora_inductive(quick: bool) -> tuple[list[list[str]], str]:
     seconds = CORA_INDUCTIVE.run()
     rows = CORA_INDUCTIVE.rows()
-    table = [[f"`{m}`", *(_stat(_where(rows, **{"pretrain.name": m}), f"evaluate.{k}", 4) for k in TRIPLE),
-              _stat(_where(rows, **{"pretrain.name": m}), "evaluate.probe_accuracy", 3)]
-             for m in ("random_walk", "dgi", "none")]
+    table = _by_pretraining(rows, ("random_walk", "dgi", "none"), 3)
     return table, f"`make cora-seeds` (the inductive sweep): {len(rows)} jobs, {_seconds(seconds)}"
 
 
@@ -252,12 +264,9 @@ UNCERTAINTY = Sweep("uncertainty", ["make", "uncertainty"])
 def _uncertainty(quick: bool) -> tuple[list[list[str]], str]:
     import mlflow
 
-    from deepsweep.tracking.sweep import PARENT_FILE
-
     seconds = UNCERTAINTY.run()
     rows = UNCERTAINTY.rows()
-    parent = (_root() / "outputs" / "sweeps" / UNCERTAINTY.folder / PARENT_FILE).read_text().strip()
-    ensemble = mlflow.MlflowClient().get_run(parent).data.metrics
+    ensemble = mlflow.MlflowClient().get_run(UNCERTAINTY.parent_run_id()).data.metrics
     table = [["one model (mean +/- std over the seeds)",
               *(_stat(rows, f"evaluate.{k}", 4) for k in ("accuracy", "loss", "ece"))],
              ["MC dropout, 20 passes (mean +/- std over the seeds)",
@@ -289,9 +298,7 @@ WORD2VEC = Sweep("word2vec", ["make", "word2vec"])
 def _word2vec(quick: bool) -> tuple[list[list[str]], str]:
     seconds = WORD2VEC.run()
     rows = WORD2VEC.rows()
-    table = [[f"`{m}`", *(_stat(_where(rows, **{"pretrain.name": m}), f"evaluate.{k}", 4) for k in TRIPLE),
-              _stat(_where(rows, **{"pretrain.name": m}), "evaluate.probe_accuracy", 4)]
-             for m in ("word2vec", "next_step", "none")]
+    table = _by_pretraining(rows, ("word2vec", "next_step", "none"), 4)
     return table, f"`make word2vec`: {len(rows)} jobs, {_seconds(seconds)}"
 
 

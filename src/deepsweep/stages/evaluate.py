@@ -57,12 +57,16 @@ def collect(model, loader, features: bool = False, keep_mode: bool = False) -> t
     return torch.cat(outputs), torch.cat(targets)
 
 
-def probe_pretrained_encoder(cfg: DictConfig, data, pretrained: Path) -> dict[str, float]:
-    """Linear probe of the encoder as pretraining left it (or as initialized, for pretrain=none), trained on
-    the labels fine-tuning saw (finetune.label_fraction) and scored on the test split."""
-    # pretrain=none: the very init fine-tuning started from (build_model seeds with cfg.seed).
-    model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"),
-                                encoder=pretrained / ENCODER_FILE if cfg.pretrain.name != "none" else None)
+def pretrained_encoder_model(cfg: DictConfig, data, pretrained: Path):
+    """The model with the encoder as pretraining left it (or as initialized, for pretrain=none: the very
+    init fine-tuning started from, since build_model seeds with cfg.seed)."""
+    return factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"),
+                               encoder=pretrained / ENCODER_FILE if cfg.pretrain.name != "none" else None)
+
+
+def probe_pretrained_encoder(cfg: DictConfig, data, model) -> dict[str, float]:
+    """Linear probe of ``model``'s encoder (``pretrained_encoder_model``), trained on the labels fine-tuning saw
+    (finetune.label_fraction) and scored on the test split."""
     train = collect(model, data.loader("train", 1024, seed=cfg.seed, label_fraction=float(cfg.finetune.label_fraction)),
                     features=True)
     test = collect(model, data.loader("test", 1024), features=True)
@@ -102,30 +106,38 @@ def mc_dropout_probabilities(model, loader, passes: int, seed: int) -> torch.Ten
     return total / passes
 
 
-def word_neighbours(cfg: DictConfig, data, prepared: Path, pretrained: Path, out: Path) -> list[str]:
-    """Text data with a pretrained token embedding: each probe word's nearest words by cosine similarity
-    (``embedding_neighbours.json``) and the most frequent words laid out by PCA (``word_embedding.png``):
-    what pretraining (word2vec, next-token, masked-token) put into the embedding fine-tuning starts from.
-    Probe words: ``evaluate.neighbour_words``, else the 10 most frequent words of four letters or more."""
+def neighbour_probes(cfg: DictConfig, prepared: Path) -> tuple[list[str], list[str]] | None:
+    """Text data: its vocabulary and the words whose nearest neighbours evaluate lists
+    (``evaluate.neighbour_words``, else the 10 most frequent words of four letters or more), checked against
+    the vocabulary before any scoring. None for data without a vocabulary."""
+    from deepsweep.data.sequences import SPECIALS
     from deepsweep.utils.io import read_json
 
-    if cfg.pretrain.name == "none" or not (prepared / "vocab.json").is_file():
-        return []
+    if not (prepared / "vocab.json").is_file():
+        return None
     vocab = read_json(prepared / "vocab.json")
-    model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"),
-                                encoder=pretrained / ENCODER_FILE)
+    probes = list(cfg.evaluate.get("neighbour_words") or
+                  [w for w in vocab[len(SPECIALS):] if len(w) >= 4 and w.isalpha()][:10])
+    known = set(vocab)
+    unknown = [w for w in probes if w not in known]
+    if unknown:
+        raise ConfigError(f"evaluate.neighbour_words: {', '.join(unknown)} not in the vocabulary of data={cfg.data.name}")
+    return vocab, probes
+
+
+def word_neighbours(cfg: DictConfig, model, words: tuple[list[str], list[str]] | None, out: Path) -> list[str]:
+    """Text data with a pretrained token embedding (``model``: ``pretrained_encoder_model``): each probe word's
+    nearest words by cosine similarity (``embedding_neighbours.json``) and the most frequent words laid out by
+    PCA (``word_embedding.png``): what pretraining (word2vec, next-token, masked-token) put into the embedding
+    fine-tuning starts from. ``words``: ``neighbour_probes``."""
     table = getattr(getattr(model.encoder, "inputs", None), "embedding", None)
-    if table is None:
+    if cfg.pretrain.name == "none" or words is None or table is None:
         return []
     from deepsweep.data.sequences import SPECIALS
 
+    vocab, probes = words
     vectors = torch.nn.functional.normalize(table.weight.detach().double(), dim=1)
     index = {word: i for i, word in enumerate(vocab)}
-    probes = list(cfg.evaluate.get("neighbour_words") or
-                  [w for w in vocab[len(SPECIALS):] if len(w) >= 4 and w.isalpha()][:10])
-    unknown = [w for w in probes if w not in index]
-    if unknown:
-        raise ConfigError(f"evaluate.neighbour_words: {', '.join(unknown)} not in the vocabulary of data={cfg.data.name}")
     neighbours = {}
     for word in probes:
         similarity = vectors @ vectors[index[word]]
@@ -184,6 +196,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     import mlflow
 
     data = PreparedData.load(inputs["prepare"])
+    words = neighbour_probes(cfg, inputs["prepare"])
     checkpoint = inputs["finetune"] / MODEL_FILE
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no fine-tuned model; run the finetune stage first")
@@ -193,7 +206,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     k, names = data.num_classes, data.meta["class_names"]
 
     metrics = classification_metrics(logits, target, k)
-    metrics.update(probe_pretrained_encoder(cfg, data, inputs["pretrain"]))
+    encoder_model = pretrained_encoder_model(cfg, data, inputs["pretrain"])
+    metrics.update(probe_pretrained_encoder(cfg, data, encoder_model))
     metrics.update(anomaly_metrics(cfg, inputs["pretrain"], target))
     metrics.update(held_out_link_metrics(inputs["pretrain"]))
     metrics.update(inferred_category_metrics(inputs["pretrain"], target, k))
@@ -249,7 +263,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
                             f"{cfg.model.name} node embeddings", method=cfg.logger.embedding_plot)
         figures.append("node_embedding.png")
 
-    figures += word_neighbours(cfg, data, inputs["prepare"], inputs["pretrain"], out)
+    figures += word_neighbours(cfg, encoder_model, words, out)
     for name in ("metrics.json", "confusion.csv", "roc.csv", "rejection.csv", PREDICTIONS_FILE, *figures):
         mlflow.log_artifact(str(out / name), "evaluation")
     return metrics
