@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty augment word2vec infogan vanishing pretraining anomaly studies results results-quick losses
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty augment word2vec infogan vanishing pretraining anomaly studies results results-quick losses attention segmentation-losses
 
 venv: $(VENV)/.installed
 
@@ -107,6 +107,17 @@ infogan: venv
 losses: venv
 	$(BIN)/deepsweep run -m loss=cross_entropy,label_smoothing,focal,multi_margin,mse pretrain=none seed=0,1,2 \
 	  hydra.sweep.dir=outputs/sweeps/losses
+
+# Attention against none as sources grow (README, "Attention"): reversal of 4-40 letters, GRU seq2seq, one job
+# per attention; evaluate scores exact match by source length.
+attention: venv
+	$(BIN)/deepsweep run -m experiment=translation_dates data.task=reverse data.min_len=4 data.max_len=40 \
+	  model.attention=none,bahdanau,luong trainer.max_epochs=10 hydra.sweep.dir=outputs/sweeps/attention
+
+# Segmentation losses on the shapes (README, "Segmentation"): per-pixel cross-entropy, soft Dice, focal; 2 seeds.
+segmentation-losses: venv
+	$(BIN)/deepsweep run -m experiment=shapes_unet loss=cross_entropy,dice,focal seed=0,1 \
+	  hydra.sweep.dir=outputs/sweeps/segmentation_losses
 
 # Three studies by their old target names (each is `deepsweep study <name>`: its sweep, then its page in
 # docs/studies/ with figures and verdict): memory over sequence length (RNN, LSTM, GRU), every pretraining

@@ -32,7 +32,7 @@ def test_maxout_families_widen_every_layer_before_it(compose, model):
     plain_widths = [m.out_features if isinstance(m, nn.Linear) else m.out_channels
                     for m in plain.encoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert widths == [3 * w for w in plain_widths]
-    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert net(torch.rand(2, 1, 28, 28)).shape == plain(torch.rand(2, 1, 28, 28)).shape
     assert net.encoder(torch.rand(2, 1, 28, 28)).shape == plain.encoder(torch.rand(2, 1, 28, 28)).shape
 
 

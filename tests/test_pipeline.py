@@ -77,6 +77,7 @@ def test_stages_chain_and_record_everything(compose, tmp_path):
     pytest.param(["experiment=sms_spam_lstm", "data.max_len=16"], marks=requires_shared("sms_spam")),
     pytest.param(["experiment=sms_spam_transformer", "data.max_len=16"], marks=requires_shared("sms_spam")),
     pytest.param(["experiment=cora_gcn", "pretrain=dgi"], marks=requires_shared("planetoid")),
+    ["data=shapes", "model=unet", "data.num_samples=60", "data.size=16", "model.channels=[4,8]"],
 ])
 def test_finetune_starts_from_the_pretrained_encoder(compose, tmp_path, monkeypatch, family):
     fast_cfg = compose(*family, *FAST)

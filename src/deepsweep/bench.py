@@ -115,7 +115,7 @@ def deepsweep_loop(cfg, data, epochs: int, batch: int, seed: int) -> float:
     import mlflow
 
     from deepsweep import training
-    from deepsweep.tasks.classify import task_for
+    from deepsweep.tasks.supervised import task_for
 
     if isinstance(data, GraphData):
         model = factory.build_model(cfg, data.input_shape, data.num_classes, seed=seed)

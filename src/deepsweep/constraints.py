@@ -100,8 +100,8 @@ def _has_dropout(cfg: Mapping[str, Any]) -> bool:
 
 
 # The families whose every activation follows a layer of nn.layers.Layers.dense or .conv, which widens it for
-# maxout's pieces (tests/test_regularizers.py builds each with maxout and every other family refusing it).
-MAXOUT_FAMILIES = ("mlp", "lenet", "vgg", "inception")
+# maxout's pieces (tests/test_activations.py builds each with maxout and every other family refusing it).
+MAXOUT_FAMILIES = ("mlp", "lenet", "vgg", "inception", "unet")
 
 PROBABILITY = real(0, 1, high_open=True)
 FRACTION = real(0, 1, low_open=True, high_open=True)
@@ -128,6 +128,18 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("data.augment.shift", integer(0)),
     ("data.augment.rotate", real(0, 180)),
     ("data.augment.cutout", integer(0)),
+    ("data.noise", NON_NEGATIVE),
+    ("data.threshold", PROBABILITY),
+    ("data.size", integer(8)),
+    ("data.symbols", Rule("an integer in [2, 26] (letters a..z)", lambda v, _cfg: _integer(v) and 2 <= v <= 26)),
+    ("data.min_len", Rule("an integer >= 1, at most data.max_len",
+                          lambda v, cfg: _integer(v) and 1 <= v <= cfg.get("data", {}).get("max_len", v))),
+    ("data.task", Rule("for data=translation: reverse, sort or dates; for data=synthetic: first_bit or parity",
+                       lambda v, cfg: v in (("reverse", "sort", "dates") if cfg.get("data", {}).get("name") == "translation"
+                                            else ("first_bit", "parity")), names=True)),
+    ("data.background", one_of("noise", "stripes")),
+    ("data.labels", one_of("binary", "digit")),
+    ("data.*_subset", Rule("an integer >= 1, or null for all", lambda v, _cfg: _integer(v) and v >= 1, nullable=True)),
     ("data.*", COUNT),  # length, max_len, max_vocab, min_freq, num_samples, train_subset
     # model
     ("model.hidden_dims", widths()),
@@ -137,6 +149,8 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("model.attention_dropout", PROBABILITY),
     ("model.dropout", PROBABILITY),
     ("model.forget_bias", ANY_NUMBER),
+    ("model.teacher_forcing", real(0, 1)),
+    ("model.attention", one_of("bahdanau", "luong", "none")),
     ("model.*", COUNT),  # heads, hidden_size, num_layers, kernel_size, d_model, tbptt_steps, ...
     # activation, init
     ("activation.negative_slope", NON_NEGATIVE),
@@ -153,6 +167,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("loss.label_smoothing", PROBABILITY),
     ("loss.gamma", NON_NEGATIVE),
     ("loss.margin", POSITIVE),
+    ("loss.smooth", NON_NEGATIVE),
     ("loss.p", Rule("1 or 2", lambda v, _cfg: _integer(v) and v in (1, 2))),
     # optimizer (and the pretrain stage's fields of it)
     ("*.lr", POSITIVE),

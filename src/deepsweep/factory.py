@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from deepsweep.errors import ConfigError
-from deepsweep.kinds import declared_kind
+from deepsweep.kinds import declared_kind, declared_target
 
 
 def stage_optimizer(cfg: DictConfig) -> DictConfig:
@@ -60,25 +60,34 @@ def _target_kind(node: DictConfig) -> str:
     return declared_kind(target) if target else "any"
 
 
+def _target_target(node: DictConfig) -> str:
+    target = node.get("_target_")
+    return declared_target(target) if target else "class"
+
+
+TARGET_WORDS = {"class": "a class per input", "mask": "a class per pixel", "tokens": "an output sequence"}
+
+
 def check_compatible(cfg: DictConfig) -> None:
-    """Data, model family and pretraining task must agree on the kind of data (tensor or graph)."""
+    """Data, model family and pretraining task must agree on the kind of data (tensor or graph); data and
+    model on what is predicted (a class, a mask, tokens)."""
     from deepsweep.config import compose, options
 
-    data_kind = _target_kind(cfg.data)
+    data_kind, data_target = _target_kind(cfg.data), _target_target(cfg.data)
 
     def matching(group: str, path: str = "") -> str:
         names = []
         for option in options(group):
             node = compose([f"{group}={option}"])[group]
             node = node.get(path) if path else node
-            if _target_kind(node) in (data_kind, "any"):
+            if _target_kind(node) in (data_kind, "any") and (path or _target_target(node) == data_target):
                 names.append(option)
         return ", ".join(names)
 
-    if _target_kind(cfg.model) != data_kind:
+    if _target_kind(cfg.model) != data_kind or _target_target(cfg.model) != data_target:
         raise ConfigError(
-            f"model={cfg.model.name} does not read {data_kind} data (data={cfg.data.name}); "
-            f"models for it: {matching('model')}"
+            f"model={cfg.model.name} does not read {data_kind} data labelled with {TARGET_WORDS[data_target]} "
+            f"(data={cfg.data.name}); models for it: {matching('model')}"
         )
     if cfg.pretrain.name != "none" and _target_kind(cfg.pretrain.task) != data_kind:
         raise ConfigError(

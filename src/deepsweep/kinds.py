@@ -1,4 +1,6 @@
-"""The kind of data ("tensor", "sequence", "graph") a data source, family or task class reads, from its source.
+"""What a data source, family or task class declares, read from its source: the ``kind`` of data it reads
+("tensor", "sequence", "graph") and the ``target`` it gives or predicts ("class" per input, "mask": a class per
+pixel, "tokens": an output sequence).
 
 Its own module (a leaf: it imports nothing of deepsweep) because the factory's compatibility checks and
 the fused launcher's grouping both ask it, and neither may pay for importing the classes.
@@ -10,20 +12,31 @@ import functools
 from pathlib import Path
 
 
+DEFAULTS = {"kind": "tensor", "target": "class"}
+
+
 def declared_kind(target: str) -> str:
-    """The ``kind`` class attribute of ``target`` ("package.module.Class"): the kind of data it reads.
+    return declared(target, "kind")
+
+
+def declared_target(target: str) -> str:
+    return declared(target, "target")
+
+
+def declared(target: str, attribute: str) -> str:
+    """The ``attribute`` ("kind" or "target") class attribute of ``target`` ("package.module.Class").
 
     Read from the source (the class's own ``kind = "..."``, else its bases', followed through the module's
     imports) instead of importing the class: a task's module imports Lightning, about two seconds of start-up
     that a stage which trains nothing (prepare, evaluate) would pay for one string. Imported only where the
     source does not say it (tests/test_factory_kinds.py checks both ways agree for every option)."""
     module, _, name = target.rpartition(".")
-    kind = _source_kind(module, name, 0)
-    if kind is None:
+    value = _source_attribute(module, name, attribute, 0)
+    if value is None:
         from hydra.utils import get_class
 
-        kind = getattr(get_class(target), "kind", "tensor")
-    return kind
+        value = getattr(get_class(target), attribute, DEFAULTS[attribute])
+    return value
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,7 +53,7 @@ def _module_tree(module: str):
     return ast.parse(Path(spec.origin).read_text())
 
 
-def _source_kind(module: str, name: str, depth: int) -> str | None:
+def _source_attribute(module: str, name: str, attribute: str, depth: int) -> str | None:
     import ast
 
     tree = _module_tree(module)
@@ -53,7 +66,7 @@ def _source_kind(module: str, name: str, depth: int) -> str | None:
     for statement in node.body:
         targets = (statement.targets if isinstance(statement, ast.Assign)
                    else [statement.target] if isinstance(statement, ast.AnnAssign) else [])
-        if any(isinstance(t, ast.Name) and t.id == "kind" for t in targets):
+        if any(isinstance(t, ast.Name) and t.id == attribute for t in targets):
             value = statement.value
             return value.value if isinstance(value, ast.Constant) and isinstance(value.value, str) else None
     imported = {alias.asname or alias.name: (statement.module, alias.name) for statement in tree.body
@@ -63,7 +76,7 @@ def _source_kind(module: str, name: str, depth: int) -> str | None:
         if not isinstance(base, ast.Name):
             continue
         where = (module, base.id) if base.id in classes else imported.get(base.id)
-        kind = _source_kind(where[0], where[1], depth + 1) if where else None
-        if kind is not None:
-            return kind
+        value = _source_attribute(where[0], where[1], attribute, depth + 1) if where else None
+        if value is not None:
+            return value
     return None

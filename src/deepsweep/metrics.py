@@ -181,3 +181,46 @@ def class_coverage(predicted: torch.Tensor, num_classes: int, min_share: float =
     present = shares[shares > 0]
     return {"classes_covered": float((shares >= min_share).sum()),
             "class_kl": float((present * (present * num_classes).log()).sum())}
+
+
+def segmentation_metrics(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Per-pixel scores of predicted classes against true ones (any shape, compared element by element), over
+    every pixel of the split at once: ``pixel_accuracy``; ``mean_iou``, the mean over classes of TP / (TP + FP
+    + FN); ``dice``, the mean over classes of 2TP / (2TP + FP + FN). A class neither present nor predicted is
+    left out of both means; ``iou/<class>`` gives each class's IoU (0 where left out)."""
+    predicted, target = predicted.flatten().long(), target.flatten().long()
+    table = torch.bincount(target * num_classes + predicted, minlength=num_classes ** 2).view(num_classes, num_classes)
+    table = table.double()
+    tp = table.diag()
+    fp, fn = table.sum(0) - tp, table.sum(1) - tp
+    counted = (tp + fp + fn) > 0
+    iou = _safe_divide(tp, tp + fp + fn)
+    dice = _safe_divide(2 * tp, 2 * tp + fp + fn)
+    scores = {"pixel_accuracy": float(tp.sum() / table.sum().clamp(min=1)),
+              "mean_iou": float(iou[counted].mean()) if counted.any() else 0.0,
+              "dice": float(dice[counted].mean()) if counted.any() else 0.0}
+    scores.update({f"iou/{c}": float(iou[c]) for c in range(num_classes)})
+    return scores
+
+
+def until_eos(tokens: torch.Tensor) -> torch.Tensor:
+    """A mask of the positions up to and including each row's first <eos> (every position where none)."""
+    from deepsweep.data.sequences import EOS_ID
+
+    is_eos = (tokens == EOS_ID).long()
+    return (is_eos.cumsum(dim=1) - is_eos) == 0
+
+
+def sequence_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Greedy outputs (N, T') against targets (N, T) ending in <eos> and padded with 0: ``token_accuracy``, the
+    share of target tokens (<eos> included, padding not) predicted at their position; ``exact_match``, the
+    share of targets predicted whole (up to and including <eos>). Whatever follows a prediction's first <eos>
+    counts as padding."""
+    steps = target.shape[1]
+    if predicted.shape[1] < steps:
+        predicted = torch.nn.functional.pad(predicted, (0, steps - predicted.shape[1]))
+    predicted = predicted[:, :steps] * until_eos(predicted[:, :steps])
+    real = target != 0
+    right = (predicted == target) & real
+    whole = (right | ~real).all(dim=1)
+    return {"token_accuracy": float(right.sum() / real.sum().clamp(min=1)), "exact_match": float(whole.double().mean())}

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from deepsweep import paths
 from deepsweep.config import compose, params_text, validate
+from deepsweep.kinds import declared_target
 
 
 def names() -> list[str]:
@@ -59,6 +60,15 @@ def _files_from(dep: str) -> str:
     return "\n".join(f"      - ../../{f.relative_to(root)}" for f in files)
 
 
+# evaluate's plots where the data labels more than a class per input (the root's are a classifier's).
+TARGET_PLOTS = {
+    "mask": "    plots:\n      - artifacts/evaluate/segmentation.png:\n          cache: false\n",
+    "tokens": ("    plots:\n      - artifacts/evaluate/length.csv:\n          cache: false\n          template: bar_horizontal\n"
+               "          x: exact_match\n          y: source_length\n      - artifacts/evaluate/attention.png:\n"
+               "          cache: false\n"),
+}
+
+
 def pipeline_dvc_yaml(name: str, root_text: str) -> str:
     """``pipelines/<name>/dvc.yaml``: the root's stages, paths from that folder; for raw data, a first stage
     ``fetch`` (``deepsweep fetch``, whose output is the manifest of the verified files' sha256) as a dep of
@@ -74,6 +84,11 @@ def pipeline_dvc_yaml(name: str, root_text: str) -> str:
     stages = re.sub(r"^      - ([a-z_]+\.[a-z_.]+)\n",
                     lambda m: "" if OmegaConf.select(cfg, m.group(1), default=absent) is absent else m.group(0),
                     stages, flags=re.M)
+    target = declared_target(str(cfg.data._target_))
+    if target != "class":  # evaluate writes the plots of what the data labels (stages/evaluate.py)
+        start = stages.index("    plots:\n      - artifacts/evaluate/")
+        end = stages.index("\n# ", start) + 1
+        stages = stages[:start] + TARGET_PLOTS[target] + stages[end:]
     if cfg.data.get("root"):
         folder = paths.project_root() / "pipelines" / name
         # normpath, not resolve(): a symlinked data folder keeps the path the config gives (the same in every clone)

@@ -214,3 +214,37 @@ def scatter_snapshots_png(snapshots: dict[int, torch.Tensor], centers: torch.Ten
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def segmentation_png(images: torch.Tensor, masks: torch.Tensor, predicted: torch.Tensor, num_classes: int,
+                     path: Path, title: str) -> None:
+    """One column per image: the input (first channel), its true mask and the predicted one."""
+    plt = _pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), dpi=100, squeeze=False)
+    for j in range(n):
+        for row, (picture, cmap, top) in enumerate(((images[j, 0], "gray", 1), (masks[j], "tab10", num_classes - 1),
+                                                    (predicted[j], "tab10", num_classes - 1))):
+            axes[row, j].imshow(picture.numpy(), cmap=cmap, vmin=0, vmax=max(top, 1), interpolation="nearest")
+            axes[row, j].set_axis_off()
+    for row, label in enumerate(("input", "true mask", "predicted")):
+        axes[row, 0].set_title(label, fontsize=8, loc="left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def attention_png(weights: torch.Tensor, source: Sequence[str], output: Sequence[str], path: Path, title: str) -> None:
+    """Attention weights (output steps x source steps) of one decoded sequence, as a heatmap."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.5 + 0.28 * len(source), 1.2 + 0.28 * len(output)), dpi=100)
+    ax.imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(source)), source, fontsize=7)
+    ax.set_yticks(range(len(output)), output, fontsize=7)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

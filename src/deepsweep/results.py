@@ -329,6 +329,56 @@ def _losses(quick: bool) -> tuple[list[list[str]], str]:
     return table, f"`make losses`: {len(rows)} jobs, {_seconds(seconds)}"
 
 
+STRUCTURED = [  # pipelines whose labels are more than a class per input
+    (Pipeline("Shapes (3,000 images, 32x32), U-Net, per-pixel cross-entropy", "shapes_unet"),
+     ("pixel_accuracy", "mean_iou", "dice")),
+    (Pipeline("MNIST digits over stripes (6,000 images, 11 classes per pixel), U-Net, conv autoencoder pretraining",
+              "mnist_unet"), ("pixel_accuracy", "mean_iou", "dice")),
+    (Pipeline("Dates in five formats to ISO 8601, GRU seq2seq, additive attention", "translation_dates"),
+     ("token_accuracy", "exact_match")),
+]
+
+
+def scores_cell(metrics: dict[str, float], keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {metrics[k]:.4f}" for k in keys)
+
+
+def _structured(quick: bool) -> tuple[list[list[str]], str]:
+    rows = []
+    for item, keys in STRUCTURED:
+        metrics, seconds = item.run()
+        rows.append([item.label, scores_cell(metrics, keys), _seconds(seconds), f"`{item.command}`"])
+    return rows, ""
+
+
+ATTENTION = Sweep("attention", ["make", "attention"])
+LENGTHS = ("1-10", "11-20", "21-30", "31-40")
+
+
+def _attention(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = ATTENTION.run()
+    rows = ATTENTION.rows()
+    table = []
+    for how in ("none", "bahdanau", "luong"):
+        chosen = _where(rows, **{"model.attention": how})
+        table.append([f"`{how}`", *(_stat(chosen, f"evaluate.exact_match/length_{b}", 3) for b in LENGTHS),
+                      _stat(chosen, "evaluate.exact_match", 3), _stat(chosen, "evaluate.token_accuracy", 3)])
+    return table, f"`make attention`: {len(rows)} jobs, {_seconds(seconds)}"
+
+
+SEGMENTATION_LOSSES = Sweep("segmentation_losses", ["make", "segmentation-losses"])
+
+
+def _segmentation_losses(quick: bool) -> tuple[list[list[str]], str]:
+    seconds = SEGMENTATION_LOSSES.run()
+    rows = SEGMENTATION_LOSSES.rows()
+    classes = ("background", "circle", "square", "triangle")
+    table = [[f"`{name}`", *(_stat(_where(rows, **{"loss.name": name}), f"evaluate.{k}", 4)
+                             for k in ("pixel_accuracy", "mean_iou", "dice", *(f"iou/{c}" for c in classes)))]
+             for name in ("cross_entropy", "dice", "focal")]
+    return table, f"`make segmentation-losses`: {len(rows)} jobs, {_seconds(seconds)}"
+
+
 TABLES = [
     Table("pipelines", ["pipeline", "accuracy", "macro F1", "ROC-AUC", "wall time", "command"], _pipelines,
           quick_rows=3),
@@ -347,6 +397,11 @@ TABLES = [
     Table("infogan", ["pretrain", "code accuracy (best matching)", "fine-tuned accuracy (1% labels)",
                       "linear probe accuracy", "digits among 1,000 samples"], _infogan),
     Table("losses", ["loss", "test accuracy", "macro F1", "ROC-AUC", "test cross-entropy", "epochs trained"], _losses),
+    Table("structured", ["pipeline", "test scores", "wall time", "command"], _structured),
+    Table("attention", ["attention", *(f"exact match, sources of {b}" for b in LENGTHS), "exact match (all)",
+                        "token accuracy (all)"], _attention),
+    Table("segmentation_losses", ["loss", "pixel accuracy", "mean IoU", "Dice", "IoU background", "IoU circle",
+                                  "IoU square", "IoU triangle"], _segmentation_losses),
 ]
 
 

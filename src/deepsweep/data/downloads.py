@@ -101,6 +101,8 @@ CATALOG: dict[str, RawDataset] = {
             "ECG200_TEST.txt": "907c243f6e92234fc3a249448240e95db292835217457a2bc4cbe3d73a02902d",
         }.items())),
 }
+# Data options that read another option's raw files (the same folder, the same checksums).
+CATALOG["mnist_segmentation"] = CATALOG["mnist"]
 
 
 def catalog_digest(name: str) -> str:

@@ -47,6 +47,10 @@ class PreparedData:
         return self.meta.get("kind", "tensor")  # "tensor" (images, vectors) or "sequence"
 
     @property
+    def target(self) -> str:
+        return self.meta.get("target", "class")  # "class" per input, "mask" (a class per pixel) or "tokens"
+
+    @property
     def num_classes(self) -> int:
         return int(self.meta["num_classes"])
 
@@ -96,6 +100,7 @@ class GraphData:
     graph: dict
     meta: dict
     kind = "graph"
+    target = "class"
 
     @property
     def num_classes(self) -> int:
@@ -241,12 +246,16 @@ def fits_on(device: torch.device, nbytes: int) -> bool:
 
 
 def label_subset(split: TensorSplit, fraction: float, seed: int) -> TensorSplit:
-    """A stratified ``fraction`` of a split (at least one example per class)."""
+    """A stratified ``fraction`` of a split (at least one example per class); a plain random ``fraction`` where
+    each example's label is more than a class (a mask, a token sequence)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"finetune.label_fraction: must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return split
     generator = torch.Generator().manual_seed(seed)
+    if split.y.dim() > 1:
+        n = max(1, round(fraction * len(split)))
+        return split.subset(torch.randperm(len(split), generator=generator)[:n].sort().values)
     keep = []
     for label in split.y.unique():
         idx = (split.y == label).nonzero().flatten()

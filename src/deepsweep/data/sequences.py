@@ -143,3 +143,84 @@ class SyntheticSequences:
         rest, test = _stratified_split(x, y, 0.2, self.split_seed)
         train, val = _stratified_split(rest.x, rest.y, 0.2, self.split_seed)
         return Splits(train, val, test, ["0", "1"]), {}
+
+
+BOS, EOS = "<bos>", "<eos>"  # ids 3 and 4 of a translation vocabulary, after SPECIALS
+BOS_ID, EOS_ID = len(SPECIALS), len(SPECIALS) + 1
+TRANSLATIONS = ("reverse", "sort", "dates")
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december")
+
+
+def _date_pair(rng: np.random.Generator) -> tuple[str, str]:
+    """A date written one of five ways, and the same date in ISO 8601 (the target)."""
+    year, month = int(rng.integers(1950, 2050)), int(rng.integers(1, 13))
+    days = (31, 29 if year % 4 == 0 and (year % 100 or year % 400 == 0) else 28, 31, 30, 31, 30, 31, 31, 30, 31,
+            30, 31)[month - 1]
+    day = int(rng.integers(1, days + 1))
+    name = MONTHS[month - 1]
+    style = int(rng.integers(5))
+    source = (f"{day} {name} {year}", f"{name} {day}, {year}", f"{day:02d}/{month:02d}/{year}",
+              f"{name[:3]} {day:02d} {year}", f"{year}, {day} {name}")[style]
+    return source, f"{year}-{month:02d}-{day:02d}"
+
+
+@dataclass
+class SyntheticTranslation:
+    """Sequence-to-sequence tasks drawn from ``split_seed`` (no download), one character per token:
+    ``reverse`` or ``sort`` a string of ``min_len``..``max_len`` symbols from an alphabet of ``symbols`` letters,
+    or ``dates``: a date written one of five ways ("5 march 1998", "march 5, 1998", "05/03/1998", "mar 05 1998",
+    "1998, 5 march") into ISO 8601 ("1998-03-05"). Reversal is the task where a fixed-size summary of the
+    source fails as it grows (Sutskever et al. 2014 reversed their sources to shorten the dependencies) and
+    attention does not (Bahdanau et al. 2015).
+
+    ``x``: the source's token ids, padded with 0; ``y``: the target's ids followed by <eos>, padded with 0.
+    One vocabulary for both: SPECIALS, <bos>, <eos>, then the characters."""
+
+    kind = "sequence"
+    target = "tokens"
+    task: str = "reverse"
+    min_len: int = 5
+    max_len: int = 20
+    symbols: int = 10
+    num_samples: int = 6000
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    batch_size: int = 64
+
+    def pairs(self) -> list[tuple[str, str]]:
+        if self.task not in TRANSLATIONS:
+            raise ValueError(f"data.task: unknown task {self.task!r}; allowed: {', '.join(TRANSLATIONS)}")
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError(f"data.min_len: {self.min_len} must be between 1 and data.max_len={self.max_len}")
+        if not 2 <= self.symbols <= 26:
+            raise ValueError(f"data.symbols: {self.symbols} must be between 2 and 26 (letters a..z)")
+        rng = np.random.default_rng(self.split_seed)
+        if self.task == "dates":
+            return [_date_pair(rng) for _ in range(self.num_samples)]
+        alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz"[: self.symbols]))
+        pairs = []
+        for length in rng.integers(self.min_len, self.max_len + 1, size=self.num_samples):
+            source = "".join(rng.choice(alphabet, size=int(length)))
+            pairs.append((source, source[::-1] if self.task == "reverse" else "".join(sorted(source))))
+        return pairs
+
+    def load(self) -> tuple[Splits, dict]:
+        pairs = self.pairs()
+        characters = sorted({c for pair in pairs for text in pair for c in text})
+        vocab = [*SPECIALS, BOS, EOS, *characters]
+        index = {c: i for i, c in enumerate(vocab)}
+        source_len = max(len(s) for s, _ in pairs)
+        target_len = max(len(t) for _, t in pairs) + 1  # + <eos>
+        x = np.zeros((len(pairs), source_len), dtype=np.int64)
+        y = np.zeros((len(pairs), target_len), dtype=np.int64)
+        for row, (source, target) in enumerate(pairs):
+            x[row, : len(source)] = [index[c] for c in source]
+            y[row, : len(target) + 1] = [index[c] for c in target] + [EOS_ID]
+        order = np.random.default_rng(self.split_seed + 1).permutation(len(pairs))
+        n_test, n_val = round(self.test_fraction * len(pairs)), round(self.val_fraction * len(pairs))
+        test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+        split = lambda rows: Split(x[rows], y[rows])  # noqa: E731
+        return (Splits(split(train), split(val), split(test), vocab),
+                {"vocab_size": len(vocab), "vocab": vocab, "pad_id": 0, "mask_id": 1, "bos_id": BOS_ID, "eos_id": EOS_ID})

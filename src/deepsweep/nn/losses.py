@@ -28,3 +28,21 @@ class OneHotMSELoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         one_hot = F.one_hot(target, logits.shape[-1]).to(logits.dtype)
         return ((logits.softmax(dim=-1) - one_hot) ** 2).sum(dim=-1).mean()
+
+
+class DiceLoss(nn.Module):
+    """Soft Dice loss (Milletari et al. 2016, V-Net), one minus the mean over classes of
+    ``(2 sum(p * g) + smooth) / (sum(p) + sum(g) + smooth)``, with ``p`` the softmax and ``g`` the one-hot target,
+    summed over the whole batch (every pixel of it, for segmentation): a loss that weighs a small class as much
+    as the background, where per-pixel cross-entropy is dominated by the background."""
+
+    def __init__(self, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = logits.softmax(dim=1)
+        truth = torch.nn.functional.one_hot(target, logits.shape[1]).to(probs.dtype)
+        overlap = (probs * truth).sum(0)
+        dice = (2 * overlap + self.smooth) / (probs.sum(0) + truth.sum(0) + self.smooth)
+        return 1 - dice.mean()

@@ -1,4 +1,8 @@
-"""evaluate: accuracy, macro F1 and ROC-AUC of the fine-tuned model on the held-out test split; the same
+"""evaluate: the fine-tuned model on the held-out test split, by what the data labels.
+
+Segmentation (a class per pixel, ``score_masks``): pixel accuracy, mean IoU and Dice; sequence to sequence
+(``score_tokens``): token accuracy and exact match, by source length too. Classification (``score_classes``):
+accuracy, macro F1 and ROC-AUC of the fine-tuned model on the held-out test split; the same
 three for a linear probe of the pretrained encoder's frozen features; the pretraining task's test score
 (reconstruction error, and anomaly ROC-AUC with pretrain.anomaly_class; a graph autoencoder's link
 prediction ROC-AUC and average precision on the edges it held out); how the fine-tuned model labels the
@@ -31,6 +35,8 @@ from deepsweep.metrics import (
     mean_average_distance,
     per_class_roc,
     roc_points,
+    segmentation_metrics,
+    sequence_metrics,
 )
 from deepsweep.calibration import probability_metrics, rejection_curve
 from deepsweep.stages.finetune import MODEL_FILE
@@ -73,7 +79,7 @@ def probe_pretrained_encoder(cfg: DictConfig, data, model) -> dict[str, float]:
     return linear_probe(train, test, data.num_classes, seed=cfg.seed)
 
 
-def anomaly_metrics(cfg: DictConfig, pretrained: Path, target: torch.Tensor) -> dict[str, float]:
+def anomaly_metrics(cfg: DictConfig, pretrained: Path, target: torch.Tensor | None) -> dict[str, float]:
     """The pretraining task's mean per-input test score (test_reconstruction_error, test_negative_elbo,
     test_free_energy), and with pretrain.anomaly_class its ROC-AUC as a detector of that class, which
     pretraining never saw."""
@@ -192,26 +198,126 @@ def generated_metrics(model, pretrained: Path, num_classes: int) -> dict[str, fl
     return {f"generated_{k}": v for k, v in class_coverage(predicted, num_classes).items()}
 
 
+def fine_tuned_model(cfg: DictConfig, data, finetuned: Path):
+    checkpoint = finetuned / MODEL_FILE
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no fine-tuned model; run the finetune stage first")
+    model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    return model
+
+
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     import mlflow
 
     data = PreparedData.load(inputs["prepare"])
     words = neighbour_probes(cfg, inputs["prepare"])
-    checkpoint = inputs["finetune"] / MODEL_FILE
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no fine-tuned model; run the finetune stage first")
-    model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
-    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    model = fine_tuned_model(cfg, data, inputs["finetune"])
+    encoder_model = pretrained_encoder_model(cfg, data, inputs["pretrain"])
+    if data.target == "mask":
+        metrics, files = score_masks(cfg, data, model, out)
+    elif data.target == "tokens":
+        metrics, files = score_tokens(cfg, data, model, out)
+    else:
+        metrics, files = score_classes(cfg, data, model, encoder_model, inputs["pretrain"], out)
+    if data.target != "class":
+        metrics.update(anomaly_metrics(cfg, inputs["pretrain"], None))
+    write_json(out / "metrics.json", metrics)
+    files += word_neighbours(cfg, encoder_model, words, out)
+    for name in ("metrics.json", *files):
+        mlflow.log_artifact(str(out / name), "evaluation")
+    return metrics
+
+
+def score_masks(cfg: DictConfig, data, model, out: Path) -> tuple[dict[str, float], list[str]]:
+    """Segmentation (a class per pixel): pixel accuracy, mean IoU, mean Dice and each class's IoU over every
+    test pixel (``metrics.segmentation_metrics``); a PNG of eight test images, their masks and predictions."""
+    logits, masks = collect(model, data.loader("test", 256))
+    predicted = logits.argmax(dim=1)
+    names = data.meta["class_names"]
+    scores = segmentation_metrics(predicted, masks, data.num_classes)
+    metrics = {key: value for key, value in scores.items() if not key.startswith("iou/")}
+    metrics.update({f"iou/{names[c]}": scores[f"iou/{c}"] for c in range(data.num_classes)})
+    files = []
+    if cfg.logger.get("figures", True):
+        images = data.test.x[:8]
+        plots.segmentation_png(images, masks[:8], predicted[:8], data.num_classes, out / "segmentation.png",
+                               f"{cfg.model.name} on {cfg.data.name} (test)")
+        files.append("segmentation.png")
+    return metrics, files
+
+
+LENGTH_BUCKET = 10  # evaluate scores sources of 1-10, 11-20, ... tokens apart: how a model copes as they grow
+
+
+def score_tokens(cfg: DictConfig, data, model, out: Path) -> tuple[dict[str, float], list[str]]:
+    """Sequence to sequence: greedy decoding of every test source; ``token_accuracy`` and ``exact_match``
+    (``metrics.sequence_metrics``), also by source length (``exact_match/length_11-20``, ...: what attention
+    changes as sources grow; length.csv for a DVC plot); ``translations.csv`` of the first 50 test pairs and a
+    heatmap of the first one's attention."""
+    from deepsweep.data.sequences import EOS_ID
+
+    model.eval()
+    x, y = data.test.x, data.test.y
+    with torch.inference_mode():
+        decoded = [model.generate(x[i : i + 512], steps=y.shape[1]) for i in range(0, len(x), 512)]
+    steps = max(tokens.shape[1] for tokens, _ in decoded)
+    predicted = torch.cat([torch.nn.functional.pad(t, (0, steps - t.shape[1])) for t, _ in decoded])
+    metrics = sequence_metrics(predicted, y)
+    lengths = (x != 0).sum(dim=1)
+    rows = []
+    for low in range(1, int(lengths.max()) + 1, LENGTH_BUCKET):
+        high = low + LENGTH_BUCKET - 1
+        chosen = (lengths >= low) & (lengths <= high)
+        if chosen.any():
+            scores = sequence_metrics(predicted[chosen], y[chosen])
+            metrics[f"exact_match/length_{low}-{high}"] = scores["exact_match"]
+            rows.append((f"{low}-{high}", int(chosen.sum()), scores["exact_match"], scores["token_accuracy"]))
+    with open(out / "length.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["source_length", "sequences", "exact_match", "token_accuracy"])
+        writer.writerows(rows)
+    vocab = data.meta["class_names"]  # the output classes of a translation are its vocabulary
+
+    def text(ids: torch.Tensor) -> list[str]:
+        words = []
+        for i in ids.tolist():
+            if i in (0, EOS_ID):
+                words.append("<eos>") if i == EOS_ID else None
+                break
+            words.append(vocab[i])
+        return words
+
+    with open(out / "translations.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["source", "target", "predicted", "exact"])
+        for i in range(min(50, len(x))):
+            target, guess = text(y[i]), text(predicted[i])
+            writer.writerow(["".join(text(x[i])), "".join(target[:-1]), "".join(guess).replace("<eos>", ""),
+                             int(target == guess)])
+    files = ["length.csv", "translations.csv"]
+    attention = decoded[0][1]
+    if cfg.logger.get("figures", True) and cfg.model.get("attention", "none") != "none":
+        source, output = text(x[0]), text(predicted[0])
+        plots.attention_png(attention[0, : len(output), : len(source)].float(), source, output, out / "attention.png",
+                            f"{cfg.model.name}, attention={cfg.model.attention}: test sequence 1")
+        files.append("attention.png")
+    return metrics, files
+
+
+def score_classes(cfg: DictConfig, data, model, encoder_model, pretrained: Path,
+                  out: Path) -> tuple[dict[str, float], list[str]]:
+    """Classification: the fine-tuned model's test scores, the probe of the pretrained encoder, the pretraining
+    task's own test scores, calibration (and Monte Carlo dropout), confusion, ROC and rejection data."""
     logits, target = collect(model, data.loader("test", 1024))
     k, names = data.num_classes, data.meta["class_names"]
 
     metrics = classification_metrics(logits, target, k)
-    encoder_model = pretrained_encoder_model(cfg, data, inputs["pretrain"])
     metrics.update(probe_pretrained_encoder(cfg, data, encoder_model))
-    metrics.update(anomaly_metrics(cfg, inputs["pretrain"], target))
-    metrics.update(held_out_link_metrics(inputs["pretrain"]))
-    metrics.update(inferred_category_metrics(inputs["pretrain"], target, k))
-    metrics.update(generated_metrics(model, inputs["pretrain"], k))
+    metrics.update(anomaly_metrics(cfg, pretrained, target))
+    metrics.update(held_out_link_metrics(pretrained))
+    metrics.update(inferred_category_metrics(pretrained, target, k))
+    metrics.update(generated_metrics(model, pretrained, k))
     embedding = None
     if data.kind == "graph":
         # Where the encoder puts every node: how alike (over-smoothing) and, below, the picture of it.
@@ -231,7 +337,6 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
         rejection[f"MC dropout, {passes} passes"] = rejection_curve(mc_probs, target)
         saved["mc_probs"] = mc_probs
     torch.save(saved, out / PREDICTIONS_FILE)
-    write_json(out / "metrics.json", metrics)
 
     preds = logits.argmax(dim=1)
     with open(out / "confusion.csv", "w", newline="") as fh:
@@ -249,21 +354,17 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
         writer.writerow(["predictor", "fraction_rejected", "accuracy"])
         writer.writerows((label, f, a) for label, points in rejection.items() for f, a in points)
 
-    figures = []
+    files = ["confusion.csv", "roc.csv", "rejection.csv", PREDICTIONS_FILE]
     if cfg.logger.get("figures", True):  # 0.32 s of a tiny job's 0.93 s (make bench: a job in a warm worker)
         title = f"{cfg.model.name} on {cfg.data.name} (test)"
         plots.confusion_png(confusion_matrix(logits, target, k), names, out / "confusion_matrix.png", title)
         plots.roc_png(list(per_class_roc(logits, target, k)), names, roc if k > 2 else None, out / "roc_curve.png",
                       title)
         plots.rejection_png(rejection, out / "rejection_curve.png", title)
-        figures += ["confusion_matrix.png", "roc_curve.png", "rejection_curve.png"]
+        files += ["confusion_matrix.png", "roc_curve.png", "rejection_curve.png"]
     if embedding is not None and cfg.logger.get("figures", True) and cfg.logger.embedding_plot != "none":
         # Every node, coloured by class: the picture of what the GNN learned.
         plots.embedding_png(embedding, y, names, out / "node_embedding.png",
                             f"{cfg.model.name} node embeddings", method=cfg.logger.embedding_plot)
-        figures.append("node_embedding.png")
-
-    figures += word_neighbours(cfg, encoder_model, words, out)
-    for name in ("metrics.json", "confusion.csv", "roc.csv", "rejection.csv", PREDICTIONS_FILE, *figures):
-        mlflow.log_artifact(str(out / name), "evaluation")
-    return metrics
+        files.append("node_embedding.png")
+    return metrics, files

@@ -22,12 +22,12 @@ MODEL_FILE = "model.pt"
 def build(cfg: DictConfig, data: PreparedData, inputs: Mapping[str, Path]):
     """The task this stage fits (encoder + head, from the pretrained encoder where one is loaded) and its
     training and validation loaders; a fused array builds each of its members with it."""
-    from deepsweep.tasks.classify import task_for
+    from deepsweep.tasks.supervised import task_for
 
     pretrained = fine_tunes_pretrained_encoder(cfg)
     model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"),
                                 encoder=inputs["pretrain"] / ENCODER_FILE if pretrained else None)
-    task = factory.build_task(cfg, task_for(data.kind), model, "finetune",
+    task = factory.build_task(cfg, task_for(data.kind, data.target), model, "finetune",
                               freeze_encoder_epochs=int(cfg.finetune.freeze_encoder_epochs))
     batch = int(cfg.data.batch_size)
     train_loader = data.loader("train", batch, shuffle=True, seed=cfg.seed,

@@ -57,6 +57,7 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
         meta = {
             **extra,
             "kind": source.kind,
+            "target": getattr(source, "target", "class"),  # what y holds: a class, a mask, a token sequence
             "num_classes": len(splits.class_names),
             "class_names": splits.class_names,
             "input_shape": list(splits.input_shape),

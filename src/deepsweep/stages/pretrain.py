@@ -36,6 +36,9 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
         if not task.scores_anomalies:
             raise ConfigError(f"pretrain.anomaly_class: pretrain={cfg.pretrain.name} gives no anomaly score; "
                               "the autoencoders, vae and dbn do")
+        if data.target != "class":
+            raise ConfigError(f"pretrain.anomaly_class: data={cfg.data.name} labels each input with a {data.target}, "
+                              "not a class; anomaly detection needs a class per input")
         if not 0 <= int(anomaly_class) < data.num_classes:
             raise ConfigError(f"pretrain.anomaly_class: {anomaly_class} is not a class of data={cfg.data.name} "
                               f"(0..{data.num_classes - 1})")

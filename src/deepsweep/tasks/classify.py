@@ -51,16 +51,20 @@ class ClassifyTask(LossTask):
         super().on_validation_epoch_end()
         if not self._val_predictions:
             return
-        from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
-
         predicted, target = (torch.cat(t) for t in zip(*self._val_predictions))
         self._val_predictions = []
         if self.trainer.world_size > 1:  # every rank scores all ranks' shards (equal sizes: see InMemoryLoader)
-            predicted, target = self.all_gather(predicted).flatten(), self.all_gather(target).flatten()
+            predicted, target = self.all_gather(predicted).flatten(0, 1), self.all_gather(target).flatten(0, 1)
+        self.log_epoch(self.epoch_scores(predicted, target))
+
+    def epoch_scores(self, predicted: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The validation epoch's scores of its predicted classes (``val/acc``, ``val/f1``)."""
+        from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
         k = self.model.num_classes
         # validate_args=False: the checks cost host syncs on a GPU, and the classes come from argmax.
-        self.log_epoch({"val/acc": multiclass_accuracy(predicted, target, k, average="micro", validate_args=False),
-                        "val/f1": multiclass_f1_score(predicted, target, k, average="macro", validate_args=False)})
+        return {"val/acc": multiclass_accuracy(predicted, target, k, average="micro", validate_args=False),
+                "val/f1": multiclass_f1_score(predicted, target, k, average="macro", validate_args=False)}
 
     def optimized_parameters(self):
         return self.model.parameters()
@@ -71,8 +75,3 @@ class NodeClassifyTask(ClassifyTask):
     (``outputs_and_targets`` reads the graph batch's mask)."""
 
     kind = "graph"
-
-
-def task_for(kind: str) -> type[ClassifyTask]:
-    """The supervised task for a kind of prepared data."""
-    return NodeClassifyTask if kind == "graph" else ClassifyTask

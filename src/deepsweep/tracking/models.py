@@ -5,7 +5,8 @@ is not on PyPI: to serve it, ``mlflow models serve --env-manager local`` from th
 One pyfunc wrapper serves every family: it keeps no pickled module, only the weights, the resolved config
 and the prepared data's meta, and rebuilds the model with ``factory.build_model`` when loaded, so a GNN
 (which takes ``x`` and ``edge_index``) and a CNN load the same way and a model never depends on how
-cloudpickle saw its class. ``predict`` returns class probabilities, one row per input (per node for a graph).
+cloudpickle saw its class. ``predict`` returns class probabilities on axis 1: one row per input (per node for a
+graph), ``(n, classes, height, width)`` for a segmentation, ``(n, vocabulary, steps)`` for a greedy decoding.
 
 Inputs, as ``prepare`` writes them: images ``(n, channels, height, width)`` float32 in [0, 1]; token ids
 ``(n, max_len)`` int64; series ``(n, length)`` float32 (or what the data option's source yields); a graph as

@@ -50,13 +50,15 @@ BuildMember = Callable[[DictConfig], tuple[Any, Any, Any]]
 def unfusable(cfg: DictConfig) -> str | None:
     """Why this job cannot be a member of a fused array (it then runs as a job of its own), or None."""
     from deepsweep.config import fine_tunes_pretrained_encoder
-    from deepsweep.kinds import declared_kind
+    from deepsweep.kinds import declared_kind, declared_target
 
     if fine_tunes_pretrained_encoder(cfg):
         return (f"pretrain={cfg.pretrain.name}: each member would fine-tune its own pretrained encoder; a fused "
                 "array fine-tunes from scratch (pretrain=none or finetune.load_pretrained=false)")
     if declared_kind(str(cfg.data._target_)) != "tensor":
         return f"data={cfg.data.name}: only tensor data (the MLP and CNN families) is fused so far"
+    if declared_target(str(cfg.data._target_)) != "class":
+        return f"data={cfg.data.name}: only classification is fused so far"
     if float(cfg.regularizer.dropout) > 0:
         return (f"regularizer.dropout={cfg.regularizer.dropout}: each member's dropout masks must follow its own "
                 "random stream, which one vmapped draw does not")
