@@ -418,3 +418,11 @@ def test_link_prediction_needs_one_whole_graph(compose):
         validate(compose("data=cora", "model=sage", "pretrain=vgae", "data.batch_size=64"))
     validate(compose("data=cora", "model=sage", "pretrain=vgae", "data.batch_size=64",
                      "pretrain.task.link_val_fraction=0", "pretrain.task.link_test_fraction=0"))
+
+
+def test_the_cora_option_reads_cora_alone(compose):
+    """Its name tags the runs and meta.json: another Planetoid set under it would be recorded as Cora."""
+    from deepsweep.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="data.name_in_source: 'CiteSeer' is not allowed; allowed: Cora"):
+        validate(compose("data=cora", "model=gcn", "pretrain=none", "data.name_in_source=CiteSeer"))

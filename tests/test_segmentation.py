@@ -126,3 +126,14 @@ def test_stages_segment_with_a_pretrained_contracting_path(compose, tmp_path):
     assert json.loads((artifacts / "prepare" / "meta.json").read_text())["target"] == "mask"
     curves = (artifacts / "finetune" / "curves.csv").read_text().splitlines()
     assert "val_miou" in curves[0].split(",")
+
+
+def test_augmenting_images_without_their_masks_is_refused():
+    from omegaconf import OmegaConf
+
+    from deepsweep.data.augment import augmentation
+
+    data = OmegaConf.create({"name": "mnist_segmentation", "_target_": "deepsweep.data.segmentation.MnistSegmentation",
+                             "augment": {"shift": 2, "rotate": 0.0, "hflip": False, "cutout": 0}})
+    with pytest.raises(ConfigError, match="data.augment: data=mnist_segmentation labels each input with a mask"):
+        augmentation(data)

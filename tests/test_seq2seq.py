@@ -135,3 +135,14 @@ def test_stages_translate_and_score_by_length(compose, tmp_path):
     assert (artifacts / "evaluate" / "attention.png").stat().st_size > 0
     curves = (artifacts / "finetune" / "curves.csv").read_text().splitlines()
     assert {"val_acc", "val_exact_match"} <= set(curves[0].split(","))
+
+
+@pytest.mark.parametrize("how", ["bahdanau", "none"])
+def test_padding_after_a_source_changes_nothing(compose, how):
+    # Packed encoder (the backward direction starts at the last token) and masked attention: a source padded
+    # to 6 steps decodes exactly as the same 3 tokens alone.
+    model = _model(compose, f"model.attention={how}").eval()
+    tokens = torch.tensor([[7, 9, 5]])
+    padded = torch.tensor([[7, 9, 5, 0, 0, 0]])
+    with torch.no_grad():
+        assert torch.allclose(model.decode(tokens, steps=4)[0], model.decode(padded, steps=4)[0], atol=1e-6)

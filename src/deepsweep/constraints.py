@@ -138,6 +138,12 @@ RULES: tuple[tuple[str, Rule], ...] = (
                        lambda v, cfg: v in (("reverse", "sort", "dates") if cfg.get("data", {}).get("name") == "translation"
                                             else ("first_bit", "parity")), names=True)),
     ("data.background", one_of("noise", "stripes")),
+    # The option's name tags the runs and meta.json: a Planetoid set other than the one it names would be
+    # recorded as that one. CiteSeer and PubMed get options of their own once their files' sha256 are in
+    # data/downloads.py's CATALOG (the offline mirror has Cora alone).
+    ("data.name_in_source", Rule("Cora (data=cora reads Cora; CiteSeer and PubMed have no option yet)",
+                                 lambda v, cfg: v == {"cora": "Cora"}.get(cfg.get("data", {}).get("name")),
+                                 names=True)),
     ("data.labels", one_of("binary", "digit")),
     ("data.*_subset", Rule("an integer >= 1, or null for all", lambda v, _cfg: _integer(v) and v >= 1, nullable=True)),
     ("data.*", COUNT),  # length, max_len, max_vocab, min_freq, num_samples, train_subset
@@ -198,6 +204,11 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("pretrain.task.beta", NON_NEGATIVE),
     ("pretrain.task.gradient_penalty", NON_NEGATIVE),
     ("pretrain.task.info_weight", NON_NEGATIVE),
+    ("pretrain.task.cycle_weight", NON_NEGATIVE),
+    ("pretrain.task.identity_weight", NON_NEGATIVE),
+    ("pretrain.task.translator_channels", widths()),
+    ("pretrain.task.residual_blocks", integer(0)),
+    ("pretrain.task.domain", one_of("invert", "rotate")),
     ("pretrain.task.continuous_weight", NON_NEGATIVE),
     ("pretrain.task.categorical_code", Rule("0 (off) or an integer >= 2", lambda v, _cfg: _integer(v) and v != 1 and v >= 0)),
     ("pretrain.task.continuous_codes", integer(0)),

@@ -223,8 +223,9 @@ def segmentation_png(images: torch.Tensor, masks: torch.Tensor, predicted: torch
     n = len(images)
     fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), dpi=100, squeeze=False)
     for j in range(n):
-        for row, (picture, cmap, top) in enumerate(((images[j, 0], "gray", 1), (masks[j], "tab10", num_classes - 1),
-                                                    (predicted[j], "tab10", num_classes - 1))):
+        classes = "tab10" if num_classes <= 10 else "tab20"  # a colour per class
+        for row, (picture, cmap, top) in enumerate(((images[j, 0], "gray", 1), (masks[j], classes, num_classes - 1),
+                                                    (predicted[j], classes, num_classes - 1))):
             axes[row, j].imshow(picture.numpy(), cmap=cmap, vmin=0, vmax=max(top, 1), interpolation="nearest")
             axes[row, j].set_axis_off()
     for row, label in enumerate(("input", "true mask", "predicted")):

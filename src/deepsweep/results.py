@@ -180,6 +180,8 @@ PIPELINES = [
     Pipeline("Cora, GraphSAGE-mean, DGI pretraining", "cora_sage_pretrained"),
     Pipeline("Cora inductive, GraphSAGE, random-walk pretraining", "cora_sage_inductive"),
     Pipeline("Cora, GCN, graph autoencoder pretraining (10% of edges held out)", "cora_gae"),
+    Pipeline("Fashion-MNIST (10k train), VGG-style CNN, batch norm", "fashion_vgg"),
+    Pipeline("Fashion-MNIST (10k train), Inception-style CNN, batch norm", "fashion_inception"),
 ]
 
 PRETRAINED = [
@@ -336,6 +338,8 @@ STRUCTURED = [  # pipelines whose labels are more than a class per input
               "mnist_unet"), ("pixel_accuracy", "mean_iou", "dice")),
     (Pipeline("Dates in five formats to ISO 8601, GRU seq2seq, additive attention", "translation_dates"),
      ("token_accuracy", "exact_match")),
+    (Pipeline("MNIST (10k train) and its colour-inverted copy, CycleGAN, then a DCGAN-discriminator classifier",
+              "mnist_cyclegan"), ("accuracy", "untranslated_accuracy", "translated_accuracy", "cycle_error")),
 ]
 
 
@@ -361,7 +365,7 @@ def _attention(quick: bool) -> tuple[list[list[str]], str]:
     table = []
     for how in ("none", "bahdanau", "luong"):
         chosen = _where(rows, **{"model.attention": how})
-        table.append([f"`{how}`", *(_stat(chosen, f"evaluate.exact_match/length_{b}", 3) for b in LENGTHS),
+        table.append([f"`{how}`", *(_stat(chosen, f"evaluate.exact_match_length_{b}", 3) for b in LENGTHS),
                       _stat(chosen, "evaluate.exact_match", 3), _stat(chosen, "evaluate.token_accuracy", 3)])
     return table, f"`make attention`: {len(rows)} jobs, {_seconds(seconds)}"
 
@@ -374,7 +378,7 @@ def _segmentation_losses(quick: bool) -> tuple[list[list[str]], str]:
     rows = SEGMENTATION_LOSSES.rows()
     classes = ("background", "circle", "square", "triangle")
     table = [[f"`{name}`", *(_stat(_where(rows, **{"loss.name": name}), f"evaluate.{k}", 4)
-                             for k in ("pixel_accuracy", "mean_iou", "dice", *(f"iou/{c}" for c in classes)))]
+                             for k in ("pixel_accuracy", "mean_iou", "dice", *(f"iou_{c}" for c in classes)))]
              for name in ("cross_entropy", "dice", "focal")]
     return table, f"`make segmentation-losses`: {len(rows)} jobs, {_seconds(seconds)}"
 

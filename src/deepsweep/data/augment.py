@@ -65,4 +65,14 @@ def augmentation(data_cfg: Mapping[str, Any]) -> Augment | None:
     if not node:
         return None
     augment = Augment(**{key: node[key] for key in KEYS if key in node})
-    return augment if augment.active else None
+    if not augment.active:
+        return None
+    from deepsweep.kinds import declared_target
+
+    target = declared_target(str(data_cfg.get("_target_")))
+    if target != "class":
+        from deepsweep.errors import ConfigError
+
+        raise ConfigError(f"data.augment: data={data_cfg.get('name')} labels each input with a {target}, which "
+                          "augmenting the images alone would misalign; set every data.augment field off")
+    return augment

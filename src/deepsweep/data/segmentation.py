@@ -120,13 +120,13 @@ class MnistSegmentation(IdxImages):
         if self.labels not in LABELS:
             raise ValueError(f"data.labels: unknown labels {self.labels!r}; allowed: {', '.join(LABELS)}")
         files = self.files()
-        rng = np.random.default_rng(self.split_seed)
         train_images, train_digits = read_idx(files["train_images"]), read_idx(files["train_labels"])
         test_images, test_digits = read_idx(files["test_images"]), read_idx(files["test_labels"])
         keep = self.train_subset or len(train_images)
-        train = self._composite(train_images[:keep], train_digits[:keep], rng)
+        # A stream per file: the test backgrounds stay the same whatever train_subset is.
+        train = self._composite(train_images[:keep], train_digits[:keep], np.random.default_rng([self.split_seed, 0]))
         kept = self.test_subset or len(test_images)
-        test = self._composite(test_images[:kept], test_digits[:kept], rng)
+        test = self._composite(test_images[:kept], test_digits[:kept], np.random.default_rng([self.split_seed, 1]))
         n_val = round(self.val_fraction * len(train.x))
         val = Split(train.x[:n_val], train.y[:n_val])
         train = Split(train.x[n_val:], train.y[n_val:])

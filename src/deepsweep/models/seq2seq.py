@@ -49,6 +49,8 @@ class Attention(nn.Module):
             scores = self.score(torch.tanh(self.query(state).unsqueeze(1) + keys)).squeeze(-1)
         else:
             scores = (keys @ state.unsqueeze(-1)).squeeze(-1)
+        # A source with no token at all (an empty text) attends evenly rather than to nothing (NaN).
+        valid = valid | ~valid.any(dim=-1, keepdim=True)
         weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=-1)
         return (weights.unsqueeze(1) @ values).squeeze(1), weights
 
@@ -77,10 +79,11 @@ class Seq2Seq(Family):
         self.teacher_forcing = float(teacher_forcing)
         self.max_output_len = max_output_len or 2 * int(input_shape[0]) + 2
         self.encoder = RecurrentEncoder(_Inputs(input_shape, vocab_size, embedding_dim), cell, hidden_size,
-                                        num_layers, bidirectional, "mean", layers)
+                                        num_layers, bidirectional, "mean", layers, packed=True)
         self.feature_dim = self.encoder.width
         width = self.encoder.width
-        self.keys = nn.Linear(width, hidden_size)  # the encoder steps as attention reads them
+        # The encoder steps as attention reads them (attention=none reads their mean, through values, alone).
+        self.keys = nn.Linear(width, hidden_size) if attention != "none" else None
         self.values = nn.Linear(width, hidden_size)
         self.bridge = nn.Linear(width, hidden_size)  # the decoder's first state, from the encoder's mean step
         self.attend = Attention(attention, hidden_size) if attention != "none" else None
@@ -97,7 +100,8 @@ class Seq2Seq(Family):
         emitted <eos> when no ``y`` is given."""
         hidden, valid = self.encoder.steps(x)
         mean = (hidden * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
-        keys, values = self.keys(hidden), self.values(hidden)
+        keys = self.keys(hidden) if self.keys is not None else None
+        values = self.values(hidden)
         state = torch.tanh(self.bridge(mean))
         memory = torch.zeros_like(state) if self.cell == "lstm" else None
         fixed_context = self.values(mean)  # attention=none: the one vector every step reads
@@ -140,8 +144,9 @@ class Seq2Seq(Family):
         return torch.stack(scores, dim=2), attention
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores (N, vocab, T): teacher-forced on ``y`` at ``teacher_forcing`` while training, greedy otherwise
-        (``max_output_len`` steps at most)."""
+        """Scores (N, vocab, T). With targets ``y``: teacher-forced, at the ``teacher_forcing`` ratio while training
+        and fully in evaluation mode (the validation loss); without: greedy decoding (``max_output_len`` steps at
+        most), as ``generate``."""
         if y is not None:
             return self.decode(x, y, self.teacher_forcing if self.training else 1.0)[0]
         return self.decode(x)[0]

@@ -67,9 +67,13 @@ class _Inputs(nn.Module):
 
 class RecurrentEncoder(nn.Module):
     def __init__(self, inputs: _Inputs, cell: str, hidden_size: int, num_layers: int, bidirectional: bool,
-                 pooling: str, layers: Layers, tbptt_steps: int | None = None) -> None:
+                 pooling: str, layers: Layers, tbptt_steps: int | None = None, packed: bool = False) -> None:
         super().__init__()
         self.tbptt_steps = tbptt_steps
+        # Packed: each sequence runs over its own steps only, so a backward direction starts at its last token,
+        # not at the padding after it (the padded steps' outputs are 0). The classifiers keep the padded run
+        # their results were measured with; sequence to sequence packs.
+        self.packed = packed
         self.inputs = inputs
         # One module per layer, so variational dropout can sit between layers with a per-sequence mask.
         width, directions = inputs.dim, 2 if bidirectional else 1
@@ -92,8 +96,19 @@ class RecurrentEncoder(nn.Module):
             out.append(state)
         return self.drop(h), out
 
+    def _run_packed(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        lengths = valid.sum(dim=1).clamp(min=1).cpu()
+        for rnn in self.rnns:
+            packed = pack_padded_sequence(self.drop(h), lengths, batch_first=True, enforce_sorted=False)
+            h = pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=valid.shape[1])[0]
+        return self.drop(h)
+
     def steps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, valid = self.inputs(x)
+        if self.packed:
+            return self._run_packed(h, valid), valid
         k = self.tbptt_steps
         if not (self.training and k and h.shape[1] > k):
             return self._run(h, None)[0], valid

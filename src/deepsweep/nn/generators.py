@@ -103,3 +103,46 @@ def create_generator(kind: str, in_features: int, output_shape: Sequence[int], w
     if kind == "conv":
         return ConvGenerator(in_features, output_shape, widths, output, f"{key}.output")
     raise ValueError(f"{key}.generator: unknown kind {kind!r}; allowed: {', '.join(GENERATORS)}")
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs with instance norm and a skip connection (CycleGAN's generator body)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.InstanceNorm2d(channels), nn.ReLU(),
+                                  nn.Conv2d(channels, channels, 3, padding=1), nn.InstanceNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ImageTranslator(nn.Module):
+    """An image to an image of the same shape (the generators of CycleGAN, Zhu et al. 2017, scaled down for
+    small images): a 3x3 conv to ``channels[0]``, stride-2 convs down through ``channels``, ``residual_blocks``
+    residual blocks, transposed convs back up, a 3x3 conv to the input's channels and a sigmoid (images in
+    [0, 1]); instance norm and ReLU after every conv but the last."""
+
+    def __init__(self, image_shape: Sequence[int], channels: Sequence[int] = (32, 64), residual_blocks: int = 2) -> None:
+        super().__init__()
+        c, side = image_shape[0], min(image_shape[1:])
+        for _ in channels[1:]:
+            side = -(-side // 2)  # a stride-2 conv with padding 1
+        if side < 2:  # instance norm needs more than one pixel per channel
+            raise ValueError(f"pretrain.task.translator_channels: {len(channels) - 1} halvings shrink a "
+                             f"{image_shape[1]}x{image_shape[2]} image to {side} pixel; use fewer entries")
+        norm_relu = lambda width: [nn.InstanceNorm2d(width), nn.ReLU()]  # noqa: E731
+        parts: list[nn.Module] = [nn.Conv2d(c, channels[0], 3, padding=1), *norm_relu(channels[0])]
+        for a, b in zip(channels, channels[1:]):
+            parts += [nn.Conv2d(a, b, 3, stride=2, padding=1), *norm_relu(b)]
+        parts += [ResidualBlock(channels[-1]) for _ in range(residual_blocks)]
+        for a, b in zip(channels[::-1], channels[::-1][1:]):
+            parts += [nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1), *norm_relu(b)]
+        self.body = nn.Sequential(*parts)
+        self.out = nn.Conv2d(channels[0], c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        # An odd size that halving rounds up comes back a pixel larger: cut it to the input's.
+        h = nn.functional.pad(h, (0, x.shape[-1] - h.shape[-1], 0, x.shape[-2] - h.shape[-2]))
+        return torch.sigmoid(self.out(h))

@@ -40,7 +40,14 @@ from deepsweep.metrics import (
 )
 from deepsweep.calibration import probability_metrics, rejection_curve
 from deepsweep.stages.finetune import MODEL_FILE
-from deepsweep.stages.pretrain import CATEGORIES_FILE, ENCODER_FILE, GENERATED_FILE, LINK_SCORES_FILE, SCORES_FILE
+from deepsweep.stages.pretrain import (
+    CATEGORIES_FILE,
+    ENCODER_FILE,
+    GENERATED_FILE,
+    LINK_SCORES_FILE,
+    SCORES_FILE,
+    TRANSLATED_FILE,
+)
 from deepsweep.tasks.batches import outputs_and_targets
 from deepsweep.utils.io import write_json
 
@@ -207,6 +214,22 @@ def fine_tuned_model(cfg: DictConfig, data, finetuned: Path):
     return model
 
 
+def translation_metrics(model, pretrained: Path, target: torch.Tensor) -> dict[str, float]:
+    """A domain translation's test scores (pretraining that ``translates_domains``: CycleGAN): the fine-tuned
+    classifier's accuracy on the first test images as the other domain shows them (``untranslated_accuracy``)
+    and translated back (``translated_accuracy``), and the mean cycle error of the round trips."""
+    path = pretrained / TRANSLATED_FILE
+    if not path.is_file():
+        return {}
+    saved = torch.load(path, weights_only=True)
+    model.eval()
+    with torch.inference_mode():
+        labels = {name: model(saved[name].float()).argmax(dim=1) for name in ("untranslated", "translated")}
+    truth = target[: len(labels["translated"])]
+    return {"cycle_error": float(saved["cycle_error"]),
+            **{f"{name}_accuracy": float((labels[name] == truth).double().mean()) for name in labels}}
+
+
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     import mlflow
 
@@ -318,6 +341,7 @@ def score_classes(cfg: DictConfig, data, model, encoder_model, pretrained: Path,
     metrics.update(held_out_link_metrics(pretrained))
     metrics.update(inferred_category_metrics(pretrained, target, k))
     metrics.update(generated_metrics(model, pretrained, k))
+    metrics.update(translation_metrics(model, pretrained, target))
     embedding = None
     if data.kind == "graph":
         # Where the encoder puts every node: how alike (over-smoothing) and, below, the picture of it.

@@ -22,6 +22,8 @@ CATEGORIES_FILE = "test_categories.pt"  # a category per test input, inferred wi
 LINK_SCORES_FILE = "link_scores.pt"  # held-out test edges and non-edges, scored: evaluate's link metrics
 GENERATED_FILE = "generated.pt"  # samples of a task that generates inputs, which evaluate labels
 GENERATED_SAMPLES = 1000
+TRANSLATED_FILE = "translated.pt"  # test images through a domain translation (CycleGAN), which evaluate labels
+TRANSLATED_SAMPLES = 1000
 
 
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
@@ -71,6 +73,11 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     if task.predicts_links:
         task.eval()
         torch.save(task.link_scores(next(iter(data.loader("test")))), out / LINK_SCORES_FILE)
+    if task.translates_domains:
+        task.eval()
+        with torch.no_grad():
+            x = next(iter(data.loader("test", TRANSLATED_SAMPLES)))[0]
+            torch.save(task.translation_scores(x.to(task.device)), out / TRANSLATED_FILE)
     if task.generates_inputs:
         task.eval()
         with torch.no_grad():  # codes from a fixed stream: the same samples for the same weights

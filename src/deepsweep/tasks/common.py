@@ -15,6 +15,9 @@ fitting code (``deepsweep.training``) and the stages read instead of probing for
 * ``predicts_links``: it held edges of the graph out of training and gives ``link_scores(batch)``, its scores
   of the held-out test edges and of as many non-edges (the graph autoencoders with a link split: set per
   instance, since the split is an option of the objective);
+* ``translates_domains``: it learns to translate between the data's images and a transformed domain of them
+  (CycleGAN) and gives ``translation_scores(x)``: test images taken to the other domain and back, which pretrain
+  saves and evaluate labels with the fine-tuned classifier;
 * ``generates_inputs``: it gives ``generate(n, generator=...)``, new inputs drawn from what it learned (the
   GANs): pretrain saves 1,000 of them, evaluate labels them, and on data with modes (``data=ring``) their
   coverage is measured every epoch.
@@ -159,6 +162,7 @@ class Task(EpochLoggingMixin, L.LightningModule):
     predicts_links: bool = False
     infers_categories: bool = False
     generates_inputs: ClassVar[bool] = False
+    translates_domains: ClassVar[bool] = False
     score_name: ClassVar[str] = ""
 
     def __init__(self, setup: TaskSetup) -> None:
@@ -191,6 +195,9 @@ class Task(EpochLoggingMixin, L.LightningModule):
 
     def link_scores(self, batch) -> dict[str, torch.Tensor]:  # where predicts_links
         raise NotImplementedError(f"{type(self).__name__} holds out no edges")
+
+    def translation_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # where translates_domains
+        raise NotImplementedError(f"{type(self).__name__} translates no domain")
 
 
 class LossTask(Task):

@@ -25,5 +25,6 @@ class SegmentTask(ClassifyTask):
 
     def epoch_scores(self, predicted: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         scores = segmentation_metrics(predicted, target, self.model.num_classes)
-        return {"val/acc": torch.tensor(scores["pixel_accuracy"]), "val/f1": torch.tensor(scores["dice"]),
-                "val/miou": torch.tensor(scores["mean_iou"])}
+        device = predicted.device  # on the device: a data-parallel fit reduces them across ranks
+        return {name: torch.tensor(scores[key], device=device)
+                for name, key in (("val/acc", "pixel_accuracy"), ("val/f1", "dice"), ("val/miou", "mean_iou"))}

@@ -1,7 +1,7 @@
 """Sequence to sequence: the family decodes the target one token at a time (``models.seq2seq``). The loss
 group's loss is taken over the target's tokens (<eos> included, padding not), teacher-forced at the family's
-``teacher_forcing`` ratio; validation decodes greedily, as evaluate does, and scores token accuracy
-(``val/acc``) and exact match (``val/exact_match``)."""
+``teacher_forcing`` ratio (the validation loss fully teacher-forced); validation also decodes greedily, as
+evaluate does, and scores token accuracy (``val/acc``) and exact match (``val/exact_match``) of that."""
 
 from __future__ import annotations
 
@@ -31,4 +31,6 @@ class TranslateTask(ClassifyTask):
 
     def epoch_scores(self, predicted: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         scores = sequence_metrics(predicted, target)
-        return {"val/acc": torch.tensor(scores["token_accuracy"]), "val/exact_match": torch.tensor(scores["exact_match"])}
+        device = predicted.device  # on the device: a data-parallel fit reduces them across ranks
+        return {"val/acc": torch.tensor(scores["token_accuracy"], device=device),
+                "val/exact_match": torch.tensor(scores["exact_match"], device=device)}
