@@ -50,7 +50,7 @@ def test_init_reaches_torch_geometric_convs(compose):
 
 
 def test_kinds_must_agree(compose):
-    with pytest.raises(ConfigError, match="model=mlp does not read graph data .data=karate.; models for it: gat, gcn, sage"):
+    with pytest.raises(ConfigError, match="model=mlp does not read graph data labelled with a class per input .data=karate.; models for it: gat, gcn, sage"):
         check_compatible(compose("data=karate"))
     with pytest.raises(ConfigError, match="pretrain=autoencoder does not apply to graph data.*: dgi, gae, none"):
         check_compatible(compose("data=karate", "model=gcn"))

@@ -41,8 +41,8 @@ def test_committed_lock_matches_the_committed_params(name):
 
 
 def test_readme_rows_are_the_committed_metrics():
-    rows = {row[0]: row for row in results.table_rows(README, "pipelines")}
-    for item in results.PIPELINES:
+    rows = {row[0]: row for row in results.table_rows(README, "pipelines") + results.table_rows(README, "course")}
+    for item in results.PIPELINES + results.COURSE:
         if not isinstance(item, results.Pipeline):
             continue
         folder = ROOT / ("artifacts" if not item.name else f"pipelines/{item.name}/artifacts")

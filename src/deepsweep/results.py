@@ -355,6 +355,17 @@ def _structured(quick: bool) -> tuple[list[list[str]], str]:
     return rows, ""
 
 
+COURSE = [  # a pipeline for what the tables below measure as sweeps
+    Pipeline("SMS Spam, LSTM, word2vec pretraining, 10% labels", "sms_spam_word2vec"),
+    Pipeline("digits, MLP, dropout 0.5, Monte Carlo dropout at test (20 passes)", "digits_mc_dropout"),
+    Pipeline("Fashion-MNIST (1,000 train), LeNet, hflip + cutout augmentation", "fashion_augment"),
+]
+
+
+def _course(quick: bool) -> tuple[list[list[str]], str]:
+    return _single_rows(COURSE, quick, lambda item, m: _triple(m)), ""
+
+
 ATTENTION = Sweep("attention", ["make", "attention"])
 LENGTHS = ("1-10", "11-20", "21-30", "31-40")
 
@@ -402,6 +413,7 @@ TABLES = [
                       "linear probe accuracy", "digits among 1,000 samples"], _infogan),
     Table("losses", ["loss", "test accuracy", "macro F1", "ROC-AUC", "test cross-entropy", "epochs trained"], _losses),
     Table("structured", ["pipeline", "test scores", "wall time", "command"], _structured),
+    Table("course", ["pipeline", "accuracy", "macro F1", "ROC-AUC", "wall time", "command"], _course),
     Table("attention", ["attention", *(f"exact match, sources of {b}" for b in LENGTHS), "exact match (all)",
                         "token accuracy (all)"], _attention),
     Table("segmentation_losses", ["loss", "pixel accuracy", "mean IoU", "Dice", "IoU background", "IoU circle",

@@ -83,7 +83,8 @@ def cases() -> list[Case]:
         if bad is not None:
             result.append(Case("out of range", (*base, f"{key}={_hydra_value(bad)}"), key))
         result.append(Case("wrong type", (*base, f"{key}=fast"), key))
-        if default is not None and not key.startswith("pretrain.optimizer.") and (key != "pretrain.epochs" or choice):
+        if (default is not None and not rule.nullable and not key.startswith("pretrain.optimizer.")
+                and (key != "pretrain.epochs" or choice)):
             result.append(Case("null where null means nothing", (*base, f"{key}=null"), key))
     result += [
         Case("unknown key", ("+model.hiden_dims=[3]",), "model.hiden_dims"),
