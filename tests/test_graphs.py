@@ -54,7 +54,7 @@ def test_kinds_must_agree(compose):
         check_compatible(compose("data=karate"))
     with pytest.raises(ConfigError, match="pretrain=autoencoder does not apply to graph data.*: dgi, gae, none"):
         check_compatible(compose("data=karate", "model=gcn"))
-    with pytest.raises(ConfigError, match="model=gcn does not read tensor data .data=digits.; models for it: dcgan, inception, lenet, mlp, resnet, vgg"):
+    with pytest.raises(ConfigError, match="model=gcn does not read tensor data labelled with a class per input .data=digits.; models for it: dcgan, inception, lenet, mlp, resnet, vgg"):
         check_compatible(compose("model=gcn"))
     with pytest.raises(ValueError, match="dropconnect: graph convolutions have no dense layer"):
         build_model(compose("data=karate", "model=gcn", "regularizer=dropconnect"), (10,), 4)
