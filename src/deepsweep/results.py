@@ -348,11 +348,9 @@ def scores_cell(metrics: dict[str, float], keys: tuple[str, ...]) -> str:
 
 
 def _structured(quick: bool) -> tuple[list[list[str]], str]:
-    rows = []
-    for item, keys in STRUCTURED:
-        metrics, seconds = item.run()
-        rows.append([item.label, scores_cell(metrics, keys), _seconds(seconds), f"`{item.command}`"])
-    return rows, ""
+    keys = {item.name: keys for item, keys in STRUCTURED}
+    return _single_rows([item for item, _ in STRUCTURED], quick,
+                        lambda item, m: [scores_cell(m, keys[item.name])]), ""
 
 
 COURSE = [  # a pipeline for what the tables below measure as sweeps
