@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC stages call `deepsweep`: put the venv first on PATH for every recipe and its children.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds link-seeds uncertainty augment word2vec infogan vanishing pretraining anomaly studies results results-quick losses attention segmentation-losses
+.PHONY: venv run test bench sweep ui params pipelines clean cora-seeds citeseer-seeds link-seeds uncertainty augment word2vec infogan vanishing pretraining anomaly studies results results-quick losses attention segmentation-losses
 
 venv: $(VENV)/.installed
 
@@ -75,6 +75,11 @@ cora-seeds: venv
 	  $(BIN)/deepsweep run -m experiment=$$e 'seed=range(0,10)' hydra.sweep.dir=outputs/sweeps/$$e; done
 	$(BIN)/deepsweep run -m experiment=cora_sage_inductive pretrain=random_walk,dgi,none 'seed=range(0,10)' \
 	  hydra.sweep.dir=outputs/sweeps/cora_sage_inductive
+
+# CiteSeer against Kipf & Welling (2017): the cora_gcn recipe, 10 seeds (README, "CiteSeer"). Its files are
+# not in the offline mirror: `deepsweep fetch citeseer` downloads them (or DEEPSWEEP_DATA_MIRROR).
+citeseer-seeds: venv
+	$(BIN)/deepsweep run -m experiment=citeseer_gcn 'seed=range(0,10)' hydra.sweep.dir=outputs/sweeps/citeseer_gcn
 
 # Link prediction on Cora against Kipf & Welling (2016): GAE and VGAE, 10 seeds each (README, "Link prediction").
 link-seeds: venv

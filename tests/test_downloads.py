@@ -18,11 +18,18 @@ from deepsweep.data.downloads import CATALOG, ensure
 from deepsweep.errors import DataFileError, DownloadError
 
 
+# Checksummed from the canonical repository (kimiyoung/planetoid at af6abf4, whose Cora files are byte-identical
+# to the mirror's), not served offline: `deepsweep fetch citeseer` downloads them.
+NOT_IN_THE_OFFLINE_MIRROR = {"citeseer"}
+
+
 @requires_shared("mnist", "fashion_mnist", "planetoid", "sms_spam", "ecg200")
 def test_catalog_checksums_match_the_offline_copies():
     """The catalog against ../shared/data (MNIST, Fashion-MNIST and Cora there are byte-identical to the
     canonical distributions; SMS Spam and ECG200 to copies of them, see the README's Data section)."""
     for name, dataset in CATALOG.items():
+        if name in NOT_IN_THE_OFFLINE_MIRROR:
+            continue
         for raw in dataset.files:
             path = SHARED_DATA / dataset.folder / raw.name
             assert (path.stat().st_size, downloads.file_sha256(path)) == (raw.size, raw.sha256), path

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import requires_shared
 from deepsweep.config import ConfigError
-from deepsweep.factory import check_compatible, build_model
+from deepsweep.factory import build, build_model, check_compatible
 from deepsweep.stages.pipeline import execute
 
 
@@ -420,9 +421,65 @@ def test_link_prediction_needs_one_whole_graph(compose):
                      "pretrain.task.link_val_fraction=0", "pretrain.task.link_test_fraction=0"))
 
 
-def test_the_cora_option_reads_cora_alone(compose):
-    """Its name tags the runs and meta.json: another Planetoid set under it would be recorded as Cora."""
+def test_each_planetoid_option_reads_the_set_it_names(compose):
+    """Its name tags the runs and meta.json: another Planetoid set under it would be recorded under its name."""
     from deepsweep.config import ConfigError, validate
 
-    with pytest.raises(ConfigError, match="data.name_in_source: 'CiteSeer' is not allowed; allowed: Cora"):
+    with pytest.raises(ConfigError, match="data.name_in_source: 'CiteSeer' is not allowed; allowed: the set the "
+                                          "option names \\(data=cora: Cora, data=citeseer: CiteSeer\\)"):
         validate(compose("data=cora", "model=gcn", "pretrain=none", "data.name_in_source=CiteSeer"))
+    with pytest.raises(ConfigError, match="data.name_in_source: 'Cora' is not allowed"):
+        validate(compose("data=citeseer", "model=gcn", "pretrain=none", "data.name_in_source=Cora"))
+
+
+def test_citeseer_files_come_from_planetoids_urls_to_where_its_loader_reads_them(compose, tmp_path):
+    from deepsweep.data.downloads import CATALOG, PLANETOID_URL, RawDataset
+    from deepsweep.data.graphs import PLANETOID_FILES
+
+    cfg = compose("data=citeseer", "model=gcn", "pretrain=none", f"data.root={tmp_path}")
+    catalog: RawDataset = CATALOG["citeseer"]
+    names = [f"ind.citeseer.{part}" for part in PLANETOID_FILES]
+    assert [raw.name for raw in catalog.files] == [f"CiteSeer/raw/{n}" for n in names]
+    assert [raw.url for raw in catalog.files] == [PLANETOID_URL + n for n in names]
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/CiteSeer/raw lacks the Planetoid file"):
+        build(cfg.data).raw_dir()
+
+
+def _write_planetoid(raw: Path, prefix: str, train: int, unlabelled: int, test_ids: list[int], classes: int):
+    """Planetoid's "ind" files (pickles of scipy CSR features and one-hot labels, a graph dict, the test ids)."""
+    import pickle
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    labelled = train + 500 + unlabelled  # allx: training, the 500 validation nodes PyG takes next, the rest
+    rng = np.random.default_rng(0)
+
+    def features(n: int):
+        return sp.csr_matrix(rng.integers(0, 2, (n, 8)).astype(np.float32))
+
+    def one_hot(n: int):
+        return np.eye(classes, dtype=np.int64)[np.arange(n) % classes]
+
+    allx, ally = features(labelled), one_hot(labelled)
+    parts = {"x": allx[:train], "y": ally[:train], "allx": allx, "ally": ally,
+             "tx": features(len(test_ids)), "ty": one_hot(len(test_ids)),
+             "graph": {i: [i + 1] for i in range(max(test_ids))}}
+    raw.mkdir(parents=True)
+    for part, value in parts.items():
+        (raw / f"ind.{prefix}.{part}").write_bytes(pickle.dumps(value))
+    (raw / f"ind.{prefix}.test.index").write_text("".join(f"{i}\n" for i in test_ids))
+
+
+def test_citeseer_gives_its_missing_test_papers_as_isolated_nodes(compose, tmp_path):
+    """CiteSeer's test ids skip papers absent from its files: they become featureless nodes outside every split,
+    as in Kipf & Welling's loader (torch-geometric's Planetoid reads them so)."""
+    _write_planetoid(tmp_path / "CiteSeer" / "raw", "citeseer", train=12, unlabelled=8,
+                     test_ids=[520, 521, 523, 524, 526, 527, 528, 529], classes=6)
+    cfg = compose("data=citeseer", "model=gcn", "pretrain=none", f"data.root={tmp_path}")
+    graph, meta = build(cfg.data).load()
+    assert meta["num_classes"] == 6 and meta["sizes"] == {"train": 12, "val": 500, "test": 8}
+    assert meta["num_nodes"] == 530 and meta["input_shape"] == [8]
+    missing = torch.tensor([522, 525])
+    assert not graph["test_mask"][missing].any() and graph["x"][missing].abs().sum() == 0
+    assert graph["x"][graph["test_mask"]].sum(dim=1).gt(0).sum() >= 1

@@ -84,7 +84,11 @@ def widths(empty_ok: bool = False) -> Rule:
 
 
 def _graph(cfg: Mapping[str, Any]) -> bool:
-    return str(cfg.get("data", {}).get("name")) in ("cora", "karate")
+    """The data option's source declares graph data (a new graph data set needs no edit here)."""
+    from deepsweep.kinds import declared_kind
+
+    target = cfg.get("data", {}).get("_target_")
+    return isinstance(target, str) and declared_kind(target) == "graph"
 
 
 def _whole_graph(cfg: Mapping[str, Any]) -> bool:
@@ -102,6 +106,8 @@ def _has_dropout(cfg: Mapping[str, Any]) -> bool:
 # The families whose every activation follows a layer of nn.layers.Layers.dense or .conv, which widens it for
 # maxout's pieces (tests/test_activations.py builds each with maxout and every other family refusing it).
 MAXOUT_FAMILIES = ("mlp", "lenet", "vgg", "inception", "unet")
+# Planetoid data options -> the set each reads (torch-geometric's name for it).
+PLANETOID_SETS = {"cora": "Cora", "citeseer": "CiteSeer"}
 
 PROBABILITY = real(0, 1, high_open=True)
 FRACTION = real(0, 1, low_open=True, high_open=True)
@@ -139,10 +145,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
                                             else ("first_bit", "parity")), names=True)),
     ("data.background", one_of("noise", "stripes")),
     # The option's name tags the runs and meta.json: a Planetoid set other than the one it names would be
-    # recorded as that one. CiteSeer and PubMed get options of their own once their files' sha256 are in
-    # data/downloads.py's CATALOG (the offline mirror has Cora alone).
-    ("data.name_in_source", Rule("Cora (data=cora reads Cora; CiteSeer and PubMed have no option yet)",
-                                 lambda v, cfg: v == {"cora": "Cora"}.get(cfg.get("data", {}).get("name")),
+    # recorded as that one. PubMed gets an option once its files' sha256 are in data/downloads.py's CATALOG.
+    ("data.name_in_source", Rule("the set the option names (data=cora: Cora, data=citeseer: CiteSeer)",
+                                 lambda v, cfg: v == PLANETOID_SETS.get(cfg.get("data", {}).get("name")),
                                  names=True)),
     ("data.labels", one_of("binary", "digit")),
     ("data.*_subset", Rule("an integer >= 1, or null for all", lambda v, _cfg: _integer(v) and v >= 1, nullable=True)),

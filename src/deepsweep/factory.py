@@ -55,12 +55,14 @@ def seed_everything(seed: int) -> int:
     return seed
 
 
-def _target_kind(node: DictConfig) -> str:
+def _kind_of(node: DictConfig) -> str:
+    """The data kind an option's class declares ("any" for an option that builds nothing)."""
     target = node.get("_target_")
     return declared_kind(target) if target else "any"
 
 
-def _target_target(node: DictConfig) -> str:
+def _predicts(node: DictConfig) -> str:
+    """What an option's class declares its labels or outputs to be: "class", "mask" or "tokens"."""
     target = node.get("_target_")
     return declared_target(target) if target else "class"
 
@@ -73,23 +75,23 @@ def check_compatible(cfg: DictConfig) -> None:
     model on what is predicted (a class, a mask, tokens)."""
     from deepsweep.config import compose, options
 
-    data_kind, data_target = _target_kind(cfg.data), _target_target(cfg.data)
+    data_kind, data_target = _kind_of(cfg.data), _predicts(cfg.data)
 
     def matching(group: str, path: str = "") -> str:
         names = []
         for option in options(group):
             node = compose([f"{group}={option}"])[group]
             node = node.get(path) if path else node
-            if _target_kind(node) in (data_kind, "any") and (path or _target_target(node) == data_target):
+            if _kind_of(node) in (data_kind, "any") and (path or _predicts(node) == data_target):
                 names.append(option)
         return ", ".join(names)
 
-    if _target_kind(cfg.model) != data_kind or _target_target(cfg.model) != data_target:
+    if _kind_of(cfg.model) != data_kind or _predicts(cfg.model) != data_target:
         raise ConfigError(
             f"model={cfg.model.name} does not read {data_kind} data labelled with {TARGET_WORDS[data_target]} "
             f"(data={cfg.data.name}); models for it: {matching('model')}"
         )
-    if cfg.pretrain.name != "none" and _target_kind(cfg.pretrain.task) != data_kind:
+    if cfg.pretrain.name != "none" and _kind_of(cfg.pretrain.task) != data_kind:
         raise ConfigError(
             f"pretrain={cfg.pretrain.name} does not apply to {data_kind} data (data={cfg.data.name}); "
             f"pretraining for it: {matching('pretrain', 'task')}"

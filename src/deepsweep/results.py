@@ -227,6 +227,20 @@ def _cora(quick: bool) -> tuple[list[list[str]], str]:
     return table, f"`make cora-seeds` (first three sweeps): {_seconds(seconds)}"
 
 
+CITESEER = Sweep("citeseer_gcn", ["make", "citeseer-seeds"])
+CITESEER_PIPELINE = Pipeline("pipeline (seed 0)", "citeseer_gcn")
+
+
+def _citeseer(quick: bool) -> tuple[list[list[str]], str]:
+    single, pipeline_seconds = CITESEER_PIPELINE.run()
+    seconds = CITESEER.run()
+    rows = CITESEER.rows()
+    table = [[f"`{CITESEER_PIPELINE.command}` (seed 0)", *_triple(single), "70.3 (Kipf & Welling)"],
+             [f"`make citeseer-seeds` ({len(rows)} seeds)", *(_stat(rows, f"evaluate.{k}", 4) for k in TRIPLE),
+              "70.3 (Kipf & Welling)"]]
+    return table, f"pipeline {_seconds(pipeline_seconds)}, `make citeseer-seeds` {_seconds(seconds)}"
+
+
 def _by_pretraining(rows: list[dict], methods: tuple[str, ...], probe_digits: int) -> list[list[str]]:
     """A row per pretraining method: test accuracy, macro F1, ROC-AUC and the linear probe's accuracy."""
     table = []
@@ -399,6 +413,7 @@ TABLES = [
                          "no pretraining (`pretrain=none`): accuracy / F1 / ROC-AUC", "probe accuracy",
                          "wall time", "command"], _pretrained, quick_rows=1),
     Table("cora", ["experiment", "test accuracy", "macro F1", "ROC-AUC (OvR)", "published accuracy"], _cora),
+    Table("citeseer", ["run", "test accuracy", "macro F1", "ROC-AUC (OvR)", "published accuracy"], _citeseer),
     Table("cora_inductive", ["pretrain (50 epochs)", "test accuracy", "macro F1", "ROC-AUC (OvR)",
                              "linear probe accuracy"], _cora_inductive),
     Table("links", ["pretrain", "test ROC-AUC", "published ROC-AUC (%)", "test average precision",

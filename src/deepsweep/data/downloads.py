@@ -89,6 +89,20 @@ CATALOG: dict[str, RawDataset] = {
             "graph": ("58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d", 59847),
             "test.index": ("297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875", 5000),
         }.items())),
+    # The same repository and URLs as Cora (the sha256 of its files at kimiyoung/planetoid af6abf4, which also
+    # holds Cora's files byte for byte). PubMed has no entry: its ind.pubmed.allx was not available to checksum.
+    "citeseer": RawDataset("planetoid", tuple(
+        RawFile(f"CiteSeer/raw/ind.citeseer.{part}", sha, size, f"{PLANETOID_URL}ind.citeseer.{part}")
+        for part, (sha, size) in {
+            "x": ("d20de19150741e555de0ed037195630fc194114ebc7fd72ced62810148aa22f6", 31087),
+            "tx": ("539a8906a2da97628d212f2fdd668c109a8b3f0d36574b59e5d3fd5b5303da21", 260321),
+            "allx": ("2ac30345d95c9ec933a817ee0bdd6a5f077f8c184a20e696910192d534414668", 595021),
+            "y": ("8ba87e515d8e3ee3cf52f6d2c5b86aa73f11ecad825a808455209ec26cd54924", 3014),
+            "ty": ("55e5bd1ba1e733a04598753ad1a8d57957f4b8f89e74519f41f4f4938767e4ce", 24135),
+            "ally": ("f704b2d986dde6c2669934de1f3ae5696a6cf9455c0f6b2646a2d135ea0a1c95", 55623),
+            "graph": ("d79a4ef9d3e7169aee8946145f6b7306e35bc79bffad26346cfb94e10e9912a7", 61987),
+            "test.index": ("2af990671580b6b2df5d158d1038f8292e30c9cd821b5453f399659b25b723d4", 5000),
+        }.items())),
     # UCI Machine Learning Repository, data set 228: a zip holding the collection and a readme.
     "sms_spam": RawDataset("sms_spam/raw", (
         RawFile("SMSSpamCollection", "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d", 477907,

@@ -13,20 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepsweep.data.sources import IdxImages, Split, Splits, read_idx
+from deepsweep.data.sources import IdxImages, Split, Splits, random_split, read_idx
 
 SHAPES = ("background", "circle", "square", "triangle")
 BACKGROUNDS = ("noise", "stripes")
 LABELS = ("binary", "digit")
-
-
-def _random_split(x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float,
-                  seed: int) -> tuple[Split, Split, Split]:
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_test, n_val = round(test_fraction * len(x)), round(val_fraction * len(x))
-    parts = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    test, val, train = (Split(x[rows], y[rows]) for rows in parts)
-    return train, val, test
 
 
 def draw_shape(mask: np.ndarray, shape: int, rng: np.random.Generator) -> np.ndarray:
@@ -77,7 +68,7 @@ class SyntheticShapes:
                 image = np.where(pixels, rng.uniform(0.5, 1.0), image)
                 y[i][pixels] = shape
             x[i, 0] = np.clip(image + rng.normal(0, self.noise, image.shape), 0, 1)
-        train, val, test = _random_split(x, y, self.val_fraction, self.test_fraction, self.split_seed)
+        train, val, test = random_split(x, y, self.val_fraction, self.test_fraction, self.split_seed)
         return Splits(train, val, test, list(SHAPES))
 
 

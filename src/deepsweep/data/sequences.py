@@ -15,7 +15,7 @@ import numpy as np
 
 from deepsweep import paths
 from deepsweep.errors import DataFileError
-from deepsweep.data.sources import Split, Splits, _stratified_split
+from deepsweep.data.sources import Split, Splits, _stratified_split, random_split
 
 PAD, MASK, UNK = "<pad>", "<mask>", "<unk>"
 SPECIALS = (PAD, MASK, UNK)  # ids 0, 1, 2: padding, the masked-token pretraining mask, unknown words
@@ -218,9 +218,6 @@ class SyntheticTranslation:
         for row, (source, target) in enumerate(pairs):
             x[row, : len(source)] = [index[c] for c in source]
             y[row, : len(target) + 1] = [index[c] for c in target] + [EOS_ID]
-        order = np.random.default_rng(self.split_seed + 1).permutation(len(pairs))
-        n_test, n_val = round(self.test_fraction * len(pairs)), round(self.val_fraction * len(pairs))
-        test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-        split = lambda rows: Split(x[rows], y[rows])  # noqa: E731
-        return (Splits(split(train), split(val), split(test), vocab),
+        train, val, test = random_split(x, y, self.val_fraction, self.test_fraction, self.split_seed + 1)
+        return (Splits(train, val, test, vocab),
                 {"vocab_size": len(vocab), "vocab": vocab, "pad_id": 0, "mask_id": 1, "bos_id": BOS_ID, "eos_id": EOS_ID})

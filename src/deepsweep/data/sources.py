@@ -51,6 +51,16 @@ def _stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) 
     return Split(x_keep, y_keep), Split(x_out, y_out)
 
 
+def random_split(x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float,
+                 seed: int) -> tuple[Split, Split, Split]:
+    """Train, validation and test rows of one seeded permutation (labels that are masks or sequences, which
+    no stratification can follow)."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test, n_val = round(test_fraction * len(x)), round(val_fraction * len(x))
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    return Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test])
+
+
 @dataclass
 class Digits:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)."""

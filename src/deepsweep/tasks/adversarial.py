@@ -224,10 +224,7 @@ class AdversarialTask(Task):
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        for name in ("train/d_loss", "train/g_loss"):
-            value = self.trainer.callback_metrics.get(name)
-            if value is not None:
-                self.history.setdefault(name, []).append((self.current_epoch, float(value)))
+        self.record_history("train/d_loss", "train/g_loss")
         for scheduler in self.lr_schedulers() or []:
             scheduler.step()
 

@@ -187,6 +187,16 @@ class Task(EpochLoggingMixin, L.LightningModule):
 
         return Chunked(loader, self.steps_per_call) if self.steps_per_call > 1 else loader
 
+    def record_history(self, *names: str) -> None:
+        """Append this epoch's value of each named metric to ``self.history`` (name -> [(epoch, value)]): the
+        loss curves a two-player task (GANs, CycleGAN) draws in ``save_figures``, which no single logged loss
+        shows."""
+        history = self.__dict__.setdefault("history", {})
+        for name in names:
+            value = self.trainer.callback_metrics.get(name)
+            if value is not None:
+                history.setdefault(name, []).append((self.current_epoch, float(value)))
+
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:  # where scores_anomalies
         raise NotImplementedError(f"{type(self).__name__} gives no anomaly score")
 

@@ -134,10 +134,7 @@ class CycleGANTask(Task):
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        for name in ("train/d_loss", "train/g_loss"):
-            value = self.trainer.callback_metrics.get(name)
-            if value is not None:
-                self.history.setdefault(name, []).append((self.current_epoch, float(value)))
+        self.record_history("train/d_loss", "train/g_loss")
 
     def configure_optimizers(self):
         discriminators = [self.encoder, self.critic_a, self.encoder_b, self.critic_b]
