@@ -88,37 +88,10 @@ def test_repro_runs_then_skips_then_reruns_downstream(project_copy):
     assert stale() == ["evaluate"]
 
 
-def test_exp_run_with_set_param(project_copy):
-    for cmd in (["git", "add", "-A"],):
-        subprocess.run(cmd, cwd=project_copy, check=True)
-    out = dvc(project_copy, "exp", "run", "-S", "trainer.max_epochs=1", "-S", "pretrain.epochs=1",
-              "-S", "model.hidden_dims=[32]")
-    assert "Ran experiment" in out, out
-    params = (project_copy / "params.yaml").read_text()
-    assert "hidden_dims:\n  - 32\n" in params or "hidden_dims:\n- 32\n" in params
-    # `dvc exp show` lists that one experiment with the values set by -S and the metrics it wrote.
-    shown = json.loads(dvc(project_copy, "exp", "show", "--json"))
-    revisions = [rev for row in shown for exp in (row.get("experiments") or []) for rev in exp.get("revs", [])]
-    assert len(revisions) == 1, shown
-    data = revisions[0]["data"]
-    recorded = data["params"]["params.yaml"]["data"]
-    assert recorded["trainer"]["max_epochs"] == 1 and recorded["pretrain"]["epochs"] == 1
-    assert recorded["model"]["hidden_dims"] == [32]
-    metrics = json.loads((project_copy / "artifacts/evaluate/metrics.json").read_text())
-    assert data["metrics"]["artifacts/evaluate/metrics.json"]["data"] == pytest.approx(metrics)
-    # The readable table: the params that differ between the runs shown, and the metrics.
-    # (This copy's first commit has no dvc.lock, so its code deps show as changed too: left out here.)
-    header = dvc(project_copy, "exp", "show", "--only-changed", "--csv").splitlines()[0].split(",")
-    assert {"model.hidden_dims", "trainer.max_epochs", "accuracy", "roc_auc"} <= set(header), header
-    shown = [h for h in header if not h.startswith("src/")]
-    assert len(shown) <= 25, shown
-    # dvc plots diff overlays the experiment's learning curves on the workspace's.
-    name = revisions[0]["name"]
-    diff = json.loads(dvc(project_copy, "plots", "diff", name, "--json"))["data"]
-    assert set(diff["Fine-tuning loss"][0]["revisions"]) == {name, "workspace"}
-
-
-def test_queued_experiments_run_on_parallel_queue_workers(project_copy):
+def test_experiments_set_params_through_hydra_and_run_on_parallel_queue_workers(project_copy):
+    """`dvc exp run -S` composes conf/ through DVC's Hydra integration; queued, two run at once on `dvc queue`
+    workers, and `dvc exp show` / `dvc plots diff` read what each wrote. (One test for both: each experiment is
+    a whole pipeline of four stage processes, about 30 s of suite time.)"""
     import time
 
     for lr in ("0.01", "0.003"):
@@ -134,16 +107,27 @@ def test_queued_experiments_run_on_parallel_queue_workers(project_copy):
         time.sleep(3)
     assert status.count("Success") == 2, status
     shown = json.loads(dvc(project_copy, "exp", "show", "--json"))
-    experiments = [exp for row in shown for exp in (row.get("experiments") or [])]
+    revisions = [rev for row in shown for exp in (row.get("experiments") or []) for rev in exp.get("revs", [])]
+    assert len(revisions) == 2, shown
     results = []
-    for exp in experiments:
-        for revision in exp.get("revs", []):
-            data = revision.get("data") or {}
-            lr = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("optimizer", {}).get("lr")
-            metrics = data.get("metrics", {}).get("artifacts/evaluate/metrics.json", {}).get("data", {})
-            results.append((lr, metrics.get("accuracy")))
+    for revision in revisions:
+        data = revision["data"]
+        recorded = data["params"]["params.yaml"]["data"]
+        # What -S set, composed into the experiment's params.yaml by Hydra (the rest is conf/'s defaults).
+        assert recorded["trainer"]["max_epochs"] == 1 and recorded["pretrain"]["epochs"] == 1
+        assert recorded["model"]["hidden_dims"] == [32] and recorded["init"]["name"] == "he_normal"
+        results.append((recorded["optimizer"]["lr"], data["metrics"]["artifacts/evaluate/metrics.json"]["data"]))
     assert sorted(lr for lr, _ in results) == [0.003, 0.01], shown
-    assert all(acc is not None and acc > 0.3 for _, acc in results), results
+    assert all(metrics["accuracy"] > 0.3 and "roc_auc" in metrics for _, metrics in results), results
+    # The readable table: the params that differ between the runs shown, and the metrics.
+    # (This copy's first commit has no dvc.lock, so its code deps show as changed too: left out here.)
+    header = dvc(project_copy, "exp", "show", "--only-changed", "--csv").splitlines()[0].split(",")
+    assert {"model.hidden_dims", "trainer.max_epochs", "optimizer.lr", "accuracy", "roc_auc"} <= set(header), header
+    assert len([h for h in header if not h.startswith("src/")]) <= 25, header
+    # dvc plots diff overlays the two experiments' learning curves.
+    names = [revision["name"] for revision in revisions]
+    diff = json.loads(dvc(project_copy, "plots", "diff", *names, "--json"))["data"]
+    assert {name for curve in diff["Fine-tuning loss"] for name in curve["revisions"]} == set(names)
     # With no tracking setting, the queue workers' runs land in the project's own store (not in DVC's
     # temporary workspace copies, which are deleted): 4 stages of each experiment.
     import mlflow

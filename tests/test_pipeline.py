@@ -74,8 +74,10 @@ def test_stages_chain_and_record_everything(compose, tmp_path):
 
 @pytest.mark.parametrize("family", [
     [],
-    pytest.param(["experiment=sms_spam_lstm", "data.max_len=16"], marks=requires_shared("sms_spam")),
-    pytest.param(["experiment=sms_spam_transformer", "data.max_len=16"], marks=requires_shared("sms_spam")),
+    # A 500-word vocabulary: the next- and masked-token heads' width, most of these fits' cost at 8,000 (35 s).
+    pytest.param(["experiment=sms_spam_lstm", "data.max_len=16", "data.max_vocab=500"], marks=requires_shared("sms_spam")),
+    pytest.param(["experiment=sms_spam_transformer", "data.max_len=16", "data.max_vocab=500"],
+                 marks=requires_shared("sms_spam")),
     pytest.param(["experiment=cora_gcn", "pretrain=dgi"], marks=requires_shared("planetoid")),
     ["data=shapes", "model=unet", "data.num_samples=60", "data.size=16", "model.channels=[4,8]"],
 ])
@@ -138,7 +140,8 @@ def test_missing_upstream_output_is_named(fast_cfg, tmp_path):
         execute("pretrain", fast_cfg, tmp_path / "artifacts")
 
 
-@pytest.mark.parametrize("overrides", [["model=lenet", "regularizer=batchnorm"], ["model=resnet", "pretrain=denoising_autoencoder"]])
+@pytest.mark.parametrize("overrides", [["model=lenet", "regularizer=batchnorm"],
+                                       ["model=resnet", "model.channels=[8,8,8]", "pretrain=denoising_autoencoder"]])
 def test_run_all_nests_stage_runs_under_one_pipeline_run(compose, tmp_path, overrides):
     cfg = compose(*FAST, *overrides)
     summary = run_all(cfg, tmp_path / "job")

@@ -96,10 +96,10 @@ def test_vocabulary_and_encoding():
 
 
 @pytest.mark.parametrize("overrides", [
-    pytest.param(["data=sms_spam", "model=lstm", "pretrain=next_step", "data.max_len=16"],
+    pytest.param(["data=sms_spam", "model=lstm", "pretrain=next_step", "data.max_len=16", "data.max_vocab=500"],
                  marks=requires_shared("sms_spam")),
     pytest.param(["data=sms_spam", "model=transformer", "pretrain=masked_token", "data.max_len=16",
-                  "model.num_layers=1"], marks=requires_shared("sms_spam")),
+                  "data.max_vocab=500", "model.num_layers=1"], marks=requires_shared("sms_spam")),
     pytest.param(["data=ecg200", "model=gru", "pretrain=next_step"], marks=requires_shared("ecg200")),
 ])
 def test_sequence_pipelines_end_to_end(compose, tmp_path, overrides):
@@ -114,7 +114,7 @@ def test_sequence_pipelines_end_to_end(compose, tmp_path, overrides):
     for stage in ("prepare", "pretrain", "finetune", "evaluate"):
         execute(stage, cfg, artifacts)
     metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
-    assert metrics["roc_auc"] > 0.6  # measured 0.93 (sms_spam lstm), 0.88 (transformer), 0.73 (ecg200)
+    assert metrics["roc_auc"] > 0.6  # measured 0.86 (sms_spam lstm), 0.94 (transformer), 0.73 (ecg200)
     data = PreparedData.load(artifacts / "prepare")
     model = build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
     model.load_state_dict(torch.load(artifacts / "finetune" / "model.pt", weights_only=True)["state_dict"])
