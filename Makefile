@@ -77,7 +77,7 @@ cora-seeds: venv
 	  hydra.sweep.dir=outputs/sweeps/cora_sage_inductive
 
 # CiteSeer against Kipf & Welling (2017): the cora_gcn recipe, 10 seeds (README, "CiteSeer"). Its files are
-# not in the offline mirror: `deepsweep fetch citeseer` downloads them (or DEEPSWEEP_DATA_MIRROR).
+# not in the offline test mirror: prepare downloads them when missing (or from DEEPSWEEP_DATA_MIRROR).
 citeseer-seeds: venv
 	$(BIN)/deepsweep run -m experiment=citeseer_gcn 'seed=range(0,10)' hydra.sweep.dir=outputs/sweeps/citeseer_gcn
 

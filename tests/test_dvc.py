@@ -94,9 +94,11 @@ def test_experiments_set_params_through_hydra_and_run_on_parallel_queue_workers(
     a whole pipeline of four stage processes, about 30 s of suite time.)"""
     import time
 
-    for lr in ("0.01", "0.003"):
-        out = dvc(project_copy, "exp", "run", "--queue", "-S", f"optimizer.lr={lr}", "-S", "trainer.max_epochs=1",
-                  "-S", "pretrain.epochs=1", "-S", "model.hidden_dims=[32]", tracking_env=False)
+    # One sets a field of a group, the other also swaps a whole group option (init), as Hydra composes it.
+    for lr, init in (("0.01", "he_normal"), ("0.003", "xavier_uniform")):
+        out = dvc(project_copy, "exp", "run", "--queue", "-S", f"optimizer.lr={lr}", "-S", f"init={init}",
+                  "-S", "trainer.max_epochs=1", "-S", "pretrain.epochs=1", "-S", "model.hidden_dims=[32]",
+                  tracking_env=False)
         assert "Queued experiment" in out, out
     dvc(project_copy, "queue", "start", "-j", "2", tracking_env=False)
     deadline = time.monotonic() + 500
@@ -109,33 +111,43 @@ def test_experiments_set_params_through_hydra_and_run_on_parallel_queue_workers(
     shown = json.loads(dvc(project_copy, "exp", "show", "--json"))
     revisions = [rev for row in shown for exp in (row.get("experiments") or []) for rev in exp.get("revs", [])]
     assert len(revisions) == 2, shown
-    results = []
+    results = {}
     for revision in revisions:
         data = revision["data"]
         recorded = data["params"]["params.yaml"]["data"]
         # What -S set, composed into the experiment's params.yaml by Hydra (the rest is conf/'s defaults).
         assert recorded["trainer"]["max_epochs"] == 1 and recorded["pretrain"]["epochs"] == 1
-        assert recorded["model"]["hidden_dims"] == [32] and recorded["init"]["name"] == "he_normal"
-        results.append((recorded["optimizer"]["lr"], data["metrics"]["artifacts/evaluate/metrics.json"]["data"]))
-    assert sorted(lr for lr, _ in results) == [0.003, 0.01], shown
-    assert all(metrics["accuracy"] > 0.3 and "roc_auc" in metrics for _, metrics in results), results
+        assert recorded["model"]["hidden_dims"] == [32]
+        results[recorded["optimizer"]["lr"]] = (recorded["init"], data["metrics"]["artifacts/evaluate/metrics.json"]["data"])
+    assert sorted(results) == [0.003, 0.01], shown
+    # The swapped group is the whole option file, not a renamed default.
+    import yaml
+
+    option = yaml.safe_load((project_copy / "conf" / "init" / "xavier_uniform.yaml").read_text())
+    assert results[0.003][0] == option and option["scheme"] == "xavier_uniform", results[0.003][0]
+    assert results[0.01][0]["name"] == "he_normal"
     # The readable table: the params that differ between the runs shown, and the metrics.
     # (This copy's first commit has no dvc.lock, so its code deps show as changed too: left out here.)
     header = dvc(project_copy, "exp", "show", "--only-changed", "--csv").splitlines()[0].split(",")
     assert {"model.hidden_dims", "trainer.max_epochs", "optimizer.lr", "accuracy", "roc_auc"} <= set(header), header
     assert len([h for h in header if not h.startswith("src/")]) <= 25, header
-    # dvc plots diff overlays the two experiments' learning curves.
+    # dvc plots diff overlays the two experiments' learning curves in one plot.
     names = [revision["name"] for revision in revisions]
     diff = json.loads(dvc(project_copy, "plots", "diff", *names, "--json"))["data"]
-    assert {name for curve in diff["Fine-tuning loss"] for name in curve["revisions"]} == set(names)
+    assert set(diff["Fine-tuning loss"][0]["revisions"]) == set(names)
     # With no tracking setting, the queue workers' runs land in the project's own store (not in DVC's
     # temporary workspace copies, which are deleted): 4 stages of each experiment.
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project_copy / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("deepsweep").experiment_id])
-    assert sorted(r.data.params["optimizer.lr"] for r in runs if r.info.run_name == "evaluate") == ["0.003", "0.01"]
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    evaluated = {float(r.data.params["optimizer.lr"]): r for r in runs if r.info.run_name == "evaluate"}
+    assert sorted(evaluated) == [0.003, 0.01] and {r.info.status for r in runs} == {"FINISHED"}
+    # What `dvc exp show` read from each experiment's metrics.json is what its evaluate stage recorded.
+    for lr, (_, metrics) in results.items():
+        recorded = evaluated[lr].data.metrics
+        assert metrics["accuracy"] > 0.3 and {k: metrics[k] for k in ("accuracy", "roc_auc")} == pytest.approx(
+            {k: recorded[f"evaluate.{k}"] for k in ("accuracy", "roc_auc")}), (lr, metrics, recorded)
 
 
 def test_ready_made_pipelines_are_their_own_dvc_projects():

@@ -446,7 +446,8 @@ def test_citeseer_files_come_from_planetoids_urls_to_where_its_loader_reads_them
 
 
 def _write_planetoid(raw: Path, prefix: str, train: int, unlabelled: int, test_ids: list[int], classes: int):
-    """Planetoid's "ind" files (pickles of scipy CSR features and one-hot labels, a graph dict, the test ids)."""
+    """Planetoid's "ind" files (pickles of scipy CSR features and one-hot labels, a graph dict, the test ids in
+    the file's order); returns the test rows' features as written (tx)."""
     import pickle
 
     import numpy as np
@@ -456,30 +457,35 @@ def _write_planetoid(raw: Path, prefix: str, train: int, unlabelled: int, test_i
     rng = np.random.default_rng(0)
 
     def features(n: int):
-        return sp.csr_matrix(rng.integers(0, 2, (n, 8)).astype(np.float32))
+        return sp.csr_matrix(rng.integers(0, 2, (n, 8)).astype(np.float32) + np.eye(n, 8, dtype=np.float32))
 
     def one_hot(n: int):
         return np.eye(classes, dtype=np.int64)[np.arange(n) % classes]
 
     allx, ally = features(labelled), one_hot(labelled)
-    parts = {"x": allx[:train], "y": ally[:train], "allx": allx, "ally": ally,
-             "tx": features(len(test_ids)), "ty": one_hot(len(test_ids)),
+    tx = features(len(test_ids))
+    parts = {"x": allx[:train], "y": ally[:train], "allx": allx, "ally": ally, "tx": tx, "ty": one_hot(len(test_ids)),
              "graph": {i: [i + 1] for i in range(max(test_ids))}}
     raw.mkdir(parents=True)
     for part, value in parts.items():
         (raw / f"ind.{prefix}.{part}").write_bytes(pickle.dumps(value))
     (raw / f"ind.{prefix}.test.index").write_text("".join(f"{i}\n" for i in test_ids))
+    return torch.tensor(tx.toarray())
 
 
-def test_citeseer_gives_its_missing_test_papers_as_isolated_nodes(compose, tmp_path):
-    """CiteSeer's test ids skip papers absent from its files: they become featureless nodes outside every split,
-    as in Kipf & Welling's loader (torch-geometric's Planetoid reads them so)."""
-    _write_planetoid(tmp_path / "CiteSeer" / "raw", "citeseer", train=12, unlabelled=8,
-                     test_ids=[520, 521, 523, 524, 526, 527, 528, 529], classes=6)
+def test_citeseer_places_its_unsorted_test_rows_and_pads_the_ids_they_skip(compose, tmp_path):
+    """CiteSeer's test index is unsorted and skips 15 ids of its range: each test row lands on the node its id
+    names, and the skipped ids become zero-feature nodes outside every split that keep their edges, as in Kipf &
+    Welling's loader (torch-geometric's Planetoid reads CiteSeer so)."""
+    test_ids = [527, 520, 529, 523, 521, 528, 524, 526]  # 522 and 525 skipped
+    tx = _write_planetoid(tmp_path / "CiteSeer" / "raw", "citeseer", train=12, unlabelled=8, test_ids=test_ids,
+                          classes=6)
     cfg = compose("data=citeseer", "model=gcn", "pretrain=none", f"data.root={tmp_path}")
     graph, meta = build(cfg.data).load()
     assert meta["num_classes"] == 6 and meta["sizes"] == {"train": 12, "val": 500, "test": 8}
     assert meta["num_nodes"] == 530 and meta["input_shape"] == [8]
-    missing = torch.tensor([522, 525])
-    assert not graph["test_mask"][missing].any() and graph["x"][missing].abs().sum() == 0
-    assert graph["x"][graph["test_mask"]].sum(dim=1).gt(0).sum() >= 1
+    for row, node in enumerate(test_ids):  # row-normalized features, as data=citeseer asks
+        assert torch.allclose(graph["x"][node], tx[row] / tx[row].sum()), node
+    skipped = torch.tensor([522, 525])
+    assert not graph["test_mask"][skipped].any() and graph["x"][skipped].abs().sum() == 0
+    assert all(((graph["edge_index"] == node).any(dim=0)).any() for node in (522, 525))

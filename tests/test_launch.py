@@ -72,7 +72,8 @@ def _sweep_jobs() -> tuple[list, list]:
 
 @pytest.mark.slow
 def test_optuna_search_runs_trials_as_child_runs(tmp_path, isolated_tracking):
-    # One worker runs both trials: a second would cost its own start-up (torch, Lightning, MLflow) on 2 cores.
+    # n_jobs=1: joblib runs both trials in the sweep's process (the parallel launcher's workers are tested in
+    # tests/test_sweep.py); two workers would each cost a start-up (torch, Lightning, MLflow) on 2 cores.
     result = deepsweep_cli("run", "hparams_search=digits_optuna", "hydra.sweeper.n_trials=2", *FAST,
                            f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.launcher.n_jobs=1")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -48,6 +48,9 @@ def test_readme_rows_are_the_committed_metrics():
         folder = ROOT / ("artifacts" if not item.name else f"pipelines/{item.name}/artifacts")
         metrics = json.loads((folder / "evaluate" / "metrics.json").read_text())
         assert rows[item.label][1:4] == results._triple(metrics), f"README row {item.label!r} != {folder}/evaluate/metrics.json"
+    (single, _seeds) = results.table_rows(README, "citeseer")
+    metrics = json.loads((ROOT / "pipelines" / "citeseer_gcn" / "artifacts" / "evaluate" / "metrics.json").read_text())
+    assert single[1:4] == results._triple(metrics), "README's CiteSeer pipeline row != its metrics.json"
     rows = {row[0]: row for row in results.table_rows(README, "structured")}
     for item, keys in results.STRUCTURED:
         metrics = json.loads((ROOT / "pipelines" / item.name / "artifacts" / "evaluate" / "metrics.json").read_text())

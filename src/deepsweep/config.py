@@ -110,6 +110,26 @@ def _show(value: Any) -> str:
     return "null" if value is None else repr(value)
 
 
+BUILD_KEYS = ("_target_", "_partial_", "_args_")
+
+
+def _foreign_builds(reference: Any, value: Any, key: str, source: str, errors: list[str]) -> None:
+    """What gets built comes only from the option files: a params file or an override that names another
+    callable would run code the config groups never offered. Checked before every other key, and alone: the
+    rules that ask what a group's class is (graph data, say) cannot judge a config whose class is refused."""
+    if not (isinstance(reference, Mapping) and isinstance(value, Mapping)):
+        return
+    for k, ref in reference.items():
+        if k not in value:
+            continue
+        if str(k) in BUILD_KEYS:
+            if value[k] != ref:
+                errors.append(f"{key}.{k}: {_show(value[k])} is not allowed; what is built comes only from "
+                              f"{source} ({ref!r}): choose another option of the group instead")
+        else:
+            _foreign_builds(ref, value[k], f"{key}.{k}", source, errors)
+
+
 def _check(reference: Any, value: Any, key: str, source: str, errors: list[str], whole: Mapping[str, Any]) -> None:
     """Compare ``value`` with the option file's default ``reference`` at ``key``: its shape and type, then the
     range rule of the key (deepsweep.constraints). ``whole`` is the full config, for rules that read another key."""
@@ -126,13 +146,7 @@ def _check(reference: Any, value: Any, key: str, source: str, errors: list[str],
         for k, ref in reference.items():
             if k not in value:
                 errors.append(f"{key}.{k}: missing (default in {source}: {ref!r})")
-            elif str(k) in ("_target_", "_partial_", "_args_"):
-                # What gets built comes only from the option files: a params file or an override that names
-                # another callable would run code the config groups never offered.
-                if value[k] != ref:
-                    errors.append(f"{key}.{k}: {_show(value[k])} is not allowed; what is built comes only from "
-                                  f"{source} ({ref!r}): choose another option of the group instead")
-            else:
+            elif str(k) not in BUILD_KEYS:  # checked first, by _foreign_builds
                 _check(ref, value[k], f"{key}.{k}", source, errors, whole)
         return
     rule = rule_for(key)
@@ -239,6 +253,10 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
             if field_value is not None:  # null: as the optimizer group says
                 _check(fields[key], field_value, f"pretrain.optimizer.{key}",
                        f"conf/optimizer/{value['optimizer']['name']}.yaml", errors, value)
+    for group in GROUPS:
+        _foreign_builds(reference[group], value[group], group, f"conf/{group}/{value[group]['name']}.yaml", errors)
+    if errors:
+        raise _invalid(errors)
     for group in GROUPS:
         _check(reference[group], value[group], group, f"conf/{group}/{value[group]['name']}.yaml", errors, value)
     for key in TOP_LEVEL:

@@ -39,7 +39,7 @@ class Rule:
             return True  # whether null may stand here is decided by the default (config._check)
         try:
             return bool(self.check(value, cfg))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, ImportError):
             return False
 
 
@@ -84,11 +84,12 @@ def widths(empty_ok: bool = False) -> Rule:
 
 
 def _graph(cfg: Mapping[str, Any]) -> bool:
-    """The data option's source declares graph data (a new graph data set needs no edit here)."""
-    from deepsweep.kinds import declared_kind
+    """The data option's source declares graph data (a new graph data set needs no edit here). Read from the
+    source, never imported: the config is not yet known to be valid, and its ``_target_`` could name any module."""
+    from deepsweep.kinds import declared_in_source
 
     target = cfg.get("data", {}).get("_target_")
-    return isinstance(target, str) and declared_kind(target) == "graph"
+    return isinstance(target, str) and declared_in_source(target, "kind") == "graph"
 
 
 def _whole_graph(cfg: Mapping[str, Any]) -> bool:
@@ -106,7 +107,8 @@ def _has_dropout(cfg: Mapping[str, Any]) -> bool:
 # The families whose every activation follows a layer of nn.layers.Layers.dense or .conv, which widens it for
 # maxout's pieces (tests/test_activations.py builds each with maxout and every other family refusing it).
 MAXOUT_FAMILIES = ("mlp", "lenet", "vgg", "inception", "unet")
-# Planetoid data options -> the set each reads (torch-geometric's name for it).
+# Planetoid data options -> the set each reads, spelled as torch-geometric names its folder. A new one comes with
+# its files' entry in data/downloads.py's CATALOG, which places them under that folder.
 PLANETOID_SETS = {"cora": "Cora", "citeseer": "CiteSeer"}
 
 PROBABILITY = real(0, 1, high_open=True)
@@ -145,8 +147,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
                                             else ("first_bit", "parity")), names=True)),
     ("data.background", one_of("noise", "stripes")),
     # The option's name tags the runs and meta.json: a Planetoid set other than the one it names would be
-    # recorded as that one. PubMed gets an option once its files' sha256 are in data/downloads.py's CATALOG.
-    ("data.name_in_source", Rule("the set the option names (data=cora: Cora, data=citeseer: CiteSeer)",
+    # recorded as that one.
+    ("data.name_in_source", Rule("the set the option names ("
+                                 + ", ".join(f"data={o}: {s}" for o, s in PLANETOID_SETS.items()) + ")",
                                  lambda v, cfg: v == PLANETOID_SETS.get(cfg.get("data", {}).get("name")),
                                  names=True)),
     ("data.labels", one_of("binary", "digit")),

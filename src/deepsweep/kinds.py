@@ -39,6 +39,14 @@ def declared(target: str, attribute: str) -> str:
     return value
 
 
+def declared_in_source(target: str, attribute: str) -> str | None:
+    """What ``declared`` reads from the source alone, never importing ``target``'s module (None where the source
+    does not say): for checks that run on a config before it is known to be valid, where ``_target_`` may be
+    anything a user typed."""
+    module, _, name = target.rpartition(".")
+    return _source_attribute(module, name, attribute, 0) if module else None
+
+
 @functools.lru_cache(maxsize=None)
 def _module_tree(module: str):
     import ast

@@ -228,7 +228,7 @@ def _cora(quick: bool) -> tuple[list[list[str]], str]:
 
 
 CITESEER = Sweep("citeseer_gcn", ["make", "citeseer-seeds"])
-CITESEER_PIPELINE = Pipeline("pipeline (seed 0)", "citeseer_gcn")
+CITESEER_PIPELINE = Pipeline("citeseer_gcn", "citeseer_gcn")
 
 
 def _citeseer(quick: bool) -> tuple[list[list[str]], str]:

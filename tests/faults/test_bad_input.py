@@ -44,6 +44,8 @@ CLI_CASES = [
     (["run", "-m", "seed=0,-1"], "seed"),  # a sweep: refused before its first job
     (["run", "finetune.label_fraction=0"], "finetune.label_fraction"),
     (["run", "pretrain.task._target_=os.system"], "pretrain.task._target_"),
+    # A module named by _target_ is refused, never imported, even where another rule asks what the data's class is.
+    (["run", "data=karate", "model=gcn", "pretrain=none", "data._target_=this.X"], "data._target_"),
     (["params", "-o", "-", "model.hidden_dims=[]"], "model.hidden_dims"),
     (["run", "-m", "init=glob(he_*)", "trainer.max_epochs=0"], "trainer.max_epochs"),  # globs expand up front
     (["run", "data=cora"], "data=cora"),  # across groups: an MLP does not read a graph

@@ -359,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true", help="rebuild the page from the study's last sweep, running nothing")
     p.set_defaults(func=_cmd_study)
     p = sub.add_parser("results", help="rerun what README's result tables quote and rewrite them (--quick: check a few rows)")
-    p.add_argument("tables", nargs="*", help="tables to redo (default: all): pipelines, pretrained, pretraining, "
-                                              "anomaly, vanishing, cora, cora_inductive, losses")
+    p.add_argument("tables", nargs="*", help="tables to redo (default: all, in README's order; "
+                                              "an unknown name lists them)")
     p.add_argument("--quick", action="store_true", help="rerun the quick rows (dvc repro -f rewrites their outputs and "
                                                         "dvc.lock, as any repro) and check them against README, "
                                                         "which stays as it is (exit 1 if a cell differs)")

@@ -1,4 +1,5 @@
-"""Graph data sources (torch-geometric): Cora with the Planetoid public split, and Zachary's karate club.
+"""Graph data sources (torch-geometric): Cora and CiteSeer with the Planetoid public split, and Zachary's karate
+club.
 
 Planetoid reads the raw files from ``root`` (fetched by ``data.downloads`` when missing; copied to a scratch
 folder first, so PyG's processed/ cache never lands beside them), and KarateClub ships inside torch-geometric.

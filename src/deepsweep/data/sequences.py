@@ -218,6 +218,7 @@ class SyntheticTranslation:
         for row, (source, target) in enumerate(pairs):
             x[row, : len(source)] = [index[c] for c in source]
             y[row, : len(target) + 1] = [index[c] for c in target] + [EOS_ID]
+        # Another stream than the pairs' own (split_seed drew them): the split is no function of the draw order.
         train, val, test = random_split(x, y, self.val_fraction, self.test_fraction, self.split_seed + 1)
         return (Splits(train, val, test, vocab),
                 {"vocab_size": len(vocab), "vocab": vocab, "pad_id": 0, "mask_id": 1, "bos_id": BOS_ID, "eos_id": EOS_ID})
