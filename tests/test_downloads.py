@@ -18,9 +18,9 @@ from deepsweep.data.downloads import CATALOG, ensure
 from deepsweep.errors import DataFileError, DownloadError
 
 
-# Checksummed from the canonical repository (kimiyoung/planetoid at af6abf4, whose Cora files are byte-identical
-# to the mirror's), not served offline: `deepsweep fetch citeseer` downloads them.
-NOT_IN_THE_OFFLINE_MIRROR = {"citeseer"}
+# Checksummed from the canonical repository (see data/downloads.py's CATALOG), not served offline: `deepsweep
+# fetch citeseer pubmed` downloads them.
+NOT_IN_THE_OFFLINE_MIRROR = {"citeseer", "pubmed"}
 
 
 @requires_shared("mnist", "fashion_mnist", "planetoid", "sms_spam", "ecg200")

@@ -426,22 +426,26 @@ def test_each_planetoid_option_reads_the_set_it_names(compose):
     from deepsweep.config import ConfigError, validate
 
     with pytest.raises(ConfigError, match="data.name_in_source: 'CiteSeer' is not allowed; allowed: the set the "
-                                          "option names \\(data=cora: Cora, data=citeseer: CiteSeer\\)"):
+                                          "option names \\(data=cora: Cora, data=citeseer: CiteSeer, "
+                                          "data=pubmed: PubMed\\)"):
         validate(compose("data=cora", "model=gcn", "pretrain=none", "data.name_in_source=CiteSeer"))
     with pytest.raises(ConfigError, match="data.name_in_source: 'Cora' is not allowed"):
         validate(compose("data=citeseer", "model=gcn", "pretrain=none", "data.name_in_source=Cora"))
+    with pytest.raises(ConfigError, match="data.name_in_source: 'CiteSeer' is not allowed"):
+        validate(compose("data=pubmed", "model=gcn", "pretrain=none", "data.name_in_source=CiteSeer"))
 
 
-def test_citeseer_files_come_from_planetoids_urls_to_where_its_loader_reads_them(compose, tmp_path):
+@pytest.mark.parametrize("option,folder", [("citeseer", "CiteSeer"), ("pubmed", "PubMed")])
+def test_planetoid_files_come_from_planetoids_urls_to_where_its_loader_reads_them(compose, tmp_path, option, folder):
     from deepsweep.data.downloads import CATALOG, PLANETOID_URL, RawDataset
     from deepsweep.data.graphs import PLANETOID_FILES
 
-    cfg = compose("data=citeseer", "model=gcn", "pretrain=none", f"data.root={tmp_path}")
-    catalog: RawDataset = CATALOG["citeseer"]
-    names = [f"ind.citeseer.{part}" for part in PLANETOID_FILES]
-    assert [raw.name for raw in catalog.files] == [f"CiteSeer/raw/{n}" for n in names]
+    cfg = compose(f"data={option}", "model=gcn", "pretrain=none", f"data.root={tmp_path}")
+    catalog: RawDataset = CATALOG[option]
+    names = [f"ind.{option}.{part}" for part in PLANETOID_FILES]
+    assert [raw.name for raw in catalog.files] == [f"{folder}/raw/{n}" for n in names]
     assert [raw.url for raw in catalog.files] == [PLANETOID_URL + n for n in names]
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/CiteSeer/raw lacks the Planetoid file"):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/{folder}/raw lacks the Planetoid file"):
         build(cfg.data).raw_dir()
 
 
@@ -489,3 +493,19 @@ def test_citeseer_places_its_unsorted_test_rows_and_pads_the_ids_they_skip(compo
     skipped = torch.tensor([522, 525])
     assert not graph["test_mask"][skipped].any() and graph["x"][skipped].abs().sum() == 0
     assert all(((graph["edge_index"] == node).any(dim=0)).any() for node in (522, 525))
+
+
+def test_pubmed_experiment_is_the_papers_recipe_on_pubmeds_files(compose, tmp_path):
+    """experiment=pubmed_gcn reads PubMed's files (3 classes, 60 training papers in the real set) with Kipf &
+    Welling's settings; its test ids are contiguous, so no node is padded."""
+    test_ids = [512, 510, 513, 511]  # right after allx's rows: 6 training, 500 validation, 4 unlabelled papers
+    tx = _write_planetoid(tmp_path / "PubMed" / "raw", "pubmed", train=6, unlabelled=4, test_ids=test_ids,
+                          classes=3)
+    cfg = compose("experiment=pubmed_gcn", f"data.root={tmp_path}")
+    assert (cfg.data.name, cfg.init.scheme, cfg.regularizer.dropout, cfg.optimizer.lr, cfg.optimizer.weight_decay,
+            cfg.model.name) == ("pubmed", "xavier_uniform", 0.5, 0.01, 5e-4, "gcn")
+    graph, meta = build(cfg.data).load()
+    assert meta["num_classes"] == 3 and meta["num_nodes"] == 514
+    assert meta["sizes"] == {"train": 6, "val": 500, "test": 4}
+    for row, node in enumerate(test_ids):
+        assert torch.allclose(graph["x"][node], tx[row] / tx[row].sum()), node

@@ -109,7 +109,7 @@ def _has_dropout(cfg: Mapping[str, Any]) -> bool:
 MAXOUT_FAMILIES = ("mlp", "lenet", "vgg", "inception", "unet")
 # Planetoid data options -> the set each reads, spelled as torch-geometric names its folder. A new one comes with
 # its files' entry in data/downloads.py's CATALOG, which places them under that folder.
-PLANETOID_SETS = {"cora": "Cora", "citeseer": "CiteSeer"}
+PLANETOID_SETS = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
 
 PROBABILITY = real(0, 1, high_open=True)
 FRACTION = real(0, 1, low_open=True, high_open=True)

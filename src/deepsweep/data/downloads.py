@@ -61,6 +61,15 @@ PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data/"  # tor
 UCI_SMS_SPAM = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
 UCR_ECG200 = "https://www.timeseriesclassification.com/aeon-toolkit/ECG200.zip"
 
+
+def _planetoid(folder: str, parts: dict[str, tuple[str, int]]) -> RawDataset:
+    """A Planetoid set's eight "ind" files under root/<folder>/raw, where torch-geometric's loader reads them."""
+    prefix = folder.lower()
+    return RawDataset("planetoid", tuple(
+        RawFile(f"{folder}/raw/ind.{prefix}.{part}", sha, size, f"{PLANETOID_URL}ind.{prefix}.{part}")
+        for part, (sha, size) in parts.items()))
+
+
 CATALOG: dict[str, RawDataset] = {
     # torchvision.datasets.MNIST.mirrors[0]; http://yann.lecun.com/exdb/mnist/ serves the same bytes.
     "mnist": RawDataset("mnist/raw", _idx("https://ossci-datasets.s3.amazonaws.com/mnist/", {
@@ -76,33 +85,41 @@ CATALOG: dict[str, RawDataset] = {
         "t10k-images-idx3-ubyte.gz": ("346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", 4422102),
         "t10k-labels-idx1-ubyte.gz": ("67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", 5148),
     })),
-    # Planetoid (Yang et al. 2016) as torch-geometric downloads it; root/Cora/raw is what PyG reads.
-    "cora": RawDataset("planetoid", tuple(
-        RawFile(f"Cora/raw/ind.cora.{part}", sha, size, f"{PLANETOID_URL}ind.cora.{part}")
-        for part, (sha, size) in {
-            "x": ("23cfa55d91c6f624233f5eb7b6e3f141f1bd2b2ae39608a63cf5d084bb27baab", 22119),
-            "tx": ("b9afbaa4a400df991f6f02ef677e1e44da55ffc04801fd02f9e673987829226a", 148025),
-            "allx": ("9419ba2f26f5c35243db64aba110e0f35a04851609e0dc5433450676ca6b8543", 257305),
-            "y": ("94465c14eb53e04ca262198dcbb2521ee8af60fb3f3d546cd6ca24a511b0e7d1", 4054),
-            "ty": ("41f5ac76596a1699cc33f53084a2419e92961c42bb75f36fc38e616d348532ad", 28135),
-            "ally": ("2b998f5cc7fedc86e7f97ca2498f47a1ffc1462c29e2d578b23bf3f62b6e7d71", 47959),
-            "graph": ("58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d", 59847),
-            "test.index": ("297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875", 5000),
-        }.items())),
-    # The same repository and URLs as Cora (the sha256 of its files at kimiyoung/planetoid af6abf4, which also
-    # holds Cora's files byte for byte). PubMed has no entry: its ind.pubmed.allx was not available to checksum.
-    "citeseer": RawDataset("planetoid", tuple(
-        RawFile(f"CiteSeer/raw/ind.citeseer.{part}", sha, size, f"{PLANETOID_URL}ind.citeseer.{part}")
-        for part, (sha, size) in {
-            "x": ("d20de19150741e555de0ed037195630fc194114ebc7fd72ced62810148aa22f6", 31087),
-            "tx": ("539a8906a2da97628d212f2fdd668c109a8b3f0d36574b59e5d3fd5b5303da21", 260321),
-            "allx": ("2ac30345d95c9ec933a817ee0bdd6a5f077f8c184a20e696910192d534414668", 595021),
-            "y": ("8ba87e515d8e3ee3cf52f6d2c5b86aa73f11ecad825a808455209ec26cd54924", 3014),
-            "ty": ("55e5bd1ba1e733a04598753ad1a8d57957f4b8f89e74519f41f4f4938767e4ce", 24135),
-            "ally": ("f704b2d986dde6c2669934de1f3ae5696a6cf9455c0f6b2646a2d135ea0a1c95", 55623),
-            "graph": ("d79a4ef9d3e7169aee8946145f6b7306e35bc79bffad26346cfb94e10e9912a7", 61987),
-            "test.index": ("2af990671580b6b2df5d158d1038f8292e30c9cd821b5453f399659b25b723d4", 5000),
-        }.items())),
+    # Planetoid (Yang et al. 2016) as torch-geometric downloads it; root/<Set>/raw is what PyG reads. The sha256
+    # of the files at kimiyoung/planetoid af6abf4, the repository of those URLs (Cora's are byte-identical to
+    # the offline mirror's). Its ind.pubmed.allx blob is missing from every snapshot this project could reach:
+    # its sha256 and size are the git-lfs pointer's of D61-IA/FisherGCN 140cb29, a copy whose 23 other
+    # Planetoid files (Cora, CiteSeer and PubMed's) hash exactly as kimiyoung's.
+    "cora": _planetoid("Cora", {
+        "x": ("23cfa55d91c6f624233f5eb7b6e3f141f1bd2b2ae39608a63cf5d084bb27baab", 22119),
+        "tx": ("b9afbaa4a400df991f6f02ef677e1e44da55ffc04801fd02f9e673987829226a", 148025),
+        "allx": ("9419ba2f26f5c35243db64aba110e0f35a04851609e0dc5433450676ca6b8543", 257305),
+        "y": ("94465c14eb53e04ca262198dcbb2521ee8af60fb3f3d546cd6ca24a511b0e7d1", 4054),
+        "ty": ("41f5ac76596a1699cc33f53084a2419e92961c42bb75f36fc38e616d348532ad", 28135),
+        "ally": ("2b998f5cc7fedc86e7f97ca2498f47a1ffc1462c29e2d578b23bf3f62b6e7d71", 47959),
+        "graph": ("58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d", 59847),
+        "test.index": ("297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875", 5000),
+    }),
+    "citeseer": _planetoid("CiteSeer", {
+        "x": ("d20de19150741e555de0ed037195630fc194114ebc7fd72ced62810148aa22f6", 31087),
+        "tx": ("539a8906a2da97628d212f2fdd668c109a8b3f0d36574b59e5d3fd5b5303da21", 260321),
+        "allx": ("2ac30345d95c9ec933a817ee0bdd6a5f077f8c184a20e696910192d534414668", 595021),
+        "y": ("8ba87e515d8e3ee3cf52f6d2c5b86aa73f11ecad825a808455209ec26cd54924", 3014),
+        "ty": ("55e5bd1ba1e733a04598753ad1a8d57957f4b8f89e74519f41f4f4938767e4ce", 24135),
+        "ally": ("f704b2d986dde6c2669934de1f3ae5696a6cf9455c0f6b2646a2d135ea0a1c95", 55623),
+        "graph": ("d79a4ef9d3e7169aee8946145f6b7306e35bc79bffad26346cfb94e10e9912a7", 61987),
+        "test.index": ("2af990671580b6b2df5d158d1038f8292e30c9cd821b5453f399659b25b723d4", 5000),
+    }),
+    "pubmed": _planetoid("PubMed", {
+        "x": ("fbe9cb5c47200d1b7769a26e579be3b7130b556831f9d850e77c4c74f2599b33", 23172),
+        "tx": ("4eb5f5d0f30f26497eb0ac6ac9719d09c67e284f1ed0385c93f3ef27a671da3d", 405505),
+        "allx": ("508e538e2abdccdd54c4d3e9f49d638b4af7107d85845f66ddea5a5152658b7e", 7578385),
+        "y": ("e6c807633307a07ed659249006536a147c7999c797f11a2560752990181b41b3", 854),
+        "ty": ("ee2e0d4819d9fbcc403689c3bf2e49face401b605932f093bc58ab6461130fdd", 12135),
+        "ally": ("0c37bbe3b5014ec365e9d393cf4791925e5ed94fb194305d74f064a8d7b50f0e", 224739),
+        "graph": ("5b89f0036ca22909471f1e6558eb42fa06e0c730a577bde5b058b40638f81dc9", 471808),
+        "test.index": ("b101d421688bbaecbd82e8a18f1e282378d6830f3a37666f28ebc47f844341b5", 6000),
+    }),
     # UCI Machine Learning Repository, data set 228: a zip holding the collection and a readme.
     "sms_spam": RawDataset("sms_spam/raw", (
         RawFile("SMSSpamCollection", "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d", 477907,
