@@ -33,7 +33,7 @@ def test_unknown_option_lists_allowed():
         compose(["model=nope"])
     cfg = compose([])
     cfg.model.name = "nope"
-    with pytest.raises(ConfigError, match="model.name: unknown model option 'nope'; allowed: dcgan, gat, gcn, gru, inception, lenet, lstm, mlp, resnet, rnn, sage, seq2seq, transformer, unet, vgg"):
+    with pytest.raises(ConfigError, match="model.name: unknown model option 'nope'; allowed: dcgan, gat, gcn, gru, inception, lenet, lstm, mlp, resnet, rnn, sage, seq2seq, seq2seq_transformer, transformer, unet, vgg"):
         validate(cfg)
 
 

@@ -13,7 +13,7 @@ from deepsweep.config import ConfigError, validate
 from deepsweep.data.sequences import BOS_ID, EOS_ID, SyntheticTranslation
 from deepsweep.factory import build_model, check_compatible
 from deepsweep.metrics import sequence_metrics
-from deepsweep.models.seq2seq import Attention
+from deepsweep.models.seq2seq import Attention, TransformerSeq2Seq
 
 
 def test_translation_pairs_are_what_their_task_says():
@@ -104,7 +104,7 @@ def test_sequence_metrics_by_hand():
 
 def test_translation_needs_the_seq2seq_family_and_valid_fields(compose):
     with pytest.raises(ConfigError, match=r"model=gru does not read sequence data labelled with an output sequence "
-                                          r"\(data=translation\); models for it: seq2seq"):
+                                          r"\(data=translation\); models for it: seq2seq, seq2seq_transformer"):
         check_compatible(compose("data=translation", "model=gru", "pretrain=none"))
     with pytest.raises(ConfigError, match="model.attention: 'cosine' is not allowed; .*bahdanau, luong, none"):
         validate(compose("data=translation", "model=seq2seq", "model.attention=cosine"))
@@ -146,3 +146,57 @@ def test_padding_after_a_source_changes_nothing(compose, how):
     padded = torch.tensor([[7, 9, 5, 0, 0, 0]])
     with torch.no_grad():
         assert torch.allclose(model.decode(tokens, steps=4)[0], model.decode(padded, steps=4)[0], atol=1e-6)
+
+
+def _transformer(compose, *overrides) -> TransformerSeq2Seq:
+    cfg = compose("data=translation", "model=seq2seq_transformer", "pretrain=none", "model.d_model=16",
+                  "model.heads=2", "model.ff_dim=32", *overrides)
+    return build_model(cfg, (6,), 12, vocab_size=12)
+
+
+def test_transformer_decoder_reads_only_earlier_target_tokens_and_decodes_as_it_trains(compose):
+    torch.manual_seed(0)
+    model = _transformer(compose).eval()
+    x, y = torch.randint(5, 12, (4, 6)), torch.randint(5, 12, (4, 7))
+    with torch.no_grad():
+        forced = model(x, y)
+        assert forced.shape == (4, 12, 7)
+        # The causal mask: step t reads <bos> and the targets before t, so changing them from step 3 on leaves
+        # steps 0..3 as they were and changes step 4.
+        z = y.clone()
+        z[:, 3:] = 5
+        changed = model(x, z)
+        assert torch.allclose(changed[:, :, :4], forced[:, :, :4], atol=1e-6)
+        assert not torch.allclose(changed[:, :, 4], forced[:, :, 4])
+        # Greedy decoding one token a step gives the scores that teacher forcing on its own guesses gives at once.
+        tokens, attention = model.generate(x, steps=7)
+        greedy = model.decode(x, steps=7)[0]
+        assert torch.allclose(model(x, tokens)[:, :, : tokens.shape[1]], greedy, atol=1e-5)
+        assert attention.shape == (4, tokens.shape[1], 6)
+
+
+def test_transformer_attention_sums_to_one_and_ignores_padding(compose):
+    torch.manual_seed(0)
+    model = _transformer(compose).eval()
+    with torch.no_grad():
+        tokens, attention = model.generate(torch.tensor([[7, 9, 5, 0, 0, 0]]), steps=4)
+        assert torch.allclose(attention.sum(dim=-1), torch.ones(tokens.shape)) and (attention[..., 3:] == 0).all()
+        assert torch.allclose(model.decode(torch.tensor([[7, 9, 5]]), steps=4)[0],
+                              model.decode(torch.tensor([[7, 9, 5, 0, 0, 0]]), steps=4)[0], atol=1e-5)
+        # A source with no token is attended evenly, not turned into NaN.
+        assert torch.isfinite(model.decode(torch.zeros(1, 6, dtype=torch.long), steps=3)[0]).all()
+
+
+def test_transformer_translates_through_the_stages(compose, tmp_path):
+    from deepsweep.stages.pipeline import execute
+
+    cfg = compose("experiment=translation_dates_transformer", "data.task=reverse", "data.min_len=3",
+                  "data.max_len=8", "data.num_samples=200", "model.d_model=16", "model.heads=2", "model.ff_dim=32",
+                  *FAST, "logger.figures=true")
+    artifacts = tmp_path / "artifacts"
+    for stage in ("prepare", "pretrain", "finetune", "evaluate"):
+        execute(stage, cfg, artifacts)
+    metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
+    assert {"token_accuracy", "exact_match", "exact_match/length_1-10"} == set(metrics)
+    assert (artifacts / "evaluate" / "attention.png").stat().st_size > 0
+    assert len((artifacts / "evaluate" / "translations.csv").read_text().splitlines()) == 41

@@ -165,6 +165,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("model.forget_bias", ANY_NUMBER),
     ("model.teacher_forcing", real(0, 1)),
     ("model.attention", one_of("bahdanau", "luong", "none")),
+    ("model.activation", one_of("relu", "gelu")),  # a Transformer's feed-forward layers
     ("model.*", COUNT),  # heads, hidden_size, num_layers, kernel_size, d_model, tbptt_steps, ...
     # activation, init
     ("activation.negative_slope", NON_NEGATIVE),

@@ -352,6 +352,8 @@ STRUCTURED = [  # pipelines whose labels are more than a class per input
               "mnist_unet"), ("pixel_accuracy", "mean_iou", "dice")),
     (Pipeline("Dates in five formats to ISO 8601, GRU seq2seq, additive attention", "translation_dates"),
      ("token_accuracy", "exact_match")),
+    (Pipeline("The same dates, Transformer encoder-decoder (2 + 2 layers, width 64)", "translation_dates_transformer"),
+     ("token_accuracy", "exact_match")),
     (Pipeline("MNIST (10k train) and its colour-inverted copy, CycleGAN, then a DCGAN-discriminator classifier",
               "mnist_cyclegan"), ("accuracy", "untranslated_accuracy", "translated_accuracy", "cycle_error")),
 ]

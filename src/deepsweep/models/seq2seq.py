@@ -1,4 +1,5 @@
-"""Sequence to sequence: a recurrent encoder, and a recurrent decoder that reads it through attention.
+"""Sequence to sequence: an encoder, and a decoder that reads it through attention. ``Seq2Seq`` is recurrent
+(below); ``TransformerSeq2Seq`` is the encoder-decoder Transformer of Vaswani et al. (2017).
 
 Attention (``attention``):
 * ``bahdanau``: additive (Bahdanau et al. 2015): before each step, the decoder's previous state scores every
@@ -25,7 +26,7 @@ from torch import nn
 
 from deepsweep.data.sequences import BOS_ID, EOS_ID
 from deepsweep.models.base import Family
-from deepsweep.models.sequence import RecurrentEncoder, _Inputs
+from deepsweep.models.sequence import PositionalEncoding, RecurrentEncoder, TransformerEncoder, _Inputs
 from deepsweep.nn.layers import Layers
 
 ATTENTION = ("bahdanau", "luong", "none")
@@ -76,6 +77,7 @@ class Seq2Seq(Family):
             raise ValueError("model=seq2seq reads token ids: use a data option with a vocabulary (data=translation)")
         layers = layers or Layers()
         self.vocab_size, self.cell, self.attention_kind = vocab_size, cell, attention
+        self.attends = attention != "none"  # whether generate's attention weights say anything (evaluate's heatmap)
         self.teacher_forcing = float(teacher_forcing)
         self.max_output_len = max_output_len or 2 * int(input_shape[0]) + 2
         self.encoder = RecurrentEncoder(_Inputs(input_shape, vocab_size, embedding_dim), cell, hidden_size,
@@ -156,3 +158,117 @@ class Seq2Seq(Family):
         scores, attention = self.decode(x, steps=steps)
         return scores.argmax(dim=1), attention
 
+
+
+FEED_FORWARD_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class DecoderBlock(nn.Module):
+    """A pre-norm Transformer decoder block: causal self-attention over the target so far, attention over the
+    encoder steps, a feed-forward layer; each a residual branch. Written out rather than taken from
+    nn.TransformerDecoderLayer, which discards the cross-attention weights that evaluate's heatmap shows."""
+
+    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3))
+        self.self_attention = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.cross_attention = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.feed_forward = nn.Sequential(nn.Linear(d_model, ff_dim), FEED_FORWARD_ACTIVATIONS[activation](),
+                                          nn.Dropout(dropout), nn.Linear(ff_dim, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, memory: torch.Tensor, memory_padding: torch.Tensor,
+                causal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(new h (N, T, D), cross-attention weights (N, T, S), the mean over heads)."""
+        q = self.norms[0](h)
+        h = h + self.drop(self.self_attention(q, q, q, attn_mask=causal, need_weights=False)[0])
+        q = self.norms[1](h)
+        attended, weights = self.cross_attention(q, memory, memory, key_padding_mask=memory_padding)
+        h = h + self.drop(attended)
+        return h + self.drop(self.feed_forward(self.norms[2](h))), weights
+
+
+class TransformerSeq2Seq(Family):
+    """The Transformer encoder-decoder: the sequence families' Transformer encoder (so masked-token pretraining
+    applies to it), and ``num_layers`` decoder blocks reading the target shifted right (<bos> first) under a
+    causal mask. Training is teacher-forced, every step at once, as Transformers train; ``generate`` decodes
+    greedily, one token a step. The attention it reports is the last block's over the source, averaged over
+    heads. ``encoder``: what pretraining learns and fine-tuning loads; ``head``: the output layer."""
+
+    kind = "sequence"
+    target = "tokens"
+    attends = True
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, d_model: int = 64, heads: int = 4,
+                 num_layers: int = 2, ff_dim: int = 128, activation: str = "gelu", max_output_len: int | None = None,
+                 vocab_size: int | None = None, layers: Layers | None = None) -> None:
+        super().__init__(tuple(input_shape), num_classes)
+        if d_model % heads:
+            raise ValueError(f"model.heads: d_model={d_model} must be divisible by heads={heads}")
+        if activation not in FEED_FORWARD_ACTIVATIONS:
+            raise ValueError(f"model.activation: unknown {activation!r}; allowed: {', '.join(FEED_FORWARD_ACTIVATIONS)}")
+        if vocab_size is None:
+            raise ValueError("model=seq2seq_transformer reads token ids: use a data option with a vocabulary "
+                             "(data=translation)")
+        layers = layers or Layers()
+        dropout = layers.regularization.dropout if layers.regularization.dropout_kind == "standard" else 0.0
+        self.vocab_size = vocab_size
+        self.max_output_len = max_output_len or 2 * int(input_shape[0]) + 2
+        self.encoder = TransformerEncoder(_Inputs(input_shape, vocab_size, d_model), d_model, heads, num_layers,
+                                          ff_dim, int(input_shape[0]), "mean", True, dropout, activation)
+        self.feature_dim = d_model
+        self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        self.position = PositionalEncoding(d_model, self.max_output_len)
+        self.blocks = nn.ModuleList(DecoderBlock(d_model, heads, ff_dim, dropout, activation)
+                                    for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = layers.linear(d_model, num_classes)
+
+    def _decode(self, tokens: torch.Tensor, memory: torch.Tensor,
+                padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (N, T, vocab) for every prefix of ``tokens`` (N, T), and the last block's attention weights."""
+        steps = tokens.shape[1]
+        if steps > self.max_output_len:
+            raise ValueError(f"model.max_output_len: {self.max_output_len} < a target of {steps} tokens")
+        causal = torch.ones(steps, steps, dtype=torch.bool, device=tokens.device).triu(1)
+        h = self.position(self.embedding(tokens))
+        for block in self.blocks:
+            h, weights = block(h, memory, padding, causal)
+        return self.head(self.norm(h)), weights
+
+    def _memory(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        memory, valid = self.encoder.steps(x)
+        # A source with no token at all is attended evenly rather than not at all (NaN), as the encoder does.
+        return memory, ~(valid | ~valid.any(dim=-1, keepdim=True))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (N, vocab, T): teacher-forced on ``y``, or greedy decoding without it (as ``generate``)."""
+        if y is None:
+            return self.decode(x)[0]
+        memory, padding = self._memory(x)
+        shifted = torch.cat([torch.full_like(y[:, :1], BOS_ID), y[:, :-1]], dim=1)
+        return self._decode(shifted, memory, padding)[0].movedim(-1, 1)
+
+    def decode(self, x: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy decoding: scores (N, vocab, T) and attention weights (N, T, S), ``steps`` tokens at most
+        (``max_output_len`` without it), stopping once every sequence has emitted <eos>. Each step runs the
+        decoder over the whole prefix again (no key/value cache): a date's 11 tokens cost 66 block passes."""
+        memory, padding = self._memory(x)
+        tokens = torch.full((len(x), 1), BOS_ID, dtype=torch.long, device=x.device)
+        done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        scores, attention = [], []
+        for _ in range(min(steps or self.max_output_len, self.max_output_len)):
+            step_scores, weights = self._decode(tokens, memory, padding)
+            scores.append(step_scores[:, -1])
+            attention.append(weights[:, -1])
+            guess = step_scores[:, -1].argmax(dim=-1)
+            tokens = torch.cat([tokens, guess.unsqueeze(1)], dim=1)
+            done = done | (guess == EOS_ID)
+            if bool(done.all()):
+                break
+        return torch.stack(scores, dim=2), torch.stack(attention, dim=1)
+
+    def generate(self, x: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy decoding: token ids (N, T) and attention weights (N, T, S)."""
+        scores, attention = self.decode(x, steps=steps)
+        return scores.argmax(dim=1), attention

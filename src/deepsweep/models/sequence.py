@@ -218,7 +218,10 @@ class TransformerEncoder(nn.Module):
         if self.cls is not None:
             h = torch.cat([self.cls.expand(len(h), -1, -1), h], dim=1)
             valid = torch.cat([valid.new_ones(len(h), 1), valid], dim=1)
-        return self.norm(self.layers(self.position(h), src_key_padding_mask=~valid)), valid
+        # A source with no token at all (an empty text, pooled by the mean) attends to its padding evenly: a
+        # row of nothing but masked keys would give NaN.
+        padding = ~(valid | ~valid.any(dim=1, keepdim=True))
+        return self.norm(self.layers(self.position(h), src_key_padding_mask=padding)), valid
 
     def steps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, valid = self._encode(x)
