@@ -155,3 +155,20 @@ def test_each_experiment_names_itself_as_a_param():
     assert compose([])["experiment_name"] == "none"
     for name in options("experiment"):
         assert flatten(compose([f"experiment={name}"]))["experiment_name"] == name
+
+
+def test_validation_lists_every_problem_and_a_refused_target_alone(compose):
+    from deepsweep.config import ConfigError, validate
+
+    # Problems of different keys, pretrain.optimizer's fields among them, are all reported at once.
+    with pytest.raises(ConfigError) as problems:
+        validate(compose("pretrain.optimizer.lr=-1", "trainer.max_epochs=0"))
+    assert "pretrain.optimizer.lr: -1 is out of range" in str(problems.value)
+    assert "trainer.max_epochs: 0 is out of range" in str(problems.value)
+    # A _target_ no option file offers is refused alone: rules that ask what the data's class is cannot judge
+    # the rest (data.batch_size=0 is allowed for graph data only).
+    with pytest.raises(ConfigError) as refused:
+        validate(compose("data=karate", "model=gcn", "pretrain=none", "data._target_=collections.Counter",
+                         "trainer.max_epochs=0"))
+    assert str(refused.value).startswith("data._target_: 'collections.Counter' is not allowed") and \
+        "\n" not in str(refused.value)

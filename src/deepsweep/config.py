@@ -117,6 +117,10 @@ def _foreign_builds(reference: Any, value: Any, key: str, source: str, errors: l
     """What gets built comes only from the option files: a params file or an override that names another
     callable would run code the config groups never offered. Checked before every other key, and alone: the
     rules that ask what a group's class is (graph data, say) cannot judge a config whose class is refused."""
+    if isinstance(reference, list) and reference and isinstance(value, list):
+        for i, item in enumerate(value):
+            _foreign_builds(reference[0], item, f"{key}[{i}]", source, errors)
+        return
     if not (isinstance(reference, Mapping) and isinstance(value, Mapping)):
         return
     for k, ref in reference.items():
@@ -238,6 +242,11 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
 
     reference = copy.deepcopy(_reference(str(paths.conf_dir()), tuple(choices)))
     value = OmegaConf.to_container(cfg, resolve=True)
+    refused: list[str] = []
+    for group in GROUPS:
+        _foreign_builds(reference[group], value[group], group, f"conf/{group}/{value[group]['name']}.yaml", refused)
+    if refused:
+        raise _invalid(refused)
     # pretrain.optimizer overrides fields of whichever optimizer is chosen: checked against that one.
     reference["pretrain"].pop("optimizer", None)
     overrides = value["pretrain"].pop("optimizer", None) or {}
@@ -253,10 +262,6 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
             if field_value is not None:  # null: as the optimizer group says
                 _check(fields[key], field_value, f"pretrain.optimizer.{key}",
                        f"conf/optimizer/{value['optimizer']['name']}.yaml", errors, value)
-    for group in GROUPS:
-        _foreign_builds(reference[group], value[group], group, f"conf/{group}/{value[group]['name']}.yaml", errors)
-    if errors:
-        raise _invalid(errors)
     for group in GROUPS:
         _check(reference[group], value[group], group, f"conf/{group}/{value[group]['name']}.yaml", errors, value)
     for key in TOP_LEVEL:

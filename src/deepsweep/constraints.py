@@ -39,7 +39,7 @@ class Rule:
             return True  # whether null may stand here is decided by the default (config._check)
         try:
             return bool(self.check(value, cfg))
-        except (TypeError, ValueError, ImportError):
+        except (TypeError, ValueError):
             return False
 
 
@@ -107,6 +107,9 @@ def _has_dropout(cfg: Mapping[str, Any]) -> bool:
 # The families whose every activation follows a layer of nn.layers.Layers.dense or .conv, which widens it for
 # maxout's pieces (tests/test_activations.py builds each with maxout and every other family refusing it).
 MAXOUT_FAMILIES = ("mlp", "lenet", "vgg", "inception", "unet")
+# The families whose attention and feed-forward layers take standard dropout only (nn.MultiheadAttention's):
+# dropconnect or Gaussian noise would be silently ignored there.
+STANDARD_DROPOUT_FAMILIES = ("transformer", "seq2seq_transformer")
 # Planetoid data options -> the set each reads, spelled as torch-geometric names its folder. A new one comes with
 # its files' entry in data/downloads.py's CATALOG, which places them under that folder.
 PLANETOID_SETS = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
@@ -176,6 +179,11 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("init.*", POSITIVE),  # std, bound, gain
     # regularizer
     ("regularizer.dropout", PROBABILITY),
+    ("regularizer.dropout_kind", Rule(f"standard with model={' or '.join(STANDARD_DROPOUT_FAMILIES)} "
+                                      "(regularizer=dropout); any kind with another model",
+                                      lambda v, cfg: v == "standard" or not cfg.get("regularizer", {}).get("dropout")
+                                      or cfg.get("model", {}).get("name") not in STANDARD_DROPOUT_FAMILIES,
+                                      names=True)),
     ("regularizer.early_stopping_patience", COUNT),
     ("regularizer.*", NON_NEGATIVE),  # l1, l2
     # loss

@@ -40,9 +40,9 @@ def declared(target: str, attribute: str) -> str:
 
 
 def declared_in_source(target: str, attribute: str) -> str | None:
-    """What ``declared`` reads from the source alone, never importing ``target``'s module (None where the source
-    does not say): for checks that run on a config before it is known to be valid, where ``_target_`` may be
-    anything a user typed."""
+    """What ``declared`` reads from the source alone (None where the source does not say): ``target``'s module is
+    parsed, never run (finding it imports its parent packages only), for checks on a config not yet known to be
+    valid."""
     module, _, name = target.rpartition(".")
     return _source_attribute(module, name, attribute, 0) if module else None
 

@@ -61,6 +61,7 @@ def test_cli_refuses_before_any_work(tmp_path, args, key):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("deepsweep: error: ") and key in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    assert "Beautiful is better than ugly" not in result.stdout  # `import this` prints it: no module was run
     # Nothing ran: no run folder, no tracking store.
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "store.db").exists()
 

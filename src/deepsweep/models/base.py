@@ -11,6 +11,7 @@ class Family(nn.Module):
     features to ``num_classes`` logits. Pretraining learns the encoder; fine-tuning loads it."""
 
     kind = "tensor"  # the kind of prepared data it reads; graph families say "graph"
+    attends = False  # whether generate's attention weights over the source mean anything (evaluate's heatmap)
     encoder: nn.Module
     head: nn.Module
     feature_dim: int

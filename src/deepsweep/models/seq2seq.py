@@ -26,7 +26,7 @@ from torch import nn
 
 from deepsweep.data.sequences import BOS_ID, EOS_ID
 from deepsweep.models.base import Family
-from deepsweep.models.sequence import PositionalEncoding, RecurrentEncoder, TransformerEncoder, _Inputs
+from deepsweep.models.sequence import PositionalEncoding, RecurrentEncoder, TransformerEncoder, _Inputs, padding_mask
 from deepsweep.nn.layers import Layers
 
 ATTENTION = ("bahdanau", "luong", "none")
@@ -50,9 +50,7 @@ class Attention(nn.Module):
             scores = self.score(torch.tanh(self.query(state).unsqueeze(1) + keys)).squeeze(-1)
         else:
             scores = (keys @ state.unsqueeze(-1)).squeeze(-1)
-        # A source with no token at all (an empty text) attends evenly rather than to nothing (NaN).
-        valid = valid | ~valid.any(dim=-1, keepdim=True)
-        weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=-1)
+        weights = scores.masked_fill(padding_mask(valid), float("-inf")).softmax(dim=-1)
         return (weights.unsqueeze(1) @ values).squeeze(1), weights
 
 
@@ -77,7 +75,7 @@ class Seq2Seq(Family):
             raise ValueError("model=seq2seq reads token ids: use a data option with a vocabulary (data=translation)")
         layers = layers or Layers()
         self.vocab_size, self.cell, self.attention_kind = vocab_size, cell, attention
-        self.attends = attention != "none"  # whether generate's attention weights say anything (evaluate's heatmap)
+        self.attends = attention != "none"
         self.teacher_forcing = float(teacher_forcing)
         self.max_output_len = max_output_len or 2 * int(input_shape[0]) + 2
         self.encoder = RecurrentEncoder(_Inputs(input_shape, vocab_size, embedding_dim), cell, hidden_size,
@@ -236,24 +234,24 @@ class TransformerSeq2Seq(Family):
             h, weights = block(h, memory, padding, causal)
         return self.head(self.norm(h)), weights
 
-    def _memory(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _memory_and_padding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         memory, valid = self.encoder.steps(x)
-        # A source with no token at all is attended evenly rather than not at all (NaN), as the encoder does.
-        return memory, ~(valid | ~valid.any(dim=-1, keepdim=True))
+        return memory, padding_mask(valid)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (N, vocab, T): teacher-forced on ``y``, or greedy decoding without it (as ``generate``)."""
         if y is None:
             return self.decode(x)[0]
-        memory, padding = self._memory(x)
+        memory, padding = self._memory_and_padding(x)
         shifted = torch.cat([torch.full_like(y[:, :1], BOS_ID), y[:, :-1]], dim=1)
         return self._decode(shifted, memory, padding)[0].movedim(-1, 1)
 
     def decode(self, x: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding: scores (N, vocab, T) and attention weights (N, T, S), ``steps`` tokens at most
         (``max_output_len`` without it), stopping once every sequence has emitted <eos>. Each step runs the
-        decoder over the whole prefix again (no key/value cache): a date's 11 tokens cost 66 block passes."""
-        memory, padding = self._memory(x)
+        decoder over the whole prefix again (no key/value cache): a date's 11 tokens are 11 passes over 66
+        prefix positions in all, where a cache would compute 11."""
+        memory, padding = self._memory_and_padding(x)
         tokens = torch.full((len(x), 1), BOS_ID, dtype=torch.long, device=x.device)
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         scores, attention = [], []

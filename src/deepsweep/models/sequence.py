@@ -34,6 +34,13 @@ class LockedDropout(nn.Module):
         return x * mask
 
 
+def padding_mask(valid: torch.Tensor) -> torch.Tensor:
+    """The steps attention must skip (True), from the valid steps (N, S): the padding, except that a source with
+    no token at all (an empty text) is attended evenly over its padding, since a row of nothing but masked keys
+    gives NaN."""
+    return ~(valid | ~valid.any(dim=-1, keepdim=True))
+
+
 def _pool(steps: torch.Tensor, valid: torch.Tensor, how: str) -> torch.Tensor:
     """Pool (N, T, H) over valid steps: the last valid one, their mean, or their max."""
     if how == "mean":
@@ -218,10 +225,7 @@ class TransformerEncoder(nn.Module):
         if self.cls is not None:
             h = torch.cat([self.cls.expand(len(h), -1, -1), h], dim=1)
             valid = torch.cat([valid.new_ones(len(h), 1), valid], dim=1)
-        # A source with no token at all (an empty text, pooled by the mean) attends to its padding evenly: a
-        # row of nothing but masked keys would give NaN.
-        padding = ~(valid | ~valid.any(dim=1, keepdim=True))
-        return self.norm(self.layers(self.position(h), src_key_padding_mask=padding)), valid
+        return self.norm(self.layers(self.position(h), src_key_padding_mask=padding_mask(valid))), valid
 
     def steps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, valid = self._encode(x)

@@ -323,7 +323,8 @@ def score_tokens(cfg: DictConfig, data, model, out: Path) -> tuple[dict[str, flo
     if cfg.logger.get("figures", True) and model.attends:
         source, output = text(x[0]), text(predicted[0])
         plots.attention_png(attention[0, : len(output), : len(source)].float(), source, output, out / "attention.png",
-                            f"{cfg.model.name}, attention={cfg.model.get('attention', 'multi-head')}: test sequence 1")
+                            f"{cfg.model.name}, attention={cfg.model.get('attention', 'last block, mean over heads')}: "
+                            "test sequence 1")
         files.append("attention.png")
     return metrics, files
 

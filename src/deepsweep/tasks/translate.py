@@ -1,6 +1,7 @@
 """Sequence to sequence: the family decodes the target one token at a time (``models.seq2seq``). The loss
-group's loss is taken over the target's tokens (<eos> included, padding not), teacher-forced at the family's
-``teacher_forcing`` ratio (the validation loss fully teacher-forced); validation also decodes greedily, as
+group's loss is taken over the target's tokens (<eos> included, padding not), teacher-forced as the family
+trains (the recurrent one at its ``teacher_forcing`` ratio, the Transformer fully; the validation loss fully
+teacher-forced); validation also decodes greedily, as
 evaluate does, and scores token accuracy (``val/acc``) and exact match (``val/exact_match``) of that."""
 
 from __future__ import annotations
