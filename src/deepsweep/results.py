@@ -142,6 +142,11 @@ def _stat(rows: list[dict], metric: str, digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} +/- {spread:.{digits}f}"
 
 
+def _triple_stats(rows: list[dict]) -> list[str]:
+    """``_triple``'s cells over a sweep's jobs: mean +/- std of each."""
+    return [_stat(rows, f"evaluate.{k}", 4) for k in TRIPLE]
+
+
 def _where(rows: list[dict], **params: str) -> list[dict]:
     return [r for r in rows if all(r["params"].get(k) == v for k, v in params.items())]
 
@@ -223,21 +228,21 @@ def _cora(quick: bool) -> tuple[list[list[str]], str]:
     table = []
     for sweep in CORA:
         rows = sweep.rows()
-        table.append([f"`{sweep.folder}`", *(_stat(rows, f"evaluate.{k}", 4) for k in TRIPLE), PUBLISHED[sweep.folder]])
+        table.append([f"`{sweep.folder}`", *_triple_stats(rows), PUBLISHED[sweep.folder]])
     return table, f"`make cora-seeds` (first three sweeps): {_seconds(seconds)}"
 
 
 CITESEER = Sweep("citeseer_gcn", ["make", "citeseer-seeds"])
 CITESEER_PIPELINE = Pipeline("citeseer_gcn", "citeseer_gcn")
+CITESEER_PUBLISHED = "70.3 (Kipf & Welling)"
 
 
 def _citeseer(quick: bool) -> tuple[list[list[str]], str]:
     single, pipeline_seconds = CITESEER_PIPELINE.run()
     seconds = CITESEER.run()
     rows = CITESEER.rows()
-    table = [[f"`{CITESEER_PIPELINE.command}` (seed 0)", *_triple(single), "70.3 (Kipf & Welling)"],
-             [f"`make citeseer-seeds` ({len(rows)} seeds)", *(_stat(rows, f"evaluate.{k}", 4) for k in TRIPLE),
-              "70.3 (Kipf & Welling)"]]
+    table = [[f"`{CITESEER_PIPELINE.command}` (seed 0)", *_triple(single), CITESEER_PUBLISHED],
+             [f"`make citeseer-seeds` ({len(rows)} seeds)", *_triple_stats(rows), CITESEER_PUBLISHED]]
     return table, f"pipeline {_seconds(pipeline_seconds)}, `make citeseer-seeds` {_seconds(seconds)}"
 
 
@@ -246,7 +251,7 @@ def _by_pretraining(rows: list[dict], methods: tuple[str, ...], probe_digits: in
     table = []
     for method in methods:
         chosen = _where(rows, **{"pretrain.name": method})
-        table.append([f"`{method}`", *(_stat(chosen, f"evaluate.{k}", 4) for k in TRIPLE),
+        table.append([f"`{method}`", *_triple_stats(chosen),
                       _stat(chosen, "evaluate.probe_accuracy", probe_digits)])
     return table
 
@@ -303,7 +308,7 @@ def _augment(quick: bool) -> tuple[list[list[str]], str]:
             for cutout in ("0", "8"):
                 chosen = _where(rows, **{"data.augment.shift": shift, "data.augment.hflip": hflip,
                                          "data.augment.cutout": cutout})
-                table.append([shift, hflip.lower(), cutout, *(_stat(chosen, f"evaluate.{k}", 4) for k in TRIPLE),
+                table.append([shift, hflip.lower(), cutout, *_triple_stats(chosen),
                               _stat(chosen, "finetune.best_val_acc", 4)])
     return table, f"`make augment`: {len(rows)} jobs, {_seconds(seconds)}"
 
