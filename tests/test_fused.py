@@ -4,7 +4,9 @@ Tolerance: a member's forward pass is one slice of a vmapped (batched) matrix pr
 another order than the unfused job's matrix product: float32 rounding, ~1e-7 relative per operation.
 Over 2 epochs of a few dozen Adam steps on digits that stays far below 1e-4 (measured: equal to 6 decimals),
 so every per-epoch value and test metric is compared at rtol 1e-4; a member trained with another member's
-learning rate, seed or data order differs by more than 1e-2."""
+learning rate, seed or data order differs by more than 1e-2. Dropout masks are not a float matter: each
+member's are its job's bit for bit (drawn from the same generator state by the same draw), so the same
+tolerance holds with dropout."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import pytest
 from conftest import deepsweep_cli
 
 SWEEP = ["pretrain=none", "trainer.max_epochs=2", "logger.log_model=false", "logger.figures=false",
-         "logger.log_checkpoints=false", "seed=0,1", "optimizer.lr=0.001,0.003"]
+         "logger.log_checkpoints=false", "regularizer=dropout", "seed=0,1", "optimizer.lr=0.001,0.003"]
 
 
 def _finetune_runs(sweep_dir):
@@ -97,23 +99,82 @@ def test_arrays_group_jobs_by_shape_and_name_why_a_job_runs_alone(compose):
             for s in (0, 1) for lr in (0.001, 0.01)]
     cfgs.append(compose("pretrain=none", "model.hidden_dims=[32]"))  # another shape: another array
     cfgs.append(compose("pretrain=none", "model.hidden_dims=[32]", "seed=3", "init=xavier_uniform"))
-    cfgs.append(compose("pretrain=none", "regularizer=dropout"))
+    cfgs.append(compose("pretrain=none", "regularizer=gaussian_dropout"))
     cfgs.append(compose())  # fine-tunes a pretrained encoder of its own
     cfgs.append(compose("pretrain=none", "model=lenet", "data=digits"))  # alone in its shape
     cfgs.append(None)  # invalid: its own job says why
+    cfgs.append(compose("pretrain=none", "regularizer=dropout", "seed=5"))  # a dropout probability is per member
+    cfgs += [compose("experiment=cora_gcn", f"seed={s}") for s in (0, 1)]  # a full-batch graph: one array
+    cfgs.append(compose("experiment=cora_gcn", "data.batch_size=64"))  # sampled neighbourhoods
+    cfgs.append(compose("experiment=cora_gat"))  # attention dropout inside torch-geometric
+    cfgs.append(compose("experiment=sms_spam_lstm", "pretrain=none"))  # recurrent layers
     arrays, alone = plan(cfgs, max_members=3)
-    assert arrays == [[0, 1, 2], [4, 5]]  # 3 left over from the first shape, alone in its array: a job
-    assert sorted(alone) == [3, 6, 7, 8, 9]
-    assert "regularizer.dropout=0.3" in alone[6] and "pretrain=autoencoder" in alone[7]
-    assert alone[3] == alone[8] == "no other job of the sweep has its shapes" and alone[9] == "its config is invalid"
+    assert arrays == [[0, 1, 2], [3, 10], [4, 5], [11, 12]]  # 3 and 10: the first shape, past max_members
+    assert sorted(alone) == [6, 7, 8, 9, 13, 14, 15]
+    assert "regularizer.dropout_kind=gaussian" in alone[6] and "pretrain=autoencoder" in alone[7]
+    assert alone[8] == "no other job of the sweep has its shapes" and alone[9] == "its config is invalid"
+    assert "data.batch_size=64" in alone[13] and "model.attention_dropout=0.6" in alone[14]
+    assert "aten::lstm" in alone[15]
     assert plan(cfgs[:4], max_members=32)[0] == [[0, 1, 2, 3]]
+
+
+def _unfused(cfg, member, out):
+    """What the member's job alone gives: ``training.fit`` on a fresh build, as the finetune stage fits."""
+    from deepsweep.training.fit import fit
+
+    task, train_loader, val_loader = member
+    return fit(cfg, task, train_loader, val_loader, out, stage="finetune", epochs=int(cfg.trainer.max_epochs),
+               early_stopping_patience=task.regularization.early_stopping_patience)
+
+
+@pytest.mark.parametrize("base,axes", [
+    # Dropout probability per member (0 for one: it draws nothing), digits MLP.
+    (["pretrain=none", "data=digits", "trainer.max_epochs=3"],
+     [["seed=0", "regularizer=dropout"], ["seed=1", "regularizer=dropout"], ["seed=0"],
+      ["seed=1", "regularizer=dropout", "regularizer.dropout=0.5"]]),
+    # A full-batch graph shared by every member: Kipf & Welling's GCN (dropout 0.5) on the karate club.
+    (["experiment=cora_gcn", "data=karate", "trainer.max_epochs=25"],
+     [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.05"], ["seed=2", "regularizer.dropout=0"]]),
+    # On a GPU the masks come from the CUDA generator, through the fused dropout kernel its jobs use.
+    pytest.param(["pretrain=none", "data=digits", "trainer.max_epochs=3", "trainer=gpu"],
+                 [["seed=0", "regularizer=dropout"], ["seed=1", "regularizer=dropout"], ["seed=0"]],
+                 marks=pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no GPU here")),
+], ids=["mlp-dropout", "gcn-full-batch", "mlp-dropout-gpu"])
+def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose, tmp_path, base, axes):
+    import torch
+
+    from deepsweep.data.loaders import PreparedData
+    from deepsweep.stages import finetune
+    from deepsweep.stages.pipeline import execute
+    from deepsweep.training.fused import build_members, train_members
+
+    execute("prepare", compose(*base), tmp_path)
+    data = PreparedData.load(tmp_path / "prepare")
+    cfgs = [compose(*base, *a, "trainer.progress=none") for a in axes]
+    build = lambda cfg: finetune.build(cfg, data, {"pretrain": tmp_path / "pretrain"})  # noqa: E731
+    members = build_members(cfgs, build)
+    outer = torch.get_rng_state(), (torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
+    results = train_members(cfgs, members)
+    # The members' draws leave the process's own streams alone.
+    assert torch.equal(torch.get_rng_state(), outer[0])
+    assert outer[1] is None or torch.equal(torch.cuda.get_rng_state(), outer[1])
+    rel = 1e-4 if "trainer=gpu" in base else 1e-5  # a GPU's batched and single matmuls are other kernels
+    for cfg, fused in zip(cfgs, results):
+        alone = _unfused(cfg, build(cfg), tmp_path / "fit")
+        last = fused.history[max(fused.history)]
+        assert fused.epochs == alone.epochs and fused.best_epoch == alone.best_epoch, cfg.seed
+        assert fused.best_score == pytest.approx(alone.best_score, rel=rel)
+        for key in ("val/loss", "train/loss", "val/acc"):
+            assert last[key] == pytest.approx(float(alone.last_metrics[key]), rel=rel), (cfg.seed, key)
+    # The members part: another seed, learning rate or dropout probability is another curve.
+    assert len({round(r.history[0]["val/loss"], 4) for r in results}) == len(results)
 
 
 def test_a_member_whose_loss_goes_non_finite_fails_alone(compose, tmp_path):
     from deepsweep.data.loaders import PreparedData
     from deepsweep.stages import finetune
     from deepsweep.stages.pipeline import execute
-    from deepsweep.training.fused import train_members
+    from deepsweep.training.fused import build_members, train_members
 
     base = ["pretrain=none", "trainer.max_epochs=3", "optimizer=sgd"]
     execute("prepare", compose(*base), tmp_path)
@@ -121,12 +182,12 @@ def test_a_member_whose_loss_goes_non_finite_fails_alone(compose, tmp_path):
     good = [compose(*base, "seed=0", "optimizer.lr=0.05"), compose(*base, "seed=1", "optimizer.lr=0.05",
                                                                     "regularizer=early_stopping", "regularizer.early_stopping_patience=1")]
     bad = compose(*base, "seed=2", "optimizer.lr=1e30")
-    build = [finetune.build(c, data, {"pretrain": tmp_path / "pretrain"}) for c in [good[0], bad, good[1]]]
-    results = train_members([good[0], bad, good[1]], build)
+    build = lambda cfg: finetune.build(cfg, data, {"pretrain": tmp_path / "pretrain"})  # noqa: E731
+    results = train_members([good[0], bad, good[1]], build_members([good[0], bad, good[1]], build))
     assert results[1].error.startswith("non-finite value at epoch 0") and results[1].epochs == 0
     assert results[0].error is None and results[0].epochs == 3 and results[0].best_epoch is not None
     # The others' numbers are those of an array without it: nothing of the failing member reaches them.
-    alone = train_members(good, [finetune.build(c, data, {"pretrain": tmp_path / "pretrain"}) for c in good])
+    alone = train_members(good, build_members(good, build))
     for fused, single in ((results[0], alone[0]), (results[2], alone[1])):
         assert sorted(fused.history) == sorted(single.history) and fused.epochs == single.epochs
         for epoch, values in fused.history.items():
@@ -139,7 +200,7 @@ def test_an_array_on_the_gpu_trains_as_on_the_cpu(compose, tmp_path):
     from deepsweep.data.loaders import PreparedData
     from deepsweep.stages import finetune
     from deepsweep.stages.pipeline import execute
-    from deepsweep.training.fused import train_members
+    from deepsweep.training.fused import build_members, train_members
 
     execute("prepare", compose("pretrain=none"), tmp_path)
     data = PreparedData.load(tmp_path / "prepare")
@@ -147,7 +208,7 @@ def test_an_array_on_the_gpu_trains_as_on_the_cpu(compose, tmp_path):
     for trainer in ("cpu", "gpu"):
         cfgs = [compose("pretrain=none", f"trainer={trainer}", "trainer.max_epochs=3", f"seed={s}",
                         f"optimizer.lr={lr}") for s in (0, 1) for lr in (0.001, 0.003)]
-        results[trainer] = train_members(cfgs, [finetune.build(c, data, {"pretrain": tmp_path}) for c in cfgs])
+        results[trainer] = train_members(cfgs, build_members(cfgs, lambda c: finetune.build(c, data, {"pretrain": tmp_path})))
     for cpu, gpu in zip(results["cpu"], results["gpu"]):
         assert cpu.best_epoch == gpu.best_epoch and sorted(cpu.history) == sorted(gpu.history)
         for epoch, values in cpu.history.items():  # other kernels, other summation order: float32 noise only

@@ -1,10 +1,13 @@
 """Which modules act differently in training and in evaluation mode, told through public torch attributes.
 
 Monte Carlo dropout samples a trained model with its dropout on and its batch norm off; the fused launcher
-refuses models whose modes it cannot stack per member. Both ask here instead of naming torch's private base
+refuses models whose modes it cannot stack per member, and its template drops units with masks handed in
+(``FedDropout``). Both ask here instead of naming torch's private base
 classes (``nn.modules.batchnorm._NormBase``, ``nn.modules.dropout._DropoutNd``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import nn
 
@@ -33,3 +36,22 @@ def sampling_mode(model: nn.Module) -> nn.Module:
         if keeps_running_stats(module):
             module.eval()
     return model
+
+
+class FedDropout(nn.Module):
+    """A dropout layer whose masks are handed in (a fused array's template: each member's masks are drawn
+    from its own random stream, ``training.fused.MemberStreams``). ``feed.calls``, when a list, records each
+    call's site and input shape instead; ``feed.queue`` holds the masks of this forward pass in call order;
+    with neither, the layer passes its input through (validation)."""
+
+    def __init__(self, site: str, feed: Any) -> None:
+        super().__init__()
+        self.site, self.feed = site, feed
+
+    def forward(self, x):
+        if self.feed.calls is not None:
+            self.feed.calls.append((self.site, tuple(x.shape)))
+            return x
+        if self.feed.queue:
+            return x * self.feed.queue.pop(0)
+        return x

@@ -1,5 +1,6 @@
 """Fused sweeps: the jobs of a sweep that differ only in values (seed, init, learning rate, weight decay,
-L1/L2, early stopping), trained together as one stacked model in one process (``hydra/launcher=fused``).
+dropout probability, L1/L2, early stopping), trained together as one stacked model in one process
+(``hydra/launcher=fused``).
 
 Small models leave a GPU idle: one job per process spends its time on kernel launches, Python and start-up.
 HFTA (Wang et al., MLSys 2021) fused same-shape jobs horizontally. Here each member keeps its own weights
@@ -8,7 +9,10 @@ own optimizer; every step stacks the members' weights (``torch.stack``, differen
 ``torch.func.vmap`` of ``functional_call`` over the stack and each member's own batch (each member's data
 order comes from its own seeded loader). The summed loss's gradient reaches each member's leaves as its
 own loss's gradient, so each member's update is its unfused job's (tests/test_fused.py: the same per-epoch
-validation loss within float tolerance).
+validation loss within float tolerance). A member's dropout masks come from its own random stream: the
+state its job's generator had when its fit began, advanced by the same draws (``MemberStreams``), so they
+are its unfused job's masks bit for bit. A full-batch graph is one input shared by every member (only the
+weights are stacked).
 
 Each member stays an ordinary job to the user: the launcher runs the jobs one after another as Hydra's
 basic launcher does; the first member whose finetune stage reaches its fit trains the whole array
@@ -38,13 +42,34 @@ log = logging.getLogger("deepsweep")
 # Keys whose values may differ between the members of one array: they change numbers, never a shape.
 PER_MEMBER_KEYS = (
     "seed", "init", "optimizer", "experiment_name", "optimized_metric", "logger",
-    "regularizer.name", "regularizer.l1", "regularizer.l2", "regularizer.early_stopping_patience",
+    "regularizer.name", "regularizer.l1", "regularizer.l2", "regularizer.early_stopping_patience", "regularizer.dropout",
     "finetune.freeze_encoder_epochs", "trainer.gradient_clip_val", "trainer.num_threads", "trainer.progress",
     "trainer.steps_per_call", "trainer.jobs_per_gpu",
 )
 
 # What a member is built as (the finetune stage's own set-up): (task, train loader, validation loader).
 BuildMember = Callable[[DictConfig], tuple[Any, Any, Any]]
+
+
+@dataclass
+class Member:
+    """One member as its finetune stage builds it, and the state of the random generator its fit would
+    start from (what the member's dropout masks are drawn from)."""
+
+    task: Any
+    train_loader: Any
+    val_loader: Any
+    rng_state: Any
+
+
+def build_members(cfgs: Sequence[DictConfig], build: BuildMember) -> list[Member]:
+    """Each member built by the stage's own ``build`` (which seeds the generators and draws the init), with
+    the generator state right after it: where the member's unfused fit would start drawing dropout masks."""
+    members = []
+    for cfg in cfgs:
+        task, train_loader, val_loader = build(cfg)
+        members.append(Member(task, train_loader, val_loader, _rng_state(_device(cfg))))
+    return members
 
 
 def unfusable(cfg: DictConfig) -> str | None:
@@ -55,13 +80,24 @@ def unfusable(cfg: DictConfig) -> str | None:
     if fine_tunes_pretrained_encoder(cfg):
         return (f"pretrain={cfg.pretrain.name}: each member would fine-tune its own pretrained encoder; a fused "
                 "array fine-tunes from scratch (pretrain=none or finetune.load_pretrained=false)")
-    if declared_kind(str(cfg.data._target_)) != "tensor":
-        return f"data={cfg.data.name}: only tensor data (the MLP and CNN families) is fused so far"
+    kind = declared_kind(str(cfg.data._target_))
+    if kind not in ("tensor", "graph"):
+        return (f"data={cfg.data.name}: {kind} data is not fused: torch.func.vmap has no batching rule for the "
+                "recurrent layers (aten::gru, aten::lstm); tensor data and full-batch graphs are")
     if declared_target(str(cfg.data._target_)) != "class":
         return f"data={cfg.data.name}: only classification is fused so far"
-    if float(cfg.regularizer.dropout) > 0:
-        return (f"regularizer.dropout={cfg.regularizer.dropout}: each member's dropout masks must follow its own "
-                "random stream, which one vmapped draw does not")
+    if kind == "graph" and int(cfg.data.get("batch_size") or 0) and cfg.data.get("num_neighbors"):
+        return (f"data.batch_size={cfg.data.batch_size}: each member would sample its own neighbourhoods; arrays "
+                "train full-batch graphs (data.batch_size=0)")
+    if kind == "graph" and float(cfg.finetune.label_fraction) < 1:
+        return (f"finetune.label_fraction={cfg.finetune.label_fraction} on a graph: each member's seed labels other "
+                "nodes, and an array shares one graph batch")
+    if float(cfg.model.get("attention_dropout", 0) or 0) > 0:
+        return (f"model.attention_dropout={cfg.model.attention_dropout}: torch-geometric draws it inside the "
+                "attention layer, out of reach of a member's own random stream")
+    if float(cfg.regularizer.dropout) > 0 and cfg.regularizer.dropout_kind != "standard":
+        return (f"regularizer.dropout_kind={cfg.regularizer.dropout_kind}: only standard dropout masks are drawn "
+                "per member")
     if cfg.regularizer.batch_norm:
         return "regularizer.batch_norm: running statistics are not stacked per member"
     if cfg.scheduler.name != "none":
@@ -134,7 +170,7 @@ class FusedArray:
 
     def train(self, build: BuildMember) -> None:
         try:
-            members = [build(cfg) for cfg in self.cfgs]
+            members = build_members(self.cfgs, build)
             start = time.perf_counter()
             self.results = train_members(self.cfgs, members)
             self.fit_seconds = time.perf_counter() - start
@@ -146,7 +182,7 @@ class FusedArray:
 
 
 class Unfusable(RuntimeError):
-    """A member's built model holds what an array cannot stack (batch norm, dropout)."""
+    """A member's built model holds what an array cannot stack (batch norm, a dropout other than standard)."""
 
 
 _ACTIVE: FusedArray | None = None
@@ -216,14 +252,130 @@ def _device(cfg: DictConfig):
     return torch.device("cpu")
 
 
-def _check_stackable(model: Any) -> None:
+def _rng_state(device):
+    """The state of the generator a fit on ``device`` draws its dropout masks from."""
+    import torch
+
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device, state) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def _dropout_sites(model: Any) -> dict[str, float]:
+    """Where ``model`` drops units in training, and with which probability (``nn.Dropout``); any other layer
+    that behaves differently in training (batch norm, other dropout kinds) is refused by name."""
+    from torch import nn
+
     from deepsweep.nn.modes import drops, keeps_running_stats
 
+    sites = {}
     for name, module in model.named_modules():
         if keeps_running_stats(module):
             raise Unfusable(f"{name or 'the model'} is a batch norm: running statistics are not stacked per member")
-        if drops(module):
-            raise Unfusable(f"{name} is a dropout: each member's masks must follow its own random stream")
+        if type(module) is nn.Dropout and module.p > 0:
+            sites[name] = float(module.p)
+        elif drops(module):
+            raise Unfusable(f"{name} is a {type(module).__name__}: only standard dropout masks are drawn per member")
+    return sites
+
+
+class MemberStreams:
+    """Each member's dropout masks, drawn from its own random stream as its unfused job draws them.
+
+    The array's template model has a ``nn.modes.FedDropout`` wherever a member drops; a plain forward pass records
+    the shape each of them sees (once per input shape). Before every step, each member's generator state is
+    put in place, every mask is drawn by ``F.dropout`` on ones of that shape (the same draw, of the same
+    size, as its job's ``nn.Dropout`` makes: equal masks), and the state is kept for the next step. A member
+    that does not drop at a site gets ones and draws nothing, as its job would."""
+
+    def __init__(self, template: Any, sites: list[dict[str, float]], states: list[Any], device) -> None:
+        from deepsweep.nn.modes import FedDropout
+
+        self.feed = _Feed()
+        self.template, self.sites, self.states, self.device = template, sites, list(states), device
+        self.shapes: dict[tuple, list[tuple[str, tuple[int, ...]]]] = {}
+        for name in sorted(set().union(*sites), key=len, reverse=True):  # children before their parents
+            parent_name, _, leaf = name.rpartition(".")
+            parent = template.get_submodule(parent_name) if parent_name else template
+            setattr(parent, leaf, FedDropout(name, self.feed))
+        self.active = any(sites)
+
+    def masks(self, members: Sequence[int], inputs: tuple) -> tuple:
+        """One stacked mask per dropout call of a forward pass on ``inputs`` (one member's), members first;
+        ones for ``members`` not listed (they left the array)."""
+        import torch
+
+        if not self.active:
+            return ()
+        key = tuple(tuple(t.shape) for t in inputs)
+        if key not in self.shapes:
+            with torch.no_grad(), self.feed.recording() as calls:
+                self.template(*inputs)
+            self.shapes[key] = calls
+        calls = self.shapes[key]
+        n = len(self.sites)
+        stacked = [torch.empty((n, *shape), device=self.device) for _, shape in calls]
+        outer = _rng_state(self.device)
+        try:
+            for i, sites in enumerate(self.sites):
+                drawing = i in members and bool(sites)
+                if drawing:
+                    _set_rng_state(self.device, self.states[i])
+                for (name, shape), mask in zip(calls, stacked):
+                    if drawing and name in sites:
+                        self._draw(mask[i], sites[name])
+                    else:
+                        mask[i].fill_(1.0)
+                if drawing:
+                    self.states[i] = _rng_state(self.device)
+        finally:
+            _set_rng_state(self.device, outer)  # the process's own stream is left as it was
+        return tuple(stacked)
+
+    def _draw(self, out, p: float) -> None:
+        """``out`` := the mask ``nn.Dropout(p)`` multiplies its input by, drawn as it draws it. On the CPU that
+        is ATen's ``_dropout_impl``: Bernoulli(1 - p) noise over the input's shape, divided by 1 - p (drawn in
+        place here, in the stacked buffer); on a GPU, the fused ``native_dropout`` kernel, so the mask is that
+        kernel's output on ones."""
+        import torch
+        import torch.nn.functional as F
+
+        if out.device.type == "cpu":
+            out.bernoulli_(1 - p).div_(1 - p)
+        else:
+            out.copy_(F.dropout(torch.ones_like(out), p, True))
+
+
+class _Feed:
+    """What the template's dropout layers do in the current forward pass: record their input shapes, apply
+    the masks handed in (in call order), or nothing (validation)."""
+
+    def __init__(self) -> None:
+        self.calls: list | None = None
+        self.queue: list = []
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list]:
+        self.calls = []
+        try:
+            yield self.calls
+        finally:
+            self.calls = None
+
+    @contextlib.contextmanager
+    def feeding(self, masks: Sequence[Any]) -> Iterator[None]:
+        self.queue = list(masks)
+        try:
+            yield
+        finally:
+            self.queue = []
 
 
 def _optimizers(tasks: Sequence[Any], models: Sequence[Any]) -> list[Any]:
@@ -240,38 +392,68 @@ def _optimizers(tasks: Sequence[Any], models: Sequence[Any]) -> list[Any]:
             for members in groups.values()]
 
 
-def train_members(cfgs: Sequence[DictConfig], members: Sequence[tuple[Any, Any, Any]]) -> list[MemberResult]:
-    """Fit the members (task, train loader, validation loader) as one stacked model; what each one's
-    ``training.fit`` would do alone: per-epoch train/val loss, val accuracy and macro F1, best weights by
-    val/loss, early stopping by its own patience, a stop at its first non-finite epoch value."""
+def _graph_batch(loaders: Sequence[Any]) -> tuple:
+    """The one full-graph batch every member trains on ((x, edge_index), selected nodes, their labels);
+    members whose graphs or node masks differ cannot share it."""
+    import torch
+
+    batches = [next(iter(loader)) for loader in loaders]  # a full graph: one batch, no random draw
+    for batch in batches[1:]:
+        if not all(a is b or torch.equal(a, b) for a, b in zip(batches[0], batch)):
+            raise Unfusable("the members' graph batches differ (their labelled nodes)")
+    x, edge_index, y, mask = batches[0]
+    index = mask.nonzero().flatten()
+    return (x, edge_index), index, y.index_select(0, index)
+
+
+def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list[MemberResult]:
+    """Fit the members (``build_members``) as one stacked model; what each one's ``training.fit`` would do
+    alone: per-epoch train/val loss, val accuracy and macro F1, best weights by val/loss, early stopping by
+    its own patience, a stop at its first non-finite epoch value."""
     import torch
     from torch.func import functional_call, vmap
     from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
     device = _device(cfgs[0])
-    tasks = [task for task, _, _ in members]
+    tasks = [member.task for member in members]
     models = [task.model for task in tasks]
+    sites = [_dropout_sites(model) for model in models]
     for model in models:
-        _check_stackable(model)
         model.to(device).train()
-    train_loaders = [loader.to(device) for _, loader, _ in members]
-    val_loader = members[0][2].to(device)  # not shuffled, the same split: one for all
+    train_loaders = [member.train_loader.to(device) for member in members]
+    val_loader = members[0].val_loader.to(device)  # not shuffled, the same split: one for all
     n = len(models)
-    template, criterion = models[0], tasks[0].criterion  # the loss group is a shape key: one for all
+    # The template runs every member's forward pass: a copy of the member that drops at the most places.
+    shaped = max(range(n), key=lambda i: len(sites[i]))
+    if not all(set(s) <= set(sites[shaped]) for s in sites):
+        raise Unfusable("the members drop units at different layers")
+    template, criterion = copy.deepcopy(models[shaped]), tasks[0].criterion  # the loss group is a shape key
     names = [name for name, _ in template.named_parameters()]
+    if any([name for name, _ in model.named_parameters()] != names for model in models):
+        raise Unfusable("the members' parameters differ in name")
+    streams = MemberStreams(template, sites, [member.rng_state for member in members], device)
     leaves = [dict(model.named_parameters()) for model in models]
     buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models]) for name, _ in template.named_buffers()}
     optimizers = _optimizers(tasks, models)
     penalized = [i for i, t in enumerate(tasks) if t.regularization.l1 or t.regularization.l2]
     clip = [float(t.gradient_clip_val or 0) for t in tasks]
     classes = int(template.num_classes)
+    # A graph task (tasks.classify.NodeClassifyTask) trains on the whole graph at every step.
+    graph = _graph_batch(train_loaders) if getattr(tasks[0], "kind", None) == "graph" else None
+    val_graph = _graph_batch([val_loader]) if graph is not None else None
 
-    def member_loss(params, member_buffers, x, y):
-        logits = functional_call(template, (params, member_buffers), (x,))
+    def member_loss(params, member_buffers, masks, inputs, index, y):
+        with streams.feed.feeding(masks):
+            logits = functional_call(template, (params, member_buffers), inputs)
+        if index is not None:  # a graph: the model sees every node, the loss only the split's
+            logits = logits.index_select(0, index)
         return criterion(logits, y), logits
 
-    train_step = vmap(member_loss)
-    validate = vmap(member_loss, in_dims=(0, 0, None, None))
+    if graph is None:  # each member its own batch
+        train_step = vmap(member_loss, in_dims=(0, 0, 0, 0, None, 0))
+        validate = vmap(member_loss, in_dims=(0, 0, 0, None, None, None))
+    else:  # one graph for all: only the weights (and masks) are stacked
+        train_step = validate = vmap(member_loss, in_dims=(0, 0, 0, None, None, None))
 
     results = [MemberResult() for _ in range(n)]
     active = list(range(n))
@@ -286,17 +468,23 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[tuple[Any, Any, 
         for i, task in enumerate(tasks):  # linear probing first (ClassifyTask.on_train_epoch_start)
             task.model.encoder.requires_grad_(epoch >= task.freeze_encoder_epochs)
         train_losses, train_counts = [], []
-        for batches in zip(*train_loaders):
-            x = torch.stack([b[0] for b in batches])
-            y = torch.stack([b[1] for b in batches])
+        steps_of_epoch = [graph] if graph is not None else zip(*train_loaders)
+        for batches in steps_of_epoch:
+            if graph is not None:
+                inputs, index, y = graph
+                masks = streams.masks(active, inputs)
+            else:
+                inputs, index = (torch.stack([b[0] for b in batches]),), None
+                y = torch.stack([b[1] for b in batches])
+                masks = streams.masks(active, (inputs[0][0],))
             params = {name: torch.stack([member[name] for member in leaves]) for name in names}
-            losses, _ = train_step(params, buffers, x, y)
+            losses, _ = train_step(params, buffers, masks, inputs, index, y)
             if penalized:
                 extra = [tasks[i].regularization.penalty(models[i]) if i in penalized else losses.new_zeros(())
                          for i in range(n)]
                 losses = losses + torch.stack([torch.as_tensor(e, device=device) for e in extra])
             train_losses.append(losses.detach())
-            train_counts.append(y.shape[1])
+            train_counts.append(y.shape[0] if graph is not None else y.shape[1])
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             (losses.sum() if len(active) == n else losses[torch.tensor(active, device=device)].sum()).backward()
@@ -314,8 +502,9 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[tuple[Any, Any, 
         with torch.no_grad():
             params = {name: torch.stack([member[name].detach() for member in leaves]) for name in names}
             val_losses, val_counts, predicted, targets = [], [], [], []
-            for x, y in val_loader:
-                losses, logits = validate(params, buffers, x, y)
+            val_batches = [val_graph] if val_graph is not None else [((x,), None, y) for x, y in val_loader]
+            for inputs, index, y in val_batches:
+                losses, logits = validate(params, buffers, (), inputs, index, y)
                 val_losses.append(losses)
                 val_counts.append(len(y))
                 predicted.append(logits.argmax(dim=-1))
