@@ -72,3 +72,19 @@ def test_profile_writes_both_loops_sorted_both_ways(tmp_path):
     assert path.name == "profile_tiny_mlp.txt"
     assert "=== Tiny MLP: raw loop ===" in text and "=== Tiny MLP: deepsweep loop ===" in text
     assert text.count("Ordered by: internal time") == 2 and text.count("Ordered by: cumulative time") == 2
+
+
+def test_a_partial_run_rewrites_its_own_section_and_keeps_the_others():
+    from deepsweep.bench import PROSE_SECTION, splice_section
+
+    document = "\n".join(["# Benchmarks", "", "## Training", "old training", "", "## Fused sweeps", "old fused",
+                          "", PROSE_SECTION, "prose", ""])
+    fresh = "\n".join(["# Benchmarks", "", "## Training", "(nothing measured)", "", "## Fused sweeps", "new fused",
+                       "", PROSE_SECTION, "prose", ""])
+    spliced = splice_section(document, fresh, "## Fused sweeps")
+    assert "old training" in spliced and "new fused" in spliced and "old fused" not in spliced
+    # A section the last full run did not have goes in before the prose.
+    fresh_jobs = fresh.replace("## Fused sweeps", "## A job in a warm worker")
+    spliced = splice_section(document, fresh_jobs, "## A job in a warm worker")
+    assert spliced.index("## A job in a warm worker") < spliced.index(PROSE_SECTION)
+    assert "old training" in spliced and "old fused" in spliced

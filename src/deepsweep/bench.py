@@ -338,11 +338,15 @@ def warm_job_costs(repeats: int) -> list[dict]:
 
 FUSED_COMMON = ["pretrain=none", "logger.log_model=false", "logger.figures=false", "logger.log_checkpoints=false"]
 # The sweeps issue 21 names: (name, what every job runs, the swept axes for a sweep of n members).
-FUSED_SWEEPS = (  # (key, name, what every job runs, the swept axes for a sweep of n members)
+# The last field: the epochs every job trains (None: --fused-epochs). The GCN keeps Kipf & Welling's 200, one
+# full-batch step each: 3 of them would measure start-up alone.
+FUSED_SWEEPS = (  # (key, name, what every job runs, the swept axes for a sweep of n members, epochs)
     ("mlp", "MLP on MNIST, init x seed", ["data=mnist", "model=mlp"],
-     lambda n: ["init=xavier_uniform,he_normal", f"seed=range(0,{n // 2})"]),
+     lambda n: ["init=xavier_uniform,he_normal", f"seed=range(0,{n // 2})"], None),
     ("lenet", "LeNet on 10k MNIST images, seed x lr", ["data=mnist", "model=lenet", "data.train_subset=10000"],
-     lambda n: [f"seed=range(0,{n // 4})", "optimizer.lr=0.0005,0.001,0.002,0.004"]),
+     lambda n: [f"seed=range(0,{n // 4})", "optimizer.lr=0.0005,0.001,0.002,0.004"], None),
+    ("gcn", "2-layer GCN on Cora (dropout 0.5), seed x lr", ["experiment=cora_gcn"],
+     lambda n: [f"seed=range(0,{n // 4})", "optimizer.lr=0.005,0.01,0.02,0.04"], 200),
 )
 
 
@@ -407,9 +411,10 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...],
                "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
                "sys.exit(r.returncode)")
     rows = []
-    for key, name, overrides, axes in FUSED_SWEEPS:
+    for key, name, overrides, axes, sweep_epochs in FUSED_SWEEPS:
         if key not in sweeps:
             continue
+        epochs_of_sweep = sweep_epochs or epochs
         for n in sizes:
             for label, launcher, in_flight in launchers:
                 if label == "one process" and one_process_up_to is not None and n > one_process_up_to:
@@ -419,7 +424,7 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...],
                 if launcher[-1].startswith("hydra.launcher.n_jobs") and launcher[0] == "hydra/launcher=fused":
                     launcher = [*launcher, f"hydra.launcher.max_members={max(1, n // workers)}"]
                 cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "deepsweep", "run", "-m", *FUSED_COMMON,
-                       *overrides, *axes(n), f"trainer.max_epochs={epochs}", *extra, *launcher,
+                       *overrides, *axes(n), f"trainer.max_epochs={epochs_of_sweep}", *extra, *launcher,
                        f"hydra.sweep.dir={folder}"]
                 sampler = _GpuSampler() if device.type == "cuda" else None
                 start = time.perf_counter()
@@ -432,8 +437,8 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...],
                 failed = len(list((folder / ".jobs_done").glob("*.failed")))
                 fused_workers = next((int(o.split("=")[1]) for o in launcher if o.startswith("hydra.launcher.n_jobs")), 1)
                 members = max(1, n // fused_workers) if in_flight is None else in_flight
-                row = {"sweep": name, "members": n, "epochs": epochs, "launcher": label, "wall_s": wall,
-                       "member_epochs_per_s": n * epochs / wall, "finetune_s": _finetune_seconds(folder),
+                row = {"sweep": name, "members": n, "epochs": epochs_of_sweep, "launcher": label, "wall_s": wall,
+                       "member_epochs_per_s": n * epochs_of_sweep / wall, "finetune_s": _finetune_seconds(folder),
                        "failed": failed, "peak_rss_mb_per_member": rss_kb / 1024 / (members if in_flight is None else 1),
                        "launcher_overrides": " ".join(launcher),
                        "gpu_utilisation": utilisation,
@@ -455,6 +460,37 @@ def _cell(value: float | None, fmt: str) -> str:
     """A table cell: the value formatted, or "-" where the run measured none (a steady rate with fewer than
     two job ends, a sweep without a GPU)."""
     return "-" if value is None else format(value, fmt)
+
+
+# The section of docs/benchmarks.md that ``--only`` measures again (the rest of the file stays as it is).
+ONLY_SECTIONS = {"pipeline": "## What a stage, a pipeline and a job cost", "job": "## A job in a warm worker",
+                 "fused": "## Fused sweeps"}
+PROSE_SECTION = "## What stands between these numbers and the targets"
+
+
+def splice_section(document: str, fresh: str, heading: str) -> str:
+    """``document`` with its section ``heading`` (to the next ``## `` heading) replaced by ``fresh``'s, or
+    inserted before the prose section where ``document`` has none: a partial run (``--only``) rewrites what it
+    measured and keeps every other table of the last full run, whatever ``bench/results.json`` holds."""
+
+    def bounds(lines: list[str], title: str) -> tuple[int, int] | None:
+        if title not in lines:
+            return None
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        return start, end
+
+    old, new = document.split("\n"), fresh.split("\n")
+    section = bounds(new, heading)
+    if section is None:
+        return document
+    replacement = new[section[0]:section[1]]
+    where = bounds(old, heading)
+    if where is None:
+        prose = bounds(old, PROSE_SECTION)
+        at = prose[0] if prose else len(old)
+        where = (at, at)
+    return "\n".join(old[: where[0]] + replacement + old[where[1]:])
 
 
 def markdown(results: dict) -> str:
@@ -656,7 +692,7 @@ def main() -> None:
                              "costs are measured beside this one's, in the same run")
     parser.add_argument("--fused-sizes", default="8,32", help="members of the fused-sweep comparisons (issue 21)")
     parser.add_argument("--fused-epochs", type=int, default=3)
-    parser.add_argument("--fused-sweeps", default="mlp,lenet", help="which of issue 21's sweeps: mlp, lenet")
+    parser.add_argument("--fused-sweeps", default="mlp,lenet,gcn", help="which of issue 21's sweeps: mlp, lenet, gcn")
     parser.add_argument("--fused-launchers", default=None,
                         help="only these launchers, comma-separated: fused, one process, jobs_per_gpu=8, ...")
     parser.add_argument("--fused-one-process-up-to", type=int, default=None,
@@ -702,7 +738,9 @@ def main() -> None:
         else:
             results.update(jobs=warm_job_costs(max(args.repeats, 5)))
         path.write_text(json.dumps(results, indent=2) + "\n")
-        (root / "docs" / f"benchmarks{suffix}.md").write_text(markdown(results))
+        doc = root / "docs" / f"benchmarks{suffix}.md"
+        fresh = markdown(results)
+        doc.write_text(splice_section(doc.read_text(), fresh, ONLY_SECTIONS[args.only]) if doc.is_file() else fresh)
         print(json.dumps(results.get(args.only if args.only in ("pipeline", "fused") else "jobs"), indent=2))
         return
     pipeline = pipeline_costs(checkouts, args.repeats) if device.type == "cpu" else []
