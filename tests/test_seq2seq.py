@@ -204,3 +204,15 @@ def test_transformer_translates_through_the_stages(compose, tmp_path):
     assert {"token_accuracy", "exact_match", "exact_match/length_1-10"} == set(metrics)
     assert (artifacts / "evaluate" / "attention.png").stat().st_size > 0
     assert len((artifacts / "evaluate" / "translations.csv").read_text().splitlines()) == 41
+
+
+def test_the_config_rules_allow_exactly_what_the_decoders_build():
+    """Validation names the allowed words before any work (constraints, no torch); the families map the same
+    words to layers. One list changed alone would let a config pass validation and fail at build, or refuse a
+    word the family builds."""
+    from deepsweep.constraints import RULES
+    from deepsweep.models.seq2seq import ATTENTION, FEED_FORWARD_ACTIVATIONS
+
+    rules = dict(RULES)
+    assert rules["model.attention"].allowed == f"one of {', '.join(ATTENTION)}"
+    assert rules["model.activation"].allowed == f"one of {', '.join(FEED_FORWARD_ACTIVATIONS)}"

@@ -30,8 +30,7 @@ def declared(target: str, attribute: str) -> str:
     imports) instead of importing the class: a task's module imports Lightning, about two seconds of start-up
     that a stage which trains nothing (prepare, evaluate) would pay for one string. Imported only where the
     source does not say it (tests/test_factory_kinds.py checks both ways agree for every option)."""
-    module, _, name = target.rpartition(".")
-    value = _source_attribute(module, name, attribute, 0)
+    value = declared_in_source(target, attribute)
     if value is None:
         from hydra.utils import get_class
 

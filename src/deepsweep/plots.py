@@ -238,14 +238,18 @@ def segmentation_png(images: torch.Tensor, masks: torch.Tensor, predicted: torch
 
 def attention_png(weights: torch.Tensor, source: Sequence[str], output: Sequence[str], path: Path, title: str) -> None:
     """Attention weights (output steps x source steps) of one decoded sequence, as a heatmap."""
+    import textwrap
+
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.5 + 0.28 * len(source), 1.2 + 0.28 * len(output)), dpi=100)
+    width = 1.5 + 0.28 * len(source)
+    fig, ax = plt.subplots(figsize=(width, 1.2 + 0.28 * len(output)), dpi=100)
     ax.imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(source)), source, fontsize=7)
     ax.set_yticks(range(len(output)), output, fontsize=7)
     ax.set_xlabel("source")
     ax.set_ylabel("output")
-    ax.set_title(title, fontsize=9)
+    # Wrapped to the figure's width (11 characters an inch at 9 points fit), which a short source keeps narrow.
+    ax.set_title(textwrap.fill(title, width=max(16, int(11 * width))), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

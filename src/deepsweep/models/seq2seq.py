@@ -26,7 +26,8 @@ from torch import nn
 
 from deepsweep.data.sequences import BOS_ID, EOS_ID
 from deepsweep.models.base import Family
-from deepsweep.models.sequence import PositionalEncoding, RecurrentEncoder, TransformerEncoder, _Inputs, padding_mask
+from deepsweep.models.sequence import (PositionalEncoding, RecurrentEncoder, TransformerEncoder, _Inputs,
+                                      attention_block_dropout, padding_mask)
 from deepsweep.nn.layers import Layers
 
 ATTENTION = ("bahdanau", "luong", "none")
@@ -54,19 +55,37 @@ class Attention(nn.Module):
         return (weights.unsqueeze(1) @ values).squeeze(1), weights
 
 
-class Seq2Seq(Family):
-    """A recurrent encoder (``cell``, ``num_layers``, ``bidirectional``: the sequence families' encoder, so
-    sequence pretraining applies to it) and a one-layer decoder of the same cell with ``attention``.
-    ``encoder``: what pretraining learns and fine-tuning loads; ``head``: the decoder's output layer."""
+class TokenDecoder(Family):
+    """A family that reads token ids and writes a token sequence: ``decode(x, steps)`` decodes greedily (scores
+    (N, vocab, T) and attention weights (N, T, S)) for at most ``max_output_len`` steps (by default twice
+    the source length plus 2); ``generate`` gives its tokens."""
 
     kind = "sequence"
     target = "tokens"
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, max_output_len: int | None) -> None:
+        super().__init__(tuple(input_shape), num_classes)
+        self.max_output_len = max_output_len or 2 * int(input_shape[0]) + 2
+
+    def decode(self, x: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def generate(self, x: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy decoding: token ids (N, T) and attention weights (N, T, S)."""
+        scores, attention = self.decode(x, steps=steps)
+        return scores.argmax(dim=1), attention
+
+
+class Seq2Seq(TokenDecoder):
+    """A recurrent encoder (``cell``, ``num_layers``, ``bidirectional``: the sequence families' encoder, so
+    sequence pretraining applies to it) and a one-layer decoder of the same cell with ``attention``.
+    ``encoder``: what pretraining learns and fine-tuning loads; ``head``: the decoder's output layer."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, cell: str = "gru", hidden_size: int = 128,
                  embedding_dim: int = 64, num_layers: int = 1, bidirectional: bool = True,
                  attention: str = "bahdanau", teacher_forcing: float = 1.0, max_output_len: int | None = None,
                  vocab_size: int | None = None, layers: Layers | None = None) -> None:
-        super().__init__(tuple(input_shape), num_classes)
+        super().__init__(input_shape, num_classes, max_output_len)
         if cell not in DECODER_CELLS:
             raise ValueError(f"model.cell: unknown cell {cell!r}; allowed: {', '.join(DECODER_CELLS)}")
         if attention not in ATTENTION:
@@ -77,7 +96,6 @@ class Seq2Seq(Family):
         self.vocab_size, self.cell, self.attention_kind = vocab_size, cell, attention
         self.attends = attention != "none"
         self.teacher_forcing = float(teacher_forcing)
-        self.max_output_len = max_output_len or 2 * int(input_shape[0]) + 2
         self.encoder = RecurrentEncoder(_Inputs(input_shape, vocab_size, embedding_dim), cell, hidden_size,
                                         num_layers, bidirectional, "mean", layers, packed=True)
         self.feature_dim = self.encoder.width
@@ -151,11 +169,6 @@ class Seq2Seq(Family):
             return self.decode(x, y, self.teacher_forcing if self.training else 1.0)[0]
         return self.decode(x)[0]
 
-    def generate(self, x: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy decoding: token ids (N, T) and attention weights (N, T, S)."""
-        scores, attention = self.decode(x, steps=steps)
-        return scores.argmax(dim=1), attention
-
 
 
 FEED_FORWARD_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -186,32 +199,27 @@ class DecoderBlock(nn.Module):
         return h + self.drop(self.feed_forward(self.norms[2](h))), weights
 
 
-class TransformerSeq2Seq(Family):
+class TransformerSeq2Seq(TokenDecoder):
     """The Transformer encoder-decoder: the sequence families' Transformer encoder (so masked-token pretraining
     applies to it), and ``num_layers`` decoder blocks reading the target shifted right (<bos> first) under a
     causal mask. Training is teacher-forced, every step at once, as Transformers train; ``generate`` decodes
     greedily, one token a step. The attention it reports is the last block's over the source, averaged over
     heads. ``encoder``: what pretraining learns and fine-tuning loads; ``head``: the output layer."""
 
-    kind = "sequence"
-    target = "tokens"
     attends = True
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, d_model: int = 64, heads: int = 4,
                  num_layers: int = 2, ff_dim: int = 128, activation: str = "gelu", max_output_len: int | None = None,
                  vocab_size: int | None = None, layers: Layers | None = None) -> None:
-        super().__init__(tuple(input_shape), num_classes)
-        if d_model % heads:
-            raise ValueError(f"model.heads: d_model={d_model} must be divisible by heads={heads}")
+        super().__init__(input_shape, num_classes, max_output_len)
         if activation not in FEED_FORWARD_ACTIVATIONS:
             raise ValueError(f"model.activation: unknown {activation!r}; allowed: {', '.join(FEED_FORWARD_ACTIVATIONS)}")
         if vocab_size is None:
             raise ValueError("model=seq2seq_transformer reads token ids: use a data option with a vocabulary "
                              "(data=translation)")
         layers = layers or Layers()
-        dropout = layers.regularization.dropout if layers.regularization.dropout_kind == "standard" else 0.0
+        dropout = attention_block_dropout(d_model, heads, layers)
         self.vocab_size = vocab_size
-        self.max_output_len = max_output_len or 2 * int(input_shape[0]) + 2
         self.encoder = TransformerEncoder(_Inputs(input_shape, vocab_size, d_model), d_model, heads, num_layers,
                                           ff_dim, int(input_shape[0]), "mean", True, dropout, activation)
         self.feature_dim = d_model
@@ -265,8 +273,3 @@ class TransformerSeq2Seq(Family):
             if bool(done.all()):
                 break
         return torch.stack(scores, dim=2), torch.stack(attention, dim=1)
-
-    def generate(self, x: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy decoding: token ids (N, T) and attention weights (N, T, S)."""
-        scores, attention = self.decode(x, steps=steps)
-        return scores.argmax(dim=1), attention

@@ -236,6 +236,15 @@ class TransformerEncoder(nn.Module):
         return h[:, 0] if self.cls is not None else _pool(h, valid, "mean")
 
 
+def attention_block_dropout(d_model: int, heads: int, layers: Layers) -> float:
+    """The dropout probability of a Transformer's attention blocks (``nn.TransformerEncoderLayer`` and the
+    decoder blocks take standard dropout alone; constraints refuse the other kinds for these families),
+    once ``d_model`` is checked to split into ``heads`` heads."""
+    if d_model % heads:
+        raise ValueError(f"model.heads: d_model={d_model} must be divisible by heads={heads}")
+    return layers.regularization.dropout if layers.regularization.dropout_kind == "standard" else 0.0
+
+
 class Transformer(Family):
     """Transformer encoder (Vaswani et al. 2017): embeddings + sinusoidal positions, ``num_layers``
     self-attention blocks (pre-norm with ``norm_first``), pooled by a [CLS] token or the mean."""
@@ -248,11 +257,9 @@ class Transformer(Family):
         super().__init__(tuple(input_shape), num_classes)
         if pooling not in ("cls", "mean"):
             raise ValueError(f"model.pooling: unknown pooling {pooling!r}; allowed: cls, mean")
-        if d_model % heads:
-            raise ValueError(f"model.heads: d_model={d_model} must be divisible by heads={heads}")
         layers = layers or Layers()
         self.vocab_size = vocab_size
-        dropout = layers.regularization.dropout if layers.regularization.dropout_kind == "standard" else 0.0
+        dropout = attention_block_dropout(d_model, heads, layers)
         self.encoder = TransformerEncoder(_Inputs(input_shape, vocab_size, d_model), d_model, heads, num_layers,
                                           ff_dim, input_shape[0], pooling, norm_first, dropout, activation)
         self.feature_dim = d_model
