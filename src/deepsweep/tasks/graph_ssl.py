@@ -39,11 +39,29 @@ def random_walk_loss(z: torch.Tensor, edge_index: torch.Tensor, walk_length: int
     context = walks[:, 1:].reshape(-1)
     keep = anchor != context  # a walk stuck on an isolated node, or back at its start, says nothing
     anchor, context = anchor[keep], context[keep]
-    positive = (z[anchor] * z[context]).sum(-1)
+    # index_select, not z[index]: the latter's backward adds each row's gradients with atomic float adds on
+    # several CPU threads (index_put_ with accumulate), in an order that changes from run to run, so a
+    # pretraining run did not repeat bit for bit; index_select's backward (index_add_) adds in index order.
+    anchors = z.index_select(0, anchor)
+    positive = (anchors * z.index_select(0, context)).sum(-1)
     noise = degree.float().pow(0.75) + 1e-6  # word2vec's smoothed unigram
     negatives = torch.multinomial(noise, len(anchor) * num_negatives, replacement=True)
-    negative = (z[anchor].repeat_interleave(num_negatives, 0) * z[negatives]).sum(-1)
+    negative = (anchors.repeat_interleave(num_negatives, 0) * z.index_select(0, negatives)).sum(-1)
     return -F.logsigmoid(positive).mean() - F.logsigmoid(-negative).view(-1, num_negatives).sum(1).mean()
+
+
+def _ordered_inner_product_decoder() -> nn.Module:
+    """torch-geometric's inner-product edge decoder (GAE, VGAE), reading the codes with ``index_select``: its
+    own ``z[edge_index[0]]`` adds the gradients of a node's edges with atomic float adds across CPU threads,
+    in an order that changes from run to run (see ``random_walk_loss``)."""
+    from torch_geometric.nn import InnerProductDecoder
+
+    class OrderedInnerProductDecoder(InnerProductDecoder):
+        def forward(self, z: torch.Tensor, edge_index: torch.Tensor, sigmoid: bool = True) -> torch.Tensor:
+            value = (z.index_select(0, edge_index[0]) * z.index_select(0, edge_index[1])).sum(dim=1)
+            return torch.sigmoid(value) if sigmoid else value
+
+    return OrderedInnerProductDecoder()
 
 
 def pairwise_auc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -139,7 +157,8 @@ class GraphSelfSupervisedTask(LossTask):
                 return model.conv(model.feature_dim, latent_dim, final=True)[0]
 
             autoencoder = LatentEncoder(self.encoder, latent(), latent() if method == "vgae" else None)
-            self.objective = VGAE(autoencoder) if method == "vgae" else GAE(autoencoder)
+            decoder = _ordered_inner_product_decoder()
+            self.objective = VGAE(autoencoder, decoder) if method == "vgae" else GAE(autoencoder, decoder)
 
     def link_split(self, x: torch.Tensor, edge_index: torch.Tensor):
         """The held-out edges of this graph (None without a link split), drawn once from the seed."""
