@@ -101,6 +101,31 @@ def test_schedules_change_the_learning_rate(compose, digits, scheduler):
         assert lr < cfg.optimizer.lr
 
 
+@pytest.mark.parametrize("steps_per_call", [1, 16])
+def test_the_learning_rate_is_recorded_on_its_own_epoch(compose, digits, tmp_path, steps_per_call):
+    """Each epoch's learning rate lands on that epoch's row, in MLflow and curves.csv (Lightning's
+    LearningRateMonitor stepped it by optimizer steps: epoch 1's rate on epoch 2's row, rows past the end)."""
+    import csv
+
+    import mlflow
+
+    train, val = digits
+    cfg = compose("scheduler=step", "scheduler.step_size=1", f"trainer.steps_per_call={steps_per_call}")
+    task = factory.build_task(cfg, ClassifyTask, factory.build_model(cfg, (1, 8, 8), 10), "finetune")
+    mlflow.set_experiment("learning-rates")
+    with mlflow.start_run() as active:
+        training.fit(cfg, task, InMemoryLoader(train, 64, shuffle=True), InMemoryLoader(val, 256), tmp_path,
+                     stage="finetune", epochs=4, run_id=active.info.run_id)
+    history = mlflow.MlflowClient().get_metric_history(active.info.run_id, "lr-Adam")
+    rates = [cfg.optimizer.lr * 0.5 ** epoch for epoch in range(4)]
+    history = sorted((m.step, m.value) for m in history)
+    assert [step for step, _ in history] == [0, 1, 2, 3] and [v for _, v in history] == pytest.approx(rates)
+    with open(tmp_path / "curves.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert [float(r["lr-Adam"]) for r in rows] == pytest.approx(rates)
+
+
 def test_early_stopping_stops_and_keeps_best_weights(compose, digits):
     train, val = digits
     cfg = compose("regularizer=early_stopping", "regularizer.early_stopping_patience=1", "optimizer=sgd",

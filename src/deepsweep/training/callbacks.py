@@ -147,6 +147,26 @@ class EpochLines(L.Callback):
         self._start = None
 
 
+class EpochLearningRates(L.Callback):
+    """Each optimizer's learning rate at the start of every epoch, with the epoch as its step, under Lightning's
+    names (``lr-Adam``; ``/pg2`` per further parameter group, ``-1`` for a second optimizer of a class).
+    Lightning's ``LearningRateMonitor`` steps these by optimizer steps, so in curves.csv and MLflow they landed
+    on other epochs' rows (the value of epoch 1 on the row of epoch 2, rows past the last epoch)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.logger is None:
+            return
+        values: dict[str, float] = {}
+        for optimizer in trainer.optimizers:
+            name = f"lr-{type(optimizer).__name__}"
+            taken = len({key.split("/")[0] for key in values
+                         if key.split("/")[0] == name or key.split("/")[0].startswith(f"{name}-")})
+            name = name if not taken else f"{name}-{taken}"
+            for index, group in enumerate(optimizer.param_groups):
+                values[name if index == 0 else f"{name}/pg{index + 1}"] = float(group["lr"])
+        trainer.logger.log_metrics({**values, "epoch": trainer.current_epoch})
+
+
 class CurveHistory(L.Callback):
     """Keeps a logger's per-epoch history (what ``curves.csv`` is written from) in resume checkpoints, so a
     resumed fit's curves start at epoch 0, not at the epoch it resumed from."""

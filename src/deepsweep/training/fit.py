@@ -154,9 +154,9 @@ def fit(cfg: DictConfig, task, train_loader, val_loader, out: Path, *, stage: st
 
         callbacks.append(EarlyStopping("val/loss", patience=early_stopping_patience, mode="min"))
     if cfg.scheduler.name != "none" and run_id is not None:  # the learning rate per epoch, in the MLflow run
-        from lightning.pytorch.callbacks import LearningRateMonitor
+        from deepsweep.training.callbacks import EpochLearningRates
 
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        callbacks.append(EpochLearningRates())
     if progress(cfg) == "epochs":
         from deepsweep.training.callbacks import EpochLines
 
