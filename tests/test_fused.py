@@ -132,6 +132,10 @@ def _unfused(cfg, member, out):
     (["pretrain=none", "data=digits", "trainer.max_epochs=3"],
      [["seed=0", "regularizer=dropout"], ["seed=1", "regularizer=dropout"], ["seed=0"],
       ["seed=1", "regularizer=dropout", "regularizer.dropout=0.5"]]),
+    # A schedule per member (plateau on its own validation loss; mode=max on a falling loss cuts every epoch).
+    (["pretrain=none", "data=digits", "trainer.max_epochs=3"],
+     [["seed=0", "scheduler=step", "scheduler.step_size=1"], ["seed=1", "scheduler=step", "scheduler.step_size=1"],
+      ["seed=0", "scheduler=plateau", "scheduler.patience=0", "scheduler.mode=max"], ["seed=1", "scheduler=cosine"]]),
     # A full-batch graph shared by every member: Kipf & Welling's GCN (dropout 0.5) on the karate club.
     (["experiment=cora_gcn", "data=karate", "trainer.max_epochs=25"],
      [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.05"], ["seed=2", "regularizer.dropout=0"]]),
@@ -139,7 +143,7 @@ def _unfused(cfg, member, out):
     pytest.param(["pretrain=none", "data=digits", "trainer.max_epochs=3", "trainer=gpu"],
                  [["seed=0", "regularizer=dropout"], ["seed=1", "regularizer=dropout"], ["seed=0"]],
                  marks=pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no GPU here")),
-], ids=["mlp-dropout", "gcn-full-batch", "mlp-dropout-gpu"])
+], ids=["mlp-dropout", "mlp-schedules", "gcn-full-batch", "mlp-dropout-gpu"])
 def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose, tmp_path, base, axes):
     import torch
 
@@ -166,8 +170,8 @@ def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose,
         assert fused.best_score == pytest.approx(alone.best_score, rel=rel)
         for key in ("val/loss", "train/loss", "val/acc"):
             assert last[key] == pytest.approx(float(alone.last_metrics[key]), rel=rel), (cfg.seed, key)
-    # The members part: another seed, learning rate or dropout probability is another curve.
-    assert len({round(r.history[0]["val/loss"], 4) for r in results}) == len(results)
+    # The members part: another seed, learning rate, dropout probability or schedule is another curve.
+    assert len({tuple(round(h["val/loss"], 4) for h in r.history.values()) for r in results}) == len(results)
 
 
 def test_a_member_whose_loss_goes_non_finite_fails_alone(compose, tmp_path):

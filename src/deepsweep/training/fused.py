@@ -1,5 +1,5 @@
-"""Fused sweeps: the jobs of a sweep that differ only in values (seed, init, learning rate, weight decay,
-dropout probability, L1/L2, early stopping), trained together as one stacked model in one process
+"""Fused sweeps: the jobs of a sweep that differ only in values (seed, init, learning rate and its schedule,
+weight decay, dropout probability, L1/L2, early stopping), trained together as one stacked model in one process
 (``hydra/launcher=fused``).
 
 Small models leave a GPU idle: one job per process spends its time on kernel launches, Python and start-up.
@@ -41,7 +41,7 @@ log = logging.getLogger("deepsweep")
 
 # Keys whose values may differ between the members of one array: they change numbers, never a shape.
 PER_MEMBER_KEYS = (
-    "seed", "init", "optimizer", "experiment_name", "optimized_metric", "logger",
+    "seed", "init", "optimizer", "scheduler", "experiment_name", "optimized_metric", "logger",
     "regularizer.name", "regularizer.l1", "regularizer.l2", "regularizer.early_stopping_patience", "regularizer.dropout",
     "finetune.freeze_encoder_epochs", "trainer.gradient_clip_val", "trainer.num_threads", "trainer.progress",
     "trainer.steps_per_call", "trainer.jobs_per_gpu",
@@ -100,8 +100,6 @@ def unfusable(cfg: DictConfig) -> str | None:
                 "per member")
     if cfg.regularizer.batch_norm:
         return "regularizer.batch_norm: running statistics are not stacked per member"
-    if cfg.scheduler.name != "none":
-        return f"scheduler={cfg.scheduler.name}: learning-rate schedules are not stepped per member yet"
     if str(cfg.optimizer.get("_target_", "")).endswith("LBFGS"):
         return "optimizer=lbfgs: its line search re-evaluates one member's loss alone"
     if str(cfg.trainer.strategy) != "auto" or str(cfg.trainer.devices) not in ("1", "[0]", "auto"):
@@ -378,18 +376,44 @@ class _Feed:
             self.queue = []
 
 
-def _optimizers(tasks: Sequence[Any], models: Sequence[Any]) -> list[Any]:
-    """One optimizer per distinct optimizer setting, over the weights of the members that share it: the
-    update is elementwise, so a member's step is the same as with an optimizer of its own, and an array
-    of 32 members with one learning rate takes one optimizer step instead of 32 (kernel launches on a GPU)."""
+@dataclass
+class _Optimizer:
+    """One optimizer over the weights of ``members`` (and its learning-rate schedule, if any)."""
+
+    optimizer: Any
+    scheduler: Any
+    members: list[int]
+
+    @property
+    def plateau(self) -> bool:
+        import torch
+
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _optimizers(tasks: Sequence[Any], models: Sequence[Any]) -> list[_Optimizer]:
+    """One optimizer per distinct optimizer and schedule setting, over the weights of the members that share
+    it: the update is elementwise, so a member's step is the same as with an optimizer of its own, and an
+    array of 32 members with one learning rate takes one optimizer step instead of 32 (kernel launches on a
+    GPU). A schedule that steps on a member's own validation loss (plateau) gets an optimizer per member."""
+    import torch
+
+    def key(factory) -> str:
+        return repr((getattr(factory, "func", factory), getattr(factory, "args", ()),
+                     sorted(getattr(factory, "keywords", {}).items())))
+
     groups: dict[str, list[int]] = {}
     for i, task in enumerate(tasks):
-        factory = task.optimizer_factory
-        key = repr((getattr(factory, "func", factory), getattr(factory, "args", ()),
-                    sorted(getattr(factory, "keywords", {}).items())))
-        groups.setdefault(key, []).append(i)
-    return [tasks[members[0]].optimizer_factory([p for i in members for p in models[i].parameters()])
-            for members in groups.values()]
+        schedule = task.scheduler_factory
+        alone = schedule is not None and getattr(schedule, "func", None) is torch.optim.lr_scheduler.ReduceLROnPlateau
+        groups.setdefault(key(task.optimizer_factory) + key(schedule) + (f"#{i}" if alone else ""), []).append(i)
+    merged = []
+    for members in groups.values():
+        task = tasks[members[0]]
+        optimizer = task.optimizer_factory([p for i in members for p in models[i].parameters()])
+        scheduler = task.scheduler_factory(optimizer) if task.scheduler_factory is not None else None
+        merged.append(_Optimizer(optimizer, scheduler, members))
+    return merged
 
 
 def _graph_batch(loaders: Sequence[Any]) -> tuple:
@@ -467,6 +491,12 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
             break
         for i, task in enumerate(tasks):  # linear probing first (ClassifyTask.on_train_epoch_start)
             task.model.encoder.requires_grad_(epoch >= task.freeze_encoder_epochs)
+        for group in optimizers:  # training.callbacks.EpochLearningRates: the rate this epoch trains with
+            if group.scheduler is not None:
+                for i in group.members:
+                    if i in active:
+                        name = f"lr-{type(group.optimizer).__name__}"
+                        results[i].history.setdefault(epoch, {})[name] = float(group.optimizer.param_groups[0]["lr"])
         train_losses, train_counts = [], []
         steps_of_epoch = [graph] if graph is not None else zip(*train_loaders)
         for batches in steps_of_epoch:
@@ -485,8 +515,8 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
                 losses = losses + torch.stack([torch.as_tensor(e, device=device) for e in extra])
             train_losses.append(losses.detach())
             train_counts.append(y.shape[0] if graph is not None else y.shape[1])
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
+            for group in optimizers:
+                group.optimizer.zero_grad(set_to_none=True)
             (losses.sum() if len(active) == n else losses[torch.tensor(active, device=device)].sum()).backward()
             for i in range(n):
                 if i not in active:  # a member that left keeps its weights and its optimizer state
@@ -494,8 +524,8 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
                         p.grad = None
                 elif clip[i]:
                     torch.nn.utils.clip_grad_norm_(models[i].parameters(), clip[i])
-            for optimizer in optimizers:
-                optimizer.step()
+            for group in optimizers:
+                group.optimizer.step()
             steps += 1
         train_mean = _weighted_means(train_losses, train_counts)
 
@@ -522,7 +552,7 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
             try:  # in the order a fit logs them: validation first, then the training epoch's mean
                 check_finite({"val/loss": val_loss}, epoch, steps)
                 check_finite({"val/acc": val_acc, "val/f1": val_f1}, epoch, steps)
-                result.history[epoch] = {"val/loss": val_loss, "val/acc": val_acc, "val/f1": val_f1}
+                result.history.setdefault(epoch, {}).update({"val/loss": val_loss, "val/acc": val_acc, "val/f1": val_f1})
                 check_finite({"train/loss": train_loss}, epoch, steps)
             except NonFiniteError as exc:
                 result.error, result.epochs = str(exc), epoch
@@ -540,6 +570,15 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
                     waits[i] += 1
                     if waits[i] >= int(patience[i]):
                         active.remove(i)
+        for group in optimizers:  # at the epoch's end, after validation, as tasks.common steps them
+            if group.scheduler is None:
+                continue
+            if group.plateau:
+                member = group.members[0]
+                if results[member].error is None:
+                    group.scheduler.step(table[member][0])
+            else:
+                group.scheduler.step()
     for model in models:
         model.to("cpu")
     return results
