@@ -98,8 +98,6 @@ def unfusable(cfg: DictConfig) -> str | None:
     if float(cfg.regularizer.dropout) > 0 and cfg.regularizer.dropout_kind != "standard":
         return (f"regularizer.dropout_kind={cfg.regularizer.dropout_kind}: only standard dropout masks are drawn "
                 "per member")
-    if cfg.regularizer.batch_norm:
-        return "regularizer.batch_norm: running statistics are not stacked per member"
     if str(cfg.optimizer.get("_target_", "")).endswith("LBFGS"):
         return "optimizer=lbfgs: its line search re-evaluates one member's loss alone"
     if str(cfg.trainer.strategy) != "auto" or str(cfg.trainer.devices) not in ("1", "[0]", "auto"):
@@ -267,16 +265,15 @@ def _set_rng_state(device, state) -> None:
 
 
 def _dropout_sites(model: Any) -> dict[str, float]:
-    """Where ``model`` drops units in training, and with which probability (``nn.Dropout``); any other layer
-    that behaves differently in training (batch norm, other dropout kinds) is refused by name."""
+    """Where ``model`` drops units in training, and with which probability (``nn.Dropout``); other dropout
+    kinds are refused by name. (Batch norm needs nothing here: its running statistics are buffers, stacked
+    per member like the weights and updated in place by the vmapped forward pass.)"""
     from torch import nn
 
-    from deepsweep.nn.modes import drops, keeps_running_stats
+    from deepsweep.nn.modes import drops
 
     sites = {}
     for name, module in model.named_modules():
-        if keeps_running_stats(module):
-            raise Unfusable(f"{name or 'the model'} is a batch norm: running statistics are not stacked per member")
         if type(module) is nn.Dropout and module.p > 0:
             sites[name] = float(module.p)
         elif drops(module):
@@ -457,7 +454,15 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
         raise Unfusable("the members' parameters differ in name")
     streams = MemberStreams(template, sites, [member.rng_state for member in members], device)
     leaves = [dict(model.named_parameters()) for model in models]
+    # Running statistics (batch norm), stacked: the vmapped forward pass updates each member's slice in place
+    # in training, and reads it in evaluation; ``keep_statistics`` copies a member's slice back to its model.
     buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models]) for name, _ in template.named_buffers()}
+    own_buffers = [dict(model.named_buffers()) for model in models]
+
+    def keep_statistics(i: int) -> None:
+        with torch.no_grad():
+            for name, buffer in own_buffers[i].items():
+                buffer.copy_(buffers[name][i])
     optimizers = _optimizers(tasks, models)
     penalized = [i for i, t in enumerate(tasks) if t.regularization.l1 or t.regularization.l2]
     clip = [float(t.gradient_clip_val or 0) for t in tasks]
@@ -529,6 +534,7 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
             steps += 1
         train_mean = _weighted_means(train_losses, train_counts)
 
+        template.eval()  # batch norm reads the running statistics, as a fit validates
         with torch.no_grad():
             params = {name: torch.stack([member[name].detach() for member in leaves]) for name in names}
             val_losses, val_counts, predicted, targets = [], [], [], []
@@ -545,6 +551,7 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
                                for i in range(n)])
             f1 = torch.stack([multiclass_f1_score(predicted[i], target, classes, average="macro", validate_args=False)
                               for i in range(n)])
+        template.train()
         table = torch.stack([val_mean, acc, f1, train_mean], dim=1).tolist()  # one device sync per epoch
         for i in list(active):
             val_loss, val_acc, val_f1, train_loss = table[i]
@@ -562,6 +569,7 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
             result.epochs = epoch + 1
             if result.best_score is None or val_loss < result.best_score:  # training.callbacks.BestWeights
                 result.best_score, result.best_epoch = val_loss, epoch
+                keep_statistics(i)
                 result.state = {k: v.detach().to("cpu", copy=True) for k, v in models[i].state_dict().items()}
             if patience[i] is not None:  # Lightning's EarlyStopping(min_delta=0, mode="min")
                 if val_loss < stop_best[i]:
@@ -579,7 +587,8 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
                     group.scheduler.step(table[member][0])
             else:
                 group.scheduler.step()
-    for model in models:
+    for i, model in enumerate(models):
+        keep_statistics(i)
         model.to("cpu")
     return results
 
