@@ -119,12 +119,21 @@ def test_arrays_group_jobs_by_shape_and_name_why_a_job_runs_alone(compose):
 
 
 def _unfused(cfg, member, out):
-    """What the member's job alone gives: ``training.fit`` on a fresh build, as the finetune stage fits."""
+    """What the member's job alone gives: ``training.fit`` on a fresh build, as the finetune stage fits, into
+    an MLflow run; the fit's result and the learning rates the run recorded per epoch."""
+    import mlflow
+
     from deepsweep.training.fit import fit
 
     task, train_loader, val_loader = member
-    return fit(cfg, task, train_loader, val_loader, out, stage="finetune", epochs=int(cfg.trainer.max_epochs),
-               early_stopping_patience=task.regularization.early_stopping_patience)
+    out.mkdir(parents=True, exist_ok=True)
+    with mlflow.start_run() as run:
+        result = fit(cfg, task, train_loader, val_loader, out, stage="finetune", epochs=int(cfg.trainer.max_epochs),
+                     run_id=run.info.run_id, early_stopping_patience=task.regularization.early_stopping_patience)
+    client = mlflow.MlflowClient()
+    rates = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+             for key in client.get_run(run.info.run_id).data.metrics if key.startswith("lr-")}
+    return result, rates
 
 
 @pytest.mark.parametrize("base,axes", [
@@ -132,10 +141,11 @@ def _unfused(cfg, member, out):
     (["pretrain=none", "data=digits", "trainer.max_epochs=3"],
      [["seed=0", "regularizer=dropout"], ["seed=1", "regularizer=dropout"], ["seed=0"],
       ["seed=1", "regularizer=dropout", "regularizer.dropout=0.5"]]),
-    # A schedule per member (plateau on its own validation loss; mode=max on a falling loss cuts every epoch).
-    (["pretrain=none", "data=digits", "trainer.max_epochs=3"],
+    # A schedule per member; two plateau schedules, each cut when its own member's validation loss rises.
+    (["pretrain=none", "data=digits", "trainer.max_epochs=6"],
      [["seed=0", "scheduler=step", "scheduler.step_size=1"], ["seed=1", "scheduler=step", "scheduler.step_size=1"],
-      ["seed=0", "scheduler=plateau", "scheduler.patience=0", "scheduler.mode=max"], ["seed=1", "scheduler=cosine"]]),
+      ["seed=0", "scheduler=plateau", "scheduler.patience=0", "optimizer.lr=0.03"],
+      ["seed=1", "scheduler=plateau", "scheduler.patience=0", "optimizer.lr=0.03"], ["seed=1", "scheduler=cosine"]]),
     # Batch norm: each member's running statistics, stacked, updated in training and read in validation. SGD:
     # a linear bias before batch norm has a zero gradient in exact arithmetic, and Adam divides that rounding
     # noise by its own size, so under Adam those biases (and the running means holding them) wander by up to
@@ -146,11 +156,17 @@ def _unfused(cfg, member, out):
     # A full-batch graph shared by every member: Kipf & Welling's GCN (dropout 0.5) on the karate club.
     (["experiment=cora_gcn", "data=karate", "trainer.max_epochs=25"],
      [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.05"], ["seed=2", "regularizer.dropout=0"]]),
+    # GraphSAGE (mean) and GAT (without attention dropout, which torch-geometric draws inside) alike.
+    (["experiment=cora_gcn", "data=karate", "trainer.max_epochs=10", "model=sage"],
+     [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.05"]]),
+    (["experiment=cora_gcn", "data=karate", "trainer.max_epochs=10", "model=gat", "model.attention_dropout=0"],
+     [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.05"]]),
     # On a GPU the masks come from the CUDA generator, through the fused dropout kernel its jobs use.
     pytest.param(["pretrain=none", "data=digits", "trainer.max_epochs=3", "trainer=gpu"],
                  [["seed=0", "regularizer=dropout"], ["seed=1", "regularizer=dropout"], ["seed=0"]],
                  marks=pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no GPU here")),
-], ids=["mlp-dropout", "mlp-schedules", "mlp-batch-norm", "gcn-full-batch", "mlp-dropout-gpu"])
+], ids=["mlp-dropout", "mlp-schedules", "mlp-batch-norm", "gcn-full-batch", "sage-full-batch", "gat-full-batch",
+        "mlp-dropout-gpu"])
 def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose, tmp_path, base, axes):
     import torch
 
@@ -172,7 +188,10 @@ def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose,
     rel = 1e-4 if "trainer=gpu" in base else 1e-5  # a GPU's batched and single matmuls are other kernels
     for cfg, fused in zip(cfgs, results):
         member = build(cfg)
-        alone = _unfused(cfg, member, tmp_path / "fit")
+        alone, rates = _unfused(cfg, member, tmp_path / "fit")
+        # Each epoch's learning rate, as the member's own run records it (none without a schedule).
+        assert {key: {e: h[key] for e, h in fused.history.items() if key in h}
+                for key in {k for h in fused.history.values() for k in h if k.startswith("lr-")}} == rates
         # The kept weights' running statistics (batch norm) are the member's own, as its fit kept them.
         for name, buffer in member[0].model.named_buffers():
             assert fused.state[name].double().numpy() == pytest.approx(buffer.double().numpy(), rel=1e-4, abs=1e-6), name
@@ -241,3 +260,35 @@ def test_a_bad_launcher_setting_is_one_line_before_any_job(tmp_path, setting, al
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1] == (
         f"deepsweep: error: hydra.launcher.{key}: {int(value) if value.isdigit() else repr(value)}; allowed: {allowed}")
     assert not (tmp_path / "sweep" / "0").exists()
+
+
+def test_an_array_that_breaks_leaves_the_training_stage_its_own_random_state(compose, tmp_path, monkeypatch):
+    """Building the members seeds every generator anew; when the array then breaks, the stage that was training
+    it fits alone and must draw its dropout masks from its own state, not the last member's."""
+    import os
+    import random
+
+    import numpy as np
+    import torch
+
+    from deepsweep.data.loaders import PreparedData
+    from deepsweep.stages import finetune
+    from deepsweep.stages.pipeline import execute
+    from deepsweep.training import fused
+
+    base = ["pretrain=none", "data=digits", "regularizer=dropout"]
+    execute("prepare", compose(*base), tmp_path)
+    data = PreparedData.load(tmp_path / "prepare")
+    cfgs = [compose(*base, f"seed={s}") for s in (0, 1)]
+
+    def breaks(*_):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(fused, "train_members", breaks)
+    finetune.build(cfgs[0], data, {"pretrain": tmp_path})  # what the stage did before its array trained
+    before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate(), os.environ["PL_GLOBAL_SEED"]
+    array = fused.FusedArray(cfgs)
+    array.train(lambda cfg: finetune.build(cfg, data, {"pretrain": tmp_path}))
+    assert array.broken == "RuntimeError: out of memory"
+    assert torch.equal(torch.get_rng_state(), before[0]) and (np.random.get_state()[1] == before[1]).all()
+    assert random.getstate() == before[2] and os.environ["PL_GLOBAL_SEED"] == before[3] == "0"

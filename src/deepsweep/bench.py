@@ -337,10 +337,10 @@ def warm_job_costs(repeats: int) -> list[dict]:
 
 
 FUSED_COMMON = ["pretrain=none", "logger.log_model=false", "logger.figures=false", "logger.log_checkpoints=false"]
-# The sweeps issue 21 names: (name, what every job runs, the swept axes for a sweep of n members).
-# The last field: the epochs every job trains (None: --fused-epochs). The GCN keeps Kipf & Welling's 200, one
-# full-batch step each: 3 of them would measure start-up alone.
-FUSED_SWEEPS = (  # (key, name, what every job runs, the swept axes for a sweep of n members, epochs)
+# The sweeps issue 21 names: (key, name, what every job runs, the swept axes for a sweep of n members, the
+# epochs every job trains: None for --fused-epochs). The GCN keeps Kipf & Welling's 200, one full-batch step
+# each: 3 of them would measure start-up alone.
+FUSED_SWEEPS = (
     ("mlp", "MLP on MNIST, init x seed", ["data=mnist", "model=mlp"],
      lambda n: ["init=xavier_uniform,he_normal", f"seed=range(0,{n // 2})"], None),
     ("lenet", "LeNet on 10k MNIST images, seed x lr", ["data=mnist", "model=lenet", "data.train_subset=10000"],

@@ -41,8 +41,9 @@ def sampling_mode(model: nn.Module) -> nn.Module:
 class FedDropout(nn.Module):
     """A dropout layer whose masks are handed in (a fused array's template: each member's masks are drawn
     from its own random stream, ``training.fused.MemberStreams``). ``feed.calls``, when a list, records each
-    call's site and input shape instead; ``feed.queue`` holds the masks of this forward pass in call order;
-    with neither, the layer passes its input through (validation)."""
+    call's site and input shape instead; ``feed.queue``, when a list, holds the masks of this training pass in
+    call order (a call past its end is an error: a member would train without dropout unnoticed); when None
+    (validation), the layer passes its input through."""
 
     def __init__(self, site: str, feed: Any) -> None:
         super().__init__()
@@ -52,6 +53,8 @@ class FedDropout(nn.Module):
         if self.feed.calls is not None:
             self.feed.calls.append((self.site, tuple(x.shape)))
             return x
-        if self.feed.queue:
-            return x * self.feed.queue.pop(0)
-        return x
+        if self.feed.queue is None:
+            return x
+        if not self.feed.queue:
+            raise RuntimeError(f"fused array: dropout at {self.site} was called more often than its masks were drawn")
+        return x * self.feed.queue.pop(0)

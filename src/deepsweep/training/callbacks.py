@@ -147,24 +147,28 @@ class EpochLines(L.Callback):
         self._start = None
 
 
+def learning_rates(optimizers) -> dict[str, float]:
+    """Each optimizer's current learning rate under Lightning's names: ``lr-Adam``, ``/pg2`` per further
+    parameter group, ``-1`` for a second optimizer of a class."""
+    values: dict[str, float] = {}
+    for optimizer in optimizers:
+        name = f"lr-{type(optimizer).__name__}"
+        taken = len({key.split("/")[0] for key in values
+                     if key.split("/")[0] == name or key.split("/")[0].startswith(f"{name}-")})
+        name = name if not taken else f"{name}-{taken}"
+        for index, group in enumerate(optimizer.param_groups):
+            values[name if index == 0 else f"{name}/pg{index + 1}"] = float(group["lr"])
+    return values
+
+
 class EpochLearningRates(L.Callback):
-    """Each optimizer's learning rate at the start of every epoch, with the epoch as its step, under Lightning's
-    names (``lr-Adam``; ``/pg2`` per further parameter group, ``-1`` for a second optimizer of a class).
-    Lightning's ``LearningRateMonitor`` steps these by optimizer steps, so in curves.csv and MLflow they landed
-    on other epochs' rows (the value of epoch 1 on the row of epoch 2, rows past the last epoch)."""
+    """Each optimizer's learning rate at the start of every epoch (``learning_rates``), with the epoch as its
+    step. Lightning's ``LearningRateMonitor`` steps these by optimizer steps, so in curves.csv and MLflow they
+    landed on other epochs' rows (the value of epoch 1 on the row of epoch 2, rows past the last epoch)."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.logger is None:
-            return
-        values: dict[str, float] = {}
-        for optimizer in trainer.optimizers:
-            name = f"lr-{type(optimizer).__name__}"
-            taken = len({key.split("/")[0] for key in values
-                         if key.split("/")[0] == name or key.split("/")[0].startswith(f"{name}-")})
-            name = name if not taken else f"{name}-{taken}"
-            for index, group in enumerate(optimizer.param_groups):
-                values[name if index == 0 else f"{name}/pg{index + 1}"] = float(group["lr"])
-        trainer.logger.log_metrics({**values, "epoch": trainer.current_epoch})
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({**learning_rates(trainer.optimizers), "epoch": trainer.current_epoch})
 
 
 class CurveHistory(L.Callback):

@@ -11,8 +11,8 @@ order comes from its own seeded loader). The summed loss's gradient reaches each
 own loss's gradient, so each member's update is its unfused job's (tests/test_fused.py: the same per-epoch
 validation loss within float tolerance). A member's dropout masks come from its own random stream: the
 state its job's generator had when its fit began, advanced by the same draws (``MemberStreams``), so they
-are its unfused job's masks bit for bit. A full-batch graph is one input shared by every member (only the
-weights are stacked).
+are its unfused job's masks bit for bit. A full-batch graph is one input shared by every member (the weights,
+masks and running statistics are stacked).
 
 Each member stays an ordinary job to the user: the launcher runs the jobs one after another as Hydra's
 basic launcher does; the first member whose finetune stage reaches its fit trains the whole array
@@ -82,8 +82,9 @@ def unfusable(cfg: DictConfig) -> str | None:
                 "array fine-tunes from scratch (pretrain=none or finetune.load_pretrained=false)")
     kind = declared_kind(str(cfg.data._target_))
     if kind not in ("tensor", "graph"):
-        return (f"data={cfg.data.name}: {kind} data is not fused: torch.func.vmap has no batching rule for the "
-                "recurrent layers (aten::gru, aten::lstm); tensor data and full-batch graphs are")
+        return (f"data={cfg.data.name}: {kind} data is not fused (torch.func.vmap has no batching rule for the "
+                "recurrent layers, aten::gru and aten::lstm, and a Transformer draws its dropout inside torch); "
+                "tensor data and full-batch graphs are")
     if declared_target(str(cfg.data._target_)) != "class":
         return f"data={cfg.data.name}: only classification is fused so far"
     if kind == "graph" and int(cfg.data.get("batch_size") or 0) and cfg.data.get("num_neighbors"):
@@ -92,6 +93,10 @@ def unfusable(cfg: DictConfig) -> str | None:
     if kind == "graph" and float(cfg.finetune.label_fraction) < 1:
         return (f"finetune.label_fraction={cfg.finetune.label_fraction} on a graph: each member's seed labels other "
                 "nodes, and an array shares one graph batch")
+    if kind == "graph" and cfg.model.get("aggr") == "lstm":
+        return "model.aggr=lstm: torch.func.vmap has no batching rule for the LSTM aggregator (aten::lstm)"
+    if str(cfg.trainer.accelerator) not in ("cpu", "gpu", "cuda", "auto"):
+        return f"trainer.accelerator={cfg.trainer.accelerator}: arrays train on the CPU or a CUDA GPU"
     if float(cfg.model.get("attention_dropout", 0) or 0) > 0:
         return (f"model.attention_dropout={cfg.model.attention_dropout}: torch-geometric draws it inside the "
                 "attention layer, out of reach of a member's own random stream")
@@ -165,20 +170,46 @@ class FusedArray:
         self.fit_seconds = 0.0
 
     def train(self, build: BuildMember) -> None:
+        # Building the members seeds every generator anew; the stage that trains the array goes on from its own
+        # state (its own fit, if the array falls back, draws its dropout masks as its job would).
+        with _kept_random_states(_device(self.cfgs[self.current])):
+            try:
+                members = build_members(self.cfgs, build)
+                start = time.perf_counter()
+                self.results = train_members(self.cfgs, members)
+                self.fit_seconds = time.perf_counter() - start
+            except Unfusable as exc:
+                self.broken = str(exc)
+            except Exception as exc:  # the array's own failure: every member falls back to a fit of its own
+                log.exception("fused array %s failed; its members are fitted one by one", self.id)
+                self.broken = f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def _kept_random_states(device) -> Iterator[None]:
+    """torch's (and the device's), NumPy's and Python's random states and Lightning's seed variable, as they
+    were before the block."""
+    import os
+    import random
+
+    import numpy as np
+    import torch
+
+    python, numpy, seed = random.getstate(), np.random.get_state(), os.environ.get("PL_GLOBAL_SEED")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         try:
-            members = build_members(self.cfgs, build)
-            start = time.perf_counter()
-            self.results = train_members(self.cfgs, members)
-            self.fit_seconds = time.perf_counter() - start
-        except Unfusable as exc:
-            self.broken = str(exc)
-        except Exception as exc:  # the array's own failure: every member falls back to a fit of its own
-            log.exception("fused array %s failed; its members are fitted one by one", self.id)
-            self.broken = f"{type(exc).__name__}: {exc}"
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+            if seed is None:
+                os.environ.pop("PL_GLOBAL_SEED", None)
+            else:
+                os.environ["PL_GLOBAL_SEED"] = seed
 
 
 class Unfusable(RuntimeError):
-    """A member's built model holds what an array cannot stack (batch norm, a dropout other than standard)."""
+    """A member's built model holds what an array cannot stack (a dropout other than standard)."""
 
 
 _ACTIVE: FusedArray | None = None
@@ -239,9 +270,11 @@ def _replay(array: FusedArray, result: MemberResult, task: Any, out: Path, run_i
 
 
 def _device(cfg: DictConfig):
+    """The device a member's own fit would train on (``auto``: a CUDA GPU where there is one, as Lightning picks)."""
     import torch
 
-    if cfg.trainer.accelerator in ("gpu", "cuda"):
+    accelerator = str(cfg.trainer.accelerator)
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         devices = cfg.trainer.devices
         index = int(devices[0]) if OmegaConf.is_list(devices) else 0
         return torch.device("cuda", index)
@@ -354,7 +387,7 @@ class _Feed:
 
     def __init__(self) -> None:
         self.calls: list | None = None
-        self.queue: list = []
+        self.queue: list | None = None
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[list]:
@@ -366,11 +399,14 @@ class _Feed:
 
     @contextlib.contextmanager
     def feeding(self, masks: Sequence[Any]) -> Iterator[None]:
+        """Hand ``masks`` to this training pass's dropout calls, which must use every one of them."""
         self.queue = list(masks)
         try:
             yield
+            if self.queue:
+                raise RuntimeError(f"fused array: {len(self.queue)} dropout masks drawn but not used")
         finally:
-            self.queue = []
+            self.queue = None
 
 
 @dataclass
@@ -399,10 +435,14 @@ def _optimizers(tasks: Sequence[Any], models: Sequence[Any]) -> list[_Optimizer]
         return repr((getattr(factory, "func", factory), getattr(factory, "args", ()),
                      sorted(getattr(factory, "keywords", {}).items())))
 
+    def steps_on_a_metric(schedule) -> bool:  # built on a throwaway optimizer: whatever makes the schedule
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        return isinstance(schedule(probe), torch.optim.lr_scheduler.ReduceLROnPlateau)
+
     groups: dict[str, list[int]] = {}
     for i, task in enumerate(tasks):
         schedule = task.scheduler_factory
-        alone = schedule is not None and getattr(schedule, "func", None) is torch.optim.lr_scheduler.ReduceLROnPlateau
+        alone = schedule is not None and steps_on_a_metric(schedule)
         groups.setdefault(key(task.optimizer_factory) + key(schedule) + (f"#{i}" if alone else ""), []).append(i)
     merged = []
     for members in groups.values():
@@ -435,13 +475,20 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
     from torch.func import functional_call, vmap
     from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
+    from deepsweep.training.callbacks import learning_rates
+
     device = _device(cfgs[0])
     tasks = [member.task for member in members]
     models = [task.model for task in tasks]
     sites = [_dropout_sites(model) for model in models]
     for model in models:
         model.to(device).train()
-    train_loaders = [member.train_loader.to(device) for member in members]
+    # A graph task (tasks.classify.NodeClassifyTask) trains every member on the whole graph at every step:
+    # the members' graphs are compared where they are, and one of them is moved to the device.
+    graph_task = getattr(tasks[0], "kind", None) == "graph"
+    if graph_task:
+        _graph_batch([member.train_loader for member in members])
+    train_loaders = [member.train_loader.to(device) for member in (members[:1] if graph_task else members)]
     val_loader = members[0].val_loader.to(device)  # not shuffled, the same split: one for all
     n = len(models)
     # The template runs every member's forward pass: a copy of the member that drops at the most places.
@@ -467,22 +514,25 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
     penalized = [i for i, t in enumerate(tasks) if t.regularization.l1 or t.regularization.l2]
     clip = [float(t.gradient_clip_val or 0) for t in tasks]
     classes = int(template.num_classes)
-    # A graph task (tasks.classify.NodeClassifyTask) trains on the whole graph at every step.
-    graph = _graph_batch(train_loaders) if getattr(tasks[0], "kind", None) == "graph" else None
+    graph = _graph_batch(train_loaders) if graph_task else None
     val_graph = _graph_batch([val_loader]) if graph is not None else None
 
     def member_loss(params, member_buffers, masks, inputs, index, y):
-        with streams.feed.feeding(masks):
+        if masks is None:  # validation: no dropout
             logits = functional_call(template, (params, member_buffers), inputs)
+        else:
+            with streams.feed.feeding(masks):
+                logits = functional_call(template, (params, member_buffers), inputs)
         if index is not None:  # a graph: the model sees every node, the loss only the split's
             logits = logits.index_select(0, index)
         return criterion(logits, y), logits
 
     if graph is None:  # each member its own batch
         train_step = vmap(member_loss, in_dims=(0, 0, 0, 0, None, 0))
-        validate = vmap(member_loss, in_dims=(0, 0, 0, None, None, None))
+        validate = vmap(member_loss, in_dims=(0, 0, None, None, None, None))
     else:  # one graph for all: only the weights (and masks) are stacked
-        train_step = validate = vmap(member_loss, in_dims=(0, 0, 0, None, None, None))
+        train_step = vmap(member_loss, in_dims=(0, 0, 0, None, None, None))
+        validate = vmap(member_loss, in_dims=(0, 0, None, None, None, None))
 
     results = [MemberResult() for _ in range(n)]
     active = list(range(n))
@@ -498,10 +548,10 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
             task.model.encoder.requires_grad_(epoch >= task.freeze_encoder_epochs)
         for group in optimizers:  # training.callbacks.EpochLearningRates: the rate this epoch trains with
             if group.scheduler is not None:
+                rates = learning_rates([group.optimizer])
                 for i in group.members:
                     if i in active:
-                        name = f"lr-{type(group.optimizer).__name__}"
-                        results[i].history.setdefault(epoch, {})[name] = float(group.optimizer.param_groups[0]["lr"])
+                        results[i].history.setdefault(epoch, {}).update(rates)
         train_losses, train_counts = [], []
         steps_of_epoch = [graph] if graph is not None else zip(*train_loaders)
         for batches in steps_of_epoch:
@@ -540,7 +590,7 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
             val_losses, val_counts, predicted, targets = [], [], [], []
             val_batches = [val_graph] if val_graph is not None else [((x,), None, y) for x, y in val_loader]
             for inputs, index, y in val_batches:
-                losses, logits = validate(params, buffers, (), inputs, index, y)
+                losses, logits = validate(params, buffers, None, inputs, index, y)
                 val_losses.append(losses)
                 val_counts.append(len(y))
                 predicted.append(logits.argmax(dim=-1))
