@@ -88,3 +88,10 @@ def test_a_partial_run_rewrites_its_own_section_and_keeps_the_others():
     spliced = splice_section(document, fresh_jobs, "## A job in a warm worker")
     assert spliced.index("## A job in a warm worker") < spliced.index(PROSE_SECTION)
     assert "old training" in spliced and "old fused" in spliced
+
+
+def test_fused_sizes_apply_to_every_sweep_or_to_the_one_named():
+    from deepsweep.bench import fused_sizes
+
+    assert fused_sizes("8,32") == ((None, 8), (None, 32))
+    assert fused_sizes("mlp:32, gcn:8") == (("mlp", 32), ("gcn", 8))

@@ -385,7 +385,16 @@ def _finetune_seconds(sweep_dir: Path) -> float | None:
                if r.data.tags.get("mlflow.parentRunId") in jobs and r.info.end_time)
 
 
-def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...], epochs: int,
+def fused_sizes(text: str) -> tuple[tuple[str | None, int], ...]:
+    """``--fused-sizes``: "8,32" (every sweep) or "mlp:32,gcn:8" (per sweep), as (sweep key or None, members)."""
+    sizes = []
+    for entry in text.split(","):
+        key, _, number = entry.strip().rpartition(":")
+        sizes.append((key or None, int(number)))
+    return tuple(sizes)
+
+
+def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[tuple[str | None, int], ...], epochs: int,
                  sweeps: tuple[str, ...] = ("mlp", "lenet"), one_process_up_to: int | None = None,
                  launcher_names: tuple[str, ...] | None = None) -> list[dict]:
     """Issue 21's sweeps under the fused launcher, one process (Hydra's basic launcher: one job after
@@ -415,7 +424,7 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[int, ...],
         if key not in sweeps:
             continue
         epochs_of_sweep = sweep_epochs or epochs
-        for n in sizes:
+        for n in [n for sweep, n in sizes if sweep in (None, key)]:
             for label, launcher, in_flight in launchers:
                 if label == "one process" and one_process_up_to is not None and n > one_process_up_to:
                     continue
@@ -690,7 +699,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, action="append", default=[],
                         help="another checkout of deepsweep (e.g. a git worktree of an earlier commit) whose pipeline "
                              "costs are measured beside this one's, in the same run")
-    parser.add_argument("--fused-sizes", default="8,32", help="members of the fused-sweep comparisons (issue 21)")
+    parser.add_argument("--fused-sizes", default="8,32", help="members of the fused-sweep comparisons (issue 21): '8,32' for every sweep, or "
+                        "per sweep, 'mlp:32,gcn:8'")
     parser.add_argument("--fused-epochs", type=int, default=3)
     parser.add_argument("--fused-sweeps", default="mlp,lenet,gcn", help="which of issue 21's sweeps: mlp, lenet, gcn")
     parser.add_argument("--fused-launchers", default=None,
@@ -731,7 +741,7 @@ def main() -> None:
                            baselines=[str(b) for b in args.baseline])
         elif args.only == "fused":
             results.update(fused_flags=_fused_flags(args))
-            results.update(fused=fused_sweeps(extra, device, tuple(int(v) for v in args.fused_sizes.split(",")),
+            results.update(fused=fused_sweeps(extra, device, fused_sizes(args.fused_sizes),
                                               args.fused_epochs, tuple(args.fused_sweeps.split(",")),
                                               args.fused_one_process_up_to,
                                               tuple(args.fused_launchers.split(",")) if args.fused_launchers else None))
@@ -772,7 +782,7 @@ def main() -> None:
         "sweep": None if args.quick or parallel < 2 else [sweep_throughput(8, 5, 2, extra, parallel),
                                                           sweep_throughput(8, 30, 5, extra, parallel)],
         "fused_flags": _fused_flags(args),
-        "fused": None if args.quick else fused_sweeps(extra, device, tuple(int(v) for v in args.fused_sizes.split(",")),
+        "fused": None if args.quick else fused_sweeps(extra, device, fused_sizes(args.fused_sizes),
                                                       args.fused_epochs, tuple(args.fused_sweeps.split(",")),
                                                       args.fused_one_process_up_to,
                                                       tuple(args.fused_launchers.split(",")) if args.fused_launchers
