@@ -95,3 +95,13 @@ def test_fused_sizes_apply_to_every_sweep_or_to_the_one_named():
 
     assert fused_sizes("8,32") == ((None, 8), (None, 32))
     assert fused_sizes("mlp:32, gcn:8") == (("mlp", 32), ("gcn", 8))
+
+
+def test_a_partial_fused_run_replaces_its_own_rows_and_keeps_the_others():
+    from deepsweep.bench import merge_rows
+
+    old = [{"sweep": "mlp", "members": 32, "launcher": "fused", "wall_s": 1.0},
+           {"sweep": "gcn", "members": 8, "launcher": "fused", "wall_s": 2.0}]
+    new = [{"sweep": "gcn", "members": 8, "launcher": "fused", "wall_s": 3.0},
+           {"sweep": "gcn", "members": 8, "launcher": "one process", "wall_s": 4.0}]
+    assert [r["wall_s"] for r in merge_rows(old, new)] == [1.0, 3.0, 4.0]

@@ -385,6 +385,27 @@ def _finetune_seconds(sweep_dir: Path) -> float | None:
                if r.data.tags.get("mlflow.parentRunId") in jobs and r.info.end_time)
 
 
+def _measured_by(rows: list[dict], flags: str) -> None:
+    """Each row's command and the commit it ran at (a ``+`` after it: with uncommitted edits)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=paths.project_root())
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = (git("rev-parse", "--short", "HEAD") or "unknown") + ("+" if git("status", "--porcelain", "src") else "")
+    for row in rows:
+        row.update(command=f"python -m deepsweep.bench {flags}".strip(), commit=commit)
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """The fused-sweep rows of the last runs, those of the same sweep, size and launcher replaced by ``new``'s:
+    a partial run (one sweep, one launcher) measures again what it names and keeps the rest, each row with
+    the command and commit that measured it."""
+    key = lambda r: (r["sweep"], r["members"], r["launcher"])  # noqa: E731
+    fresh = {key(r): r for r in new}
+    kept = [fresh.pop(key(r), r) for r in old]
+    return kept + list(fresh.values())
+
+
 def fused_sizes(text: str) -> tuple[tuple[str | None, int], ...]:
     """``--fused-sizes``: "8,32" (every sweep) or "mlp:32,gcn:8" (per sweep), as (sweep key or None, members)."""
     sizes = []
@@ -578,8 +599,10 @@ def markdown(results: dict) -> str:
             "stages and the report included). *Finetune s*: the jobs' finetune stage runs, start to end, summed",
             "(for the fused array, the first member's holds the array's training). Peak memory per member: the",
             "largest process's peak RSS (and nvidia-smi's most GPU memory in use) over the members it held at once.",
-            f"This section alone: `python -m deepsweep.bench --only fused{''.join(' ' + o for o in results['overrides'])}"
-            f"{results.get('fused_flags', '')}`.",
+            "This section alone: `python -m deepsweep.bench --only fused` with the flags below (rows of the same sweep,",
+            "size and launcher are measured again, the others kept). The rows were measured by:",
+            *sorted({f"- `{r.get('command', 'python -m deepsweep.bench')}` at commit {r.get('commit', '?')}"
+                     for r in results["fused"]}),
             "", "| sweep | members x epochs | launcher | wall s | member-epochs/s | vs one process | finetune s "
                 "| failed | peak RSS MB/member | GPU util % | peak GPU MB/member |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -587,7 +610,8 @@ def markdown(results: dict) -> str:
         one = {(r["sweep"], r["members"]): r["member_epochs_per_s"] for r in results["fused"] if r["launcher"] == "one process"}
         largest = {sweep: one[(sweep, members)] for sweep, members in sorted(one, key=lambda k: k[1])}
         if any((r["sweep"], r["members"]) not in one for r in results["fused"]):
-            lines.insert(-4, "Where a size has no one-process row, *vs one process* compares with that sweep's largest "
+            at = next(i for i, line in enumerate(lines) if line.startswith("This section alone"))
+            lines.insert(at, "Where a size has no one-process row, *vs one process* compares with that sweep's largest "
                              "one-process row (one job after another: its rate does not grow with the sweep).")
         for r in results["fused"]:
             base = one.get((r["sweep"], r["members"]), largest.get(r["sweep"]))
@@ -740,11 +764,11 @@ def main() -> None:
             results.update(pipeline=pipeline_costs(checkouts, args.repeats) if device.type == "cpu" else [],
                            baselines=[str(b) for b in args.baseline])
         elif args.only == "fused":
-            results.update(fused_flags=_fused_flags(args))
-            results.update(fused=fused_sweeps(extra, device, fused_sizes(args.fused_sizes),
-                                              args.fused_epochs, tuple(args.fused_sweeps.split(",")),
-                                              args.fused_one_process_up_to,
-                                              tuple(args.fused_launchers.split(",")) if args.fused_launchers else None))
+            rows = fused_sweeps(extra, device, fused_sizes(args.fused_sizes), args.fused_epochs,
+                                tuple(args.fused_sweeps.split(",")), args.fused_one_process_up_to,
+                                tuple(args.fused_launchers.split(",")) if args.fused_launchers else None)
+            _measured_by(rows, "--only fused" + "".join(" " + o for o in extra) + _fused_flags(args))
+            results.update(fused=merge_rows(results.get("fused") or [], rows))
         else:
             results.update(jobs=warm_job_costs(max(args.repeats, 5)))
         path.write_text(json.dumps(results, indent=2) + "\n")
@@ -788,6 +812,8 @@ def main() -> None:
                                                       tuple(args.fused_launchers.split(",")) if args.fused_launchers
                                                       else None),
     }
+    if results["fused"]:
+        _measured_by(results["fused"], "".join(" " + o for o in extra) + _fused_flags(args))
     (root / "bench" / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
     if not args.quick:
