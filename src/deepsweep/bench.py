@@ -805,7 +805,6 @@ def main() -> None:
         "jobs": warm_job_costs(max(args.repeats, 5)),
         "sweep": None if args.quick or parallel < 2 else [sweep_throughput(8, 5, 2, extra, parallel),
                                                           sweep_throughput(8, 30, 5, extra, parallel)],
-        "fused_flags": _fused_flags(args),
         "fused": None if args.quick else fused_sweeps(extra, device, fused_sizes(args.fused_sizes),
                                                       args.fused_epochs, tuple(args.fused_sweeps.split(",")),
                                                       args.fused_one_process_up_to,
