@@ -123,10 +123,14 @@ def mlflow_server(store: Path, cwd: Path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # One request worker and no job runner: mlflow server's defaults start 4 workers and a job-runner process,
+    # each importing MLflow (about 3 s of CPU apiece here), which the 2 cores' other test then waits for.
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
-         "--artifacts-destination", str(cwd / "server_artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+         "--artifacts-destination", str(cwd / "server_artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        cwd=cwd, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90

@@ -58,7 +58,10 @@ def _page_text(driver, url: str, expected: list[str], timeout: float = 60) -> st
 
 def test_sweep_parent_children_and_metrics_show_in_the_mlflow_ui(tmp_path, isolated_tracking, mlflow_server, browser):
     sweep_dir = tmp_path / "sweep"
-    result = deepsweep_cli("run", "-m", "init=xavier_uniform,he_normal", *FAST, f"hydra.sweep.dir={sweep_dir}",
+    # Hydra's basic launcher: the jobs in this process (the parallel launcher's workers are tested elsewhere,
+    # and here would start two interpreters while the server starts).
+    result = deepsweep_cli("run", "-m", "hydra/launcher=basic", "init=xavier_uniform,he_normal", *FAST,
+                           f"hydra.sweep.dir={sweep_dir}",
                            env={"MLFLOW_TRACKING_URI": f"sqlite:///{isolated_tracking}"})
     assert result.returncode == 0, result.stderr[-2000:]
     parent_id = (sweep_dir / "mlflow_parent_run_id").read_text().strip()

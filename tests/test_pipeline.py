@@ -76,7 +76,7 @@ def test_stages_chain_and_record_everything(compose, tmp_path):
     [],
     # A 500-word vocabulary: the next- and masked-token heads' width, most of these fits' cost at 8,000 (35 s).
     pytest.param(["experiment=sms_spam_lstm", "data.max_len=16", "data.max_vocab=500"], marks=requires_shared("sms_spam")),
-    pytest.param(["experiment=sms_spam_transformer", "data.max_len=16", "data.max_vocab=500"],
+    pytest.param(["experiment=sms_spam_transformer", "data.max_len=16", "data.max_vocab=500", "model.num_layers=1"],
                  marks=requires_shared("sms_spam")),
     pytest.param(["experiment=cora_gcn", "pretrain=dgi"], marks=requires_shared("planetoid")),
     ["data=shapes", "model=unet", "data.num_samples=60", "data.size=16", "model.channels=[4,8]"],

@@ -25,8 +25,8 @@ from hydra_plugins.deepsweep_joblib_launcher import surviving_launcher
 
 pytestmark = pytest.mark.slow
 
-JOBS = 16  # a long sweep, and twice as many jobs after the kill as before it
-VICTIM = 5
+JOBS = 10  # a long sweep, and twice as many jobs after the kill as before it
+VICTIM = 3
 # The smallest whole pipeline: no pretraining, one epoch, no files beyond what every job records.
 TINY = ["pretrain=none", "trainer.max_epochs=1", "logger.log_model=false", "logger.log_checkpoints=false",
         "logger.figures=false"]
