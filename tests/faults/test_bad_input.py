@@ -127,9 +127,9 @@ def test_option_files_build_only_from_allowed_modules():
 
 
 def test_a_searchers_own_space_is_checked_before_its_first_trial():
-    from deepsweep.cli.main import _search_space, _sweep_points
+    from deepsweep.cli.main import _hydra_config, _search_space, _sweep_points
 
-    space = _search_space(["hparams_search=digits_optuna"])
+    space = _search_space(_hydra_config(["hparams_search=digits_optuna"]))
     assert space["optimizer.lr"].startswith("tag(log, interval(")
     space["optimizer.lr"] = "interval(-1, 0.1)"
     with pytest.raises(ConfigError, match="optimizer.lr: -1"):

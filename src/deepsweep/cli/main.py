@@ -20,6 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from deepsweep.config import GROUPS, ConfigError
 
 
@@ -233,23 +235,28 @@ def _sweep_points(overrides: list[str], searched: dict[str, str] | None = None) 
     return points
 
 
-def _search_space(overrides: list[str]) -> dict[str, str]:
-    """``hydra.sweeper.params`` of the config these overrides choose (e.g. hparams_search=digits_optuna)."""
+def _hydra_config(overrides: list[str]) -> DictConfig:
+    """The ``hydra`` node of the config these overrides choose: its sweeper (an Optuna search's space) and
+    launcher. The sweeps themselves do not change it, so their first value stands for all."""
     from hydra import compose as hydra_compose
-    from omegaconf import OmegaConf
-
-    from deepsweep.config import _hydra_context
-
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    plain = [o for o in overrides if "," not in o and "(" not in o]  # the sweeps themselves do not change it
+    from deepsweep.config import _hydra_context
+
+    plain = [o for o in overrides if "," not in o and "(" not in o]
     try:
         with _hydra_context():
-            cfg = hydra_compose(config_name="config", overrides=plain, return_hydra_config=True)
+            return hydra_compose(config_name="config", overrides=plain, return_hydra_config=True).hydra
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(" ".join(str(exc).split("\nConfig search path")[0].split())) from None
-    params = OmegaConf.select(cfg, "hydra.sweeper.params")
+
+
+def _search_space(hydra: DictConfig) -> dict[str, str]:
+    """``hydra.sweeper.params`` (e.g. of hparams_search=digits_optuna)."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.select(hydra, "sweeper.params")
     return {str(k): str(v) for k, v in (params or {}).items()}
 
 
@@ -260,6 +267,7 @@ def check_run_args(argv: list[str]) -> None:
     and pretraining, the accelerator, trainer.steps_per_call)."""
     from deepsweep.config import compose, validate
     from deepsweep.factory import check_accelerator, check_compatible, steps_per_call
+    from deepsweep.launch import check_launcher
 
     if any(arg.split("=")[0] in _HYDRA_PRINT_FLAGS for arg in argv):
         return
@@ -271,7 +279,12 @@ def check_run_args(argv: list[str]) -> None:
             skip = arg in _HYDRA_VALUE_FLAGS
         else:
             overrides.append(arg)
-    for point in _sweep_points(overrides, _search_space(overrides)):
+    hydra = _hydra_config(overrides)
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        # The launcher's own settings too: a sweep that cannot launch must not open the store or start a
+        # parent run first (Hydra instantiates the launcher after the sweep callback's start).
+        check_launcher(hydra.launcher)
+    for point in _sweep_points(overrides, _search_space(hydra)):
         cfg = validate(compose(point))
         check_accelerator(cfg)
         check_compatible(cfg)

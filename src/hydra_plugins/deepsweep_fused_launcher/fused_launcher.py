@@ -32,8 +32,8 @@ log = logging.getLogger("deepsweep")
 
 
 def _refuse(message: str) -> None:
-    """A bad launcher setting: one line and exit code 2 from ``deepsweep run`` (a SystemExit passes through
-    Hydra's instantiation and error report, as cli.run's known failures do), before any job starts."""
+    """A bad launcher setting: one line and exit code 2 (a SystemExit passes through Hydra's instantiation and
+    error report, as cli.run's known failures do), before any job starts."""
     from deepsweep.cli.run import _Reported
     from deepsweep.errors import ConfigError
 
@@ -43,10 +43,16 @@ def _refuse(message: str) -> None:
 class FusedLauncher(Launcher):
     def __init__(self, max_members: int = 32, n_jobs: int = 1) -> None:
         super().__init__()
-        for key, value, least in (("max_members", max_members, 1), ("n_jobs", n_jobs, -1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:
-                _refuse(f"hydra.launcher.{key}: {value!r}; allowed: an integer >= 1"
-                        + (" (or -1, one process per core)" if key == "n_jobs" else ""))
+        # `deepsweep run` checked these before the sweep started; Hydra's own entry points reach this first.
+        from omegaconf import OmegaConf
+
+        from deepsweep.errors import ConfigError
+        from deepsweep.launch import FUSED_LAUNCHER, check_launcher
+
+        try:
+            check_launcher(OmegaConf.create({"_target_": FUSED_LAUNCHER, "max_members": max_members, "n_jobs": n_jobs}))
+        except ConfigError as exc:
+            _refuse(str(exc))
         self.max_members = int(max_members)
         self.n_jobs = int(n_jobs)
         self.config: DictConfig | None = None
