@@ -153,6 +153,14 @@ def _unfused(cfg, member, out):
     (["pretrain=none", "data=digits", "trainer.max_epochs=3", "regularizer=batchnorm", "optimizer=sgd",
       "optimizer.lr=0.05"],
      [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.003"], ["seed=1", "regularizer.dropout=0.3"]]),
+    # Convolutions (vmapped conv2d and pooling): LeNet with dropout in its fully connected layers, and a ResNet
+    # whose blocks' batch norm keeps stacked running statistics (SGD, as above).
+    (["pretrain=none", "data=digits", "trainer.max_epochs=2", "model=lenet", "model.channels=[4,8]",
+      "model.kernel_size=3", "model.fc_dims=[32]", "regularizer=dropout"],
+     [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.003"]]),
+    (["pretrain=none", "data=digits", "trainer.max_epochs=2", "model=resnet", "model.channels=[4,8]",
+      "model.blocks_per_stage=[1,1]", "optimizer=sgd", "optimizer.lr=0.05"],
+     [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.02"]]),
     # A full-batch graph shared by every member: Kipf & Welling's GCN (dropout 0.5) on the karate club.
     (["experiment=cora_gcn", "data=karate", "trainer.max_epochs=25"],
      [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.05"], ["seed=2", "regularizer.dropout=0"]]),
@@ -165,7 +173,7 @@ def _unfused(cfg, member, out):
     pytest.param(["pretrain=none", "data=digits", "trainer.max_epochs=3", "trainer=gpu"],
                  [["seed=0", "regularizer=dropout"], ["seed=1", "regularizer=dropout"], ["seed=0"]],
                  marks=pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no GPU here")),
-], ids=["mlp-dropout", "mlp-schedules", "mlp-batch-norm", "gcn-full-batch", "sage-full-batch", "gat-full-batch",
+], ids=["mlp-dropout", "mlp-schedules", "mlp-batch-norm", "lenet-dropout", "resnet-batch-norm", "gcn-full-batch", "sage-full-batch", "gat-full-batch",
         "mlp-dropout-gpu"])
 def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose, tmp_path, base, axes):
     import torch
@@ -256,10 +264,20 @@ def test_a_bad_launcher_setting_is_one_line_before_any_job(tmp_path, setting, al
     result = deepsweep_cli("run", "-m", "hydra/launcher=fused", f"hydra.launcher.{setting}", "pretrain=none", "seed=0,1",
                            f"hydra.sweep.dir={tmp_path / 'sweep'}")
     key, value = setting.split("=")
-    # (MLflow's own lines about creating the fresh store's tables may come first.)
-    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1] == (
+    assert result.returncode == 2 and result.stderr.strip() == (
         f"deepsweep: error: hydra.launcher.{key}: {int(value) if value.isdigit() else repr(value)}; allowed: {allowed}")
-    assert not (tmp_path / "sweep" / "0").exists()
+    # Refused before the sweep starts: no sweep folder, no store opened, no parent run to mark failed.
+    assert not (tmp_path / "sweep").exists() and "mlflow" not in result.stdout + result.stderr
+
+
+def test_the_launcher_check_names_the_launcher_hydra_instantiates():
+    """``launch.check_launcher`` recognises the fused launcher by its target: the one conf/ names."""
+    import yaml
+
+    from conftest import ROOT
+    from deepsweep.launch import FUSED_LAUNCHER
+
+    assert yaml.safe_load((ROOT / "conf/hydra/launcher/fused.yaml").read_text())["_target_"] == FUSED_LAUNCHER
 
 
 def test_an_array_that_breaks_leaves_the_training_stage_its_own_random_state(compose, tmp_path, monkeypatch):

@@ -319,9 +319,9 @@ class MemberStreams:
 
     The array's template model has a ``nn.modes.FedDropout`` wherever a member drops; a plain forward pass records
     the shape each of them sees (once per input shape). Before every step, each member's generator state is
-    put in place, every mask is drawn by ``F.dropout`` on ones of that shape (the same draw, of the same
-    size, as its job's ``nn.Dropout`` makes: equal masks), and the state is kept for the next step. A member
-    that does not drop at a site gets ones and draws nothing, as its job would."""
+    put in place, every mask is drawn into its slice of a stacked buffer by the draw its job's ``nn.Dropout``
+    makes over that shape (``_draw``: equal masks), and the state is kept for the next step. A member that
+    does not drop at a site gets ones and draws nothing, as its job would."""
 
     def __init__(self, template: Any, sites: list[dict[str, float]], states: list[Any], device) -> None:
         from deepsweep.nn.modes import FedDropout
@@ -356,8 +356,8 @@ class MemberStreams:
         if key not in self.buffers:
             self.buffers[key] = [torch.empty((n, *shape), device=self.device) for _, shape in calls]
         stacked = self.buffers[key]
-        outer = _rng_state(self.device)
-        try:
+        # The members' states are put in place and read back; the process's own stream is left as it was.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             for i, sites in enumerate(self.sites):
                 drawing = i in members and bool(sites)
                 if drawing:
@@ -369,8 +369,6 @@ class MemberStreams:
                         mask[i].fill_(1.0)
                 if drawing:
                     self.states[i] = _rng_state(self.device)
-        finally:
-            _set_rng_state(self.device, outer)  # the process's own stream is left as it was
         return tuple(stacked)
 
     def _draw(self, out, p: float) -> None:
@@ -417,17 +415,13 @@ class _Feed:
 
 @dataclass
 class _Optimizer:
-    """One optimizer over the weights of ``members`` (and its learning-rate schedule, if any)."""
+    """One optimizer over the weights of ``members`` (and its learning-rate schedule, if any; ``plateau``: the
+    schedule steps on its one member's validation loss)."""
 
     optimizer: Any
     scheduler: Any
     members: list[int]
-
-    @property
-    def plateau(self) -> bool:
-        import torch
-
-        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    plateau: bool = False
 
 
 def _optimizers(tasks: Sequence[Any], models: Sequence[Any]) -> list[_Optimizer]:
@@ -446,16 +440,19 @@ def _optimizers(tasks: Sequence[Any], models: Sequence[Any]) -> list[_Optimizer]
         return isinstance(schedule(probe), torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     groups: dict[str, list[int]] = {}
+    plateau: dict[str, bool] = {}
     for i, task in enumerate(tasks):
         schedule = task.scheduler_factory
         alone = schedule is not None and steps_on_a_metric(schedule)
-        groups.setdefault(key(task.optimizer_factory) + key(schedule) + (f"#{i}" if alone else ""), []).append(i)
+        name = key(task.optimizer_factory) + key(schedule) + (f"#{i}" if alone else "")
+        groups.setdefault(name, []).append(i)
+        plateau[name] = alone
     merged = []
-    for members in groups.values():
+    for name, members in groups.items():
         task = tasks[members[0]]
         optimizer = task.optimizer_factory([p for i in members for p in models[i].parameters()])
         scheduler = task.scheduler_factory(optimizer) if task.scheduler_factory is not None else None
-        merged.append(_Optimizer(optimizer, scheduler, members))
+        merged.append(_Optimizer(optimizer, scheduler, members, plateau[name]))
     return merged
 
 
@@ -471,6 +468,19 @@ def _graph_batch(loaders: Sequence[Any]) -> tuple:
     x, edge_index, y, mask = batches[0]
     index = mask.nonzero().flatten()
     return (x, edge_index), index, y.index_select(0, index)
+
+
+def _on_device(graphs: Sequence[tuple], device) -> list[tuple]:
+    """``_graph_batch`` tuples on ``device``, each tensor moved once (a graph's training and validation batches
+    share its features and edges)."""
+    moved: dict[int, Any] = {}
+
+    def move(tensor):
+        if id(tensor) not in moved:  # the tensors stay alive in ``graphs``: their ids are not reused meanwhile
+            moved[id(tensor)] = tensor.to(device)
+        return moved[id(tensor)]
+
+    return [((move(x), move(edge_index)), move(index), move(y)) for (x, edge_index), index, y in graphs]
 
 
 def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list[MemberResult]:
@@ -490,12 +500,15 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
     for model in models:
         model.to(device).train()
     # A graph task (tasks.classify.NodeClassifyTask) trains every member on the whole graph at every step:
-    # the members' graphs are compared where they are, and one of them is moved to the device.
-    graph_task = getattr(tasks[0], "kind", None) == "graph"
-    if graph_task:
-        _graph_batch([member.train_loader for member in members])
-    train_loaders = [member.train_loader.to(device) for member in (members[:1] if graph_task else members)]
-    val_loader = members[0].val_loader.to(device)  # not shuffled, the same split: one for all
+    # the members' graphs are compared where they are, and one copy is moved to the device.
+    graph, val_graph = None, None
+    if getattr(tasks[0], "kind", None) == "graph":
+        graph, val_graph = _on_device([_graph_batch([member.train_loader for member in members]),
+                                       _graph_batch([members[0].val_loader])], device)
+        train_loaders, val_loader = [], None
+    else:
+        train_loaders = [member.train_loader.to(device) for member in members]
+        val_loader = members[0].val_loader.to(device)  # not shuffled, the same split: one for all
     n = len(models)
     # The template runs every member's forward pass: a copy of the member that drops at the most places.
     shaped = max(range(n), key=lambda i: len(sites[i]))
@@ -520,8 +533,6 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
     penalized = [i for i, t in enumerate(tasks) if t.regularization.l1 or t.regularization.l2]
     clip = [float(t.gradient_clip_val or 0) for t in tasks]
     classes = int(template.num_classes)
-    graph = _graph_batch(train_loaders) if graph_task else None
-    val_graph = _graph_batch([val_loader]) if graph is not None else None
 
     def member_loss(params, member_buffers, masks, inputs, index, y):
         if masks is None:  # validation: no dropout
@@ -533,12 +544,9 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
             logits = logits.index_select(0, index)
         return criterion(logits, y), logits
 
-    if graph is None:  # each member its own batch
-        train_step = vmap(member_loss, in_dims=(0, 0, 0, 0, None, 0))
-        validate = vmap(member_loss, in_dims=(0, 0, None, None, None, None))
-    else:  # one graph for all: only the weights (and masks) are stacked
-        train_step = vmap(member_loss, in_dims=(0, 0, 0, None, None, None))
-        validate = vmap(member_loss, in_dims=(0, 0, None, None, None, None))
+    # Each member its own batch, or one graph for all (then only the weights and masks are stacked).
+    train_step = vmap(member_loss, in_dims=(0, 0, 0, 0, None, 0) if graph is None else (0, 0, 0, None, None, None))
+    validate = vmap(member_loss, in_dims=(0, 0, None, None, None, None))  # the same validation batch for all
 
     results = [MemberResult() for _ in range(n)]
     active = list(range(n))
