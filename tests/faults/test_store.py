@@ -26,7 +26,7 @@ WRITER = """
             retry_locked(client.log_batch, run.info.run_id, metrics=[metric], synchronous=True)
 """
 
-JOBS, ROUNDS = 8, 2  # the first round races on a fresh store; the second on one in use
+JOBS, ROUNDS = 6, 2  # the first round races on a fresh store; the second on one in use
 
 
 @pytest.mark.slow
