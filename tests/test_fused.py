@@ -310,3 +310,17 @@ def test_an_array_that_breaks_leaves_the_training_stage_its_own_random_state(com
     assert array.broken == "RuntimeError: out of memory"
     assert torch.equal(torch.get_rng_state(), before[0]) and (np.random.get_state()[1] == before[1]).all()
     assert random.getstate() == before[2] and os.environ["PL_GLOBAL_SEED"] == before[3] == "0"
+
+
+def test_no_dvc_stage_runs_the_fused_training_code():
+    """A stage DVC runs is one job, never a member of an array: the finetune stage reaches an array only
+    through ``training.arrays``, so an edit to ``training/fused.py`` stales no pipeline (dvc.yaml's code deps
+    are the modules each stage can import: tests/faults/test_provenance.py)."""
+    import yaml
+
+    from conftest import ROOT
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    deps = {dep for stage in stages.values() for dep in stage.get("deps", [])}
+    assert not {"src/deepsweep/training", "src/deepsweep/training/fused.py"} & deps
+    assert "src/deepsweep/training/arrays.py" in stages["finetune"]["deps"]

@@ -39,14 +39,14 @@ def build(cfg: DictConfig, data: PreparedData, inputs: Mapping[str, Path]):
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     import mlflow
 
-    from deepsweep.training import fused
+    from deepsweep.training import arrays
 
     data = PreparedData.load(inputs["prepare"])
     mlflow.set_tag("deepsweep.pretrained_encoder", str(fine_tunes_pretrained_encoder(cfg)).lower())
     task, train_loader, val_loader = build(cfg, data, inputs)
     model = task.model
     # A member of a fused sweep (hydra/launcher=fused) replays its part of the array's fit instead.
-    result = fused.member_fit(cfg, task, out, run_id, build=lambda member: build(member, data, inputs))
+    result = arrays.member_fit(cfg, task, out, run_id, build=lambda member: build(member, data, inputs))
     if result is None:
         result = fit(cfg, task, train_loader, val_loader, out, stage="finetune", epochs=int(cfg.trainer.max_epochs),
                      run_id=run_id, validate=True, early_stopping_patience=task.regularization.early_stopping_patience)

@@ -16,7 +16,7 @@ masks and running statistics are stacked).
 
 Each member stays an ordinary job to the user: the launcher runs the jobs one after another as Hydra's
 basic launcher does; the first member whose finetune stage reaches its fit trains the whole array
-(``member_fit``), and every member's stage then *replays* its own result: its per-epoch metrics into its
+(``member_fit``, reached through ``training.arrays``), and every member's stage then *replays* its own result: its per-epoch metrics into its
 own MLflow run, its curves, its best weights, its early stop, its failure (a member whose loss goes
 non-finite fails alone and leaves the array). What is not fused (``unfusable``) runs as a separate job.
 """
@@ -212,27 +212,20 @@ class Unfusable(RuntimeError):
     """A member's built model holds what an array cannot stack (a dropout other than standard)."""
 
 
-_ACTIVE: FusedArray | None = None
-
-
 @contextlib.contextmanager
 def active(array: FusedArray) -> Iterator[FusedArray]:
-    """Within this block, the finetune stage of ``array.cfgs[array.current]`` is a member of ``array``."""
-    global _ACTIVE
-    _ACTIVE = array
-    try:
+    """Within this block, the finetune stage of ``array.cfgs[array.current]`` is a member of ``array``
+    (installed where the stage asks, ``training.arrays``)."""
+    from deepsweep.training import arrays
+
+    with arrays.installed(lambda cfg, task, out, run_id, build: member_fit(array, cfg, task, out, run_id, build)):
         yield array
-    finally:
-        _ACTIVE = None
 
 
-def member_fit(cfg: DictConfig, task: Any, out: Path, run_id: str | None, build: BuildMember):
-    """The ``FitResult`` of this stage's task as a member of the active fused array (training the array first
-    if no member has yet), with its metrics recorded as its own fit records them; None outside an array or
-    where the array fell back (the stage then fits alone)."""
-    array = _ACTIVE
-    if array is None:
-        return None
+def member_fit(array: FusedArray, cfg: DictConfig, task: Any, out: Path, run_id: str | None, build: BuildMember):
+    """The ``FitResult`` of this stage's task as a member of ``array`` (training the array first if no member
+    has yet), with its metrics recorded as its own fit records them; None where the stage is not the member
+    the launcher runs now, or the array fell back (the stage then fits alone)."""
     if OmegaConf.to_yaml(cfg, resolve=True) != OmegaConf.to_yaml(array.cfgs[array.current], resolve=True):
         log.warning("fused array %s: this stage's config is not its member's; fitted alone", array.id)
         return None
