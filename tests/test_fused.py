@@ -107,14 +107,16 @@ def test_arrays_group_jobs_by_shape_and_name_why_a_job_runs_alone(compose):
     cfgs += [compose("experiment=cora_gcn", f"seed={s}") for s in (0, 1)]  # a full-batch graph: one array
     cfgs.append(compose("experiment=cora_gcn", "data.batch_size=64"))  # sampled neighbourhoods
     cfgs.append(compose("experiment=cora_gat"))  # attention dropout inside torch-geometric
-    cfgs.append(compose("experiment=sms_spam_lstm", "pretrain=none"))  # recurrent layers
+    cfgs.append(compose("experiment=sms_spam_transformer", "pretrain=none"))  # dropout drawn inside torch
+    cfgs += [compose("experiment=vanishing_gradients", "model=gru", f"seed={s}") for s in (0, 1)]  # recurrent: one array
+    cfgs.append(compose("experiment=vanishing_gradients", "model.tbptt_steps=5"))  # a state carried between chunks
     arrays, alone = plan(cfgs, max_members=3)
-    assert arrays == [[0, 1, 2], [3, 10], [4, 5], [11, 12]]  # 3 and 10: the first shape, past max_members
-    assert sorted(alone) == [6, 7, 8, 9, 13, 14, 15]
+    assert arrays == [[0, 1, 2], [3, 10], [4, 5], [11, 12], [16, 17]]  # 3 and 10: the first shape, past max_members
+    assert sorted(alone) == [6, 7, 8, 9, 13, 14, 15, 18]
     assert "regularizer.dropout_kind=gaussian" in alone[6] and "pretrain=autoencoder" in alone[7]
     assert alone[8] == "no other job of the sweep has its shapes" and alone[9] == "its config is invalid"
     assert "data.batch_size=64" in alone[13] and "model.attention_dropout=0.6" in alone[14]
-    assert "aten::lstm" in alone[15]
+    assert "only the recurrent families" in alone[15] and "model.tbptt_steps=5" in alone[18]
     assert plan(cfgs[:4], max_members=32)[0] == [[0, 1, 2, 3]]
 
 
@@ -169,12 +171,19 @@ def _unfused(cfg, member, out):
      [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.05"]]),
     (["experiment=cora_gcn", "data=karate", "trainer.max_epochs=10", "model=gat", "model.attention_dropout=0"],
      [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.05"]]),
+    # Recurrent layers, stepped in vmappable ops (StackableRecurrent): a GRU with a learning rate per member, and
+    # a 2-layer LSTM with variational dropout (one mask per sequence, LockedDropout) and a probability per member.
+    (["experiment=vanishing_gradients", "data.num_samples=300", "data.length=12", "trainer.max_epochs=2", "model=gru"],
+     [["seed=0"], ["seed=1"], ["seed=0", "optimizer.lr=0.003"]]),
+    (["experiment=vanishing_gradients", "data.num_samples=300", "data.length=12", "trainer.max_epochs=2", "model=lstm",
+      "model.num_layers=2", "regularizer=dropout"],
+     [["seed=0"], ["seed=1"], ["seed=0", "regularizer.dropout=0.5"]]),
     # On a GPU the masks come from the CUDA generator, through the fused dropout kernel its jobs use.
     pytest.param(["pretrain=none", "data=digits", "trainer.max_epochs=3", "trainer=gpu"],
                  [["seed=0", "regularizer=dropout"], ["seed=1", "regularizer=dropout"], ["seed=0"]],
                  marks=pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no GPU here")),
-], ids=["mlp-dropout", "mlp-schedules", "mlp-batch-norm", "lenet-dropout", "resnet-batch-norm", "gcn-full-batch", "sage-full-batch", "gat-full-batch",
-        "mlp-dropout-gpu"])
+], ids=["mlp-dropout", "mlp-schedules", "mlp-batch-norm", "lenet-dropout", "resnet-batch-norm", "gcn-full-batch",
+        "sage-full-batch", "gat-full-batch", "gru-sequences", "lstm-variational-dropout", "mlp-dropout-gpu"])
 def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose, tmp_path, base, axes):
     import torch
 

@@ -12,13 +12,15 @@ own loss's gradient, so each member's update is its unfused job's (tests/test_fu
 validation loss within float tolerance). A member's dropout masks come from its own random stream: the
 state its job's generator had when its fit began, advanced by the same draws (``MemberStreams``), so they
 are its unfused job's masks bit for bit. A full-batch graph is one input shared by every member (the weights,
-masks and running statistics are stacked).
+masks and running statistics are stacked). Recurrent layers run as ``StackableRecurrent``: vmap has no
+batching rule for ATen's fused recurrent kernels.
 
 Each member stays an ordinary job to the user: the launcher runs the jobs one after another as Hydra's
 basic launcher does; the first member whose finetune stage reaches its fit trains the whole array
-(``member_fit``, reached through ``training.arrays``), and every member's stage then *replays* its own result: its per-epoch metrics into its
-own MLflow run, its curves, its best weights, its early stop, its failure (a member whose loss goes
-non-finite fails alone and leaves the array). What is not fused (``unfusable``) runs as a separate job.
+(``member_fit``, which the stage reaches through ``training.arrays``), and every member's stage then
+*replays* its own result: its per-epoch metrics into its own MLflow run, its curves, its best weights, its
+early stop, its failure (a member whose loss goes non-finite fails alone and leaves the array). What is not
+fused (``unfusable``) runs as a separate job.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from deepsweep.errors import NonFiniteError, check_finite
 
@@ -81,10 +85,13 @@ def unfusable(cfg: DictConfig) -> str | None:
         return (f"pretrain={cfg.pretrain.name}: each member would fine-tune its own pretrained encoder; a fused "
                 "array fine-tunes from scratch (pretrain=none or finetune.load_pretrained=false)")
     kind = declared_kind(str(cfg.data._target_))
-    if kind not in ("tensor", "graph"):
-        return (f"data={cfg.data.name}: {kind} data is not fused (torch.func.vmap has no batching rule for the "
-                "recurrent layers, aten::gru and aten::lstm, and a Transformer draws its dropout inside torch); "
-                "tensor data and full-batch graphs are")
+    if kind not in ("tensor", "graph", "sequence"):
+        return f"data={cfg.data.name}: {kind} data is not fused; tensor data, sequences and full-batch graphs are"
+    if kind == "sequence" and not str(cfg.model._target_).endswith(".Recurrent"):
+        return (f"model={cfg.model.name} on sequences: only the recurrent families (rnn, lstm, gru) are fused "
+                "(a Transformer draws its dropout inside torch)")
+    if kind == "sequence" and cfg.model.get("tbptt_steps"):
+        return f"model.tbptt_steps={cfg.model.tbptt_steps}: truncated BPTT carries state between chunks; not fused"
     if declared_target(str(cfg.data._target_)) != "class":
         return f"data={cfg.data.name}: only classification is fused so far"
     if kind == "graph" and int(cfg.data.get("batch_size") or 0) and cfg.data.get("num_neighbors"):
@@ -296,14 +303,16 @@ def _dropout_sites(model: Any) -> dict[str, float]:
     per member like the weights and updated in place by the vmapped forward pass.)"""
     from torch import nn
 
+    from deepsweep.models.sequence import LockedDropout
     from deepsweep.nn.modes import drops
 
     sites = {}
     for name, module in model.named_modules():
-        if type(module) is nn.Dropout and module.p > 0:
+        if type(module) in (nn.Dropout, LockedDropout) and module.p > 0:
             sites[name] = float(module.p)
         elif drops(module):
-            raise Unfusable(f"{name} is a {type(module).__name__}: only standard dropout masks are drawn per member")
+            raise Unfusable(f"{name} is a {type(module).__name__}: only standard and variational (per-sequence) "
+                            "dropout masks are drawn per member")
     return sites
 
 
@@ -317,15 +326,21 @@ class MemberStreams:
     does not drop at a site gets ones and draws nothing, as its job would."""
 
     def __init__(self, template: Any, sites: list[dict[str, float]], states: list[Any], device) -> None:
+        from deepsweep.models.sequence import LockedDropout
         from deepsweep.nn.modes import FedDropout
 
         self.feed = _Feed()
         self.template, self.sites, self.states, self.device = template, sites, list(states), device
         self.shapes: dict[tuple, list[tuple[str, tuple[int, ...]]]] = {}
         self.buffers: dict[tuple, list[Any]] = {}
+        # Variational dropout (a recurrent encoder's LockedDropout) draws one mask per sequence, (N, 1, H), and
+        # multiplies every step by it: the fed mask has that shape and broadcasts as its does.
+        self.locked: set[str] = set()
         for name in sorted(set().union(*sites), key=len, reverse=True):  # children before their parents
             parent_name, _, leaf = name.rpartition(".")
             parent = template.get_submodule(parent_name) if parent_name else template
+            if isinstance(getattr(parent, leaf), LockedDropout):
+                self.locked.add(name)
             setattr(parent, leaf, FedDropout(name, self.feed))
         self.active = any(sites)
 
@@ -340,7 +355,8 @@ class MemberStreams:
         if key not in self.shapes:
             with torch.no_grad(), self.feed.recording() as calls:
                 self.template(*inputs)
-            self.shapes[key] = calls
+            self.shapes[key] = [(name, (shape[0], 1, shape[2]) if name in self.locked else shape)
+                                for name, shape in calls]
         calls = self.shapes[key]
         n = len(self.sites)
         # One buffer per call and input shape, refilled every step (the last step's backward is done with it):
@@ -357,22 +373,23 @@ class MemberStreams:
                     _set_rng_state(self.device, self.states[i])
                 for (name, shape), mask in zip(calls, stacked):
                     if drawing and name in sites:
-                        self._draw(mask[i], sites[name])
+                        self._draw(mask[i], sites[name], bernoulli=name in self.locked)
                     else:
                         mask[i].fill_(1.0)
                 if drawing:
                     self.states[i] = _rng_state(self.device)
         return tuple(stacked)
 
-    def _draw(self, out, p: float) -> None:
+    def _draw(self, out, p: float, bernoulli: bool = False) -> None:
         """``out`` := the mask ``nn.Dropout(p)`` multiplies its input by, drawn as it draws it. On the CPU that
         is ATen's ``_dropout_impl``: Bernoulli(1 - p) noise over the input's shape, divided by 1 - p (drawn in
         place here, in the stacked buffer); on a GPU, the fused ``native_dropout`` kernel, so the mask is that
-        kernel's output on ones."""
+        kernel's output on ones. ``bernoulli``: a ``LockedDropout`` mask, Bernoulli noise divided by 1 - p on
+        any device, as it draws it."""
         import torch
         import torch.nn.functional as F
 
-        if out.device.type == "cpu":
+        if out.device.type == "cpu" or bernoulli:
             out.bernoulli_(1 - p).div_(1 - p)
         else:
             out.copy_(F.dropout(torch.ones_like(out), p, True))
@@ -449,6 +466,76 @@ def _optimizers(tasks: Sequence[Any], models: Sequence[Any]) -> list[_Optimizer]
     return merged
 
 
+class StackableRecurrent(nn.Module):
+    """Stands in for an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` in a fused array's template: the same parameters
+    under the same names, the same recurrence written step by step in ops ``torch.func.vmap`` can batch
+    (it has no batching rule for ``aten::lstm``, ``aten::gru`` or ``aten::rnn_tanh``).
+
+    Each step is ATen's CPU cell (``aten/src/ATen/native/RNN.cpp``): the input projections of every step
+    first, then per step ``linear_hh(h) + projected input``, chunked into the gates in its order (LSTM: i, f,
+    g, o; GRU: r, z, n, with n = tanh(x_n + r * h_n) and h' = (h - n) * z + n). A member's outputs are its
+    job's to float rounding (tests/test_fused.py). Each step is a few vmapped ops of a Python loop, where a
+    job's own layer runs its steps in ATen's C++ loop: ``make bench``'s gru sweep measures what that costs."""
+
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.mode, self.hidden_size, self.num_layers = rnn.mode, rnn.hidden_size, rnn.num_layers
+        self.directions = 2 if rnn.bidirectional else 1
+        for name, param in rnn.named_parameters():
+            self.register_parameter(name, param)
+
+    def _direction(self, x, layer: int, suffix: str, reverse: bool):
+        linear = torch.nn.functional.linear
+        w_ih, w_hh = getattr(self, f"weight_ih_l{layer}{suffix}"), getattr(self, f"weight_hh_l{layer}{suffix}")
+        b_ih, b_hh = getattr(self, f"bias_ih_l{layer}{suffix}", None), getattr(self, f"bias_hh_l{layer}{suffix}", None)
+        projected = linear(x, w_ih, b_ih)  # (N, T, gates x H): every step's input projection at once
+        h = c = x.new_zeros(x.shape[0], self.hidden_size)
+        outputs = []
+        for t in range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1]):
+            gates = linear(h, w_hh, b_hh)
+            if self.mode == "LSTM":
+                i, f, g, o = (gates + projected[:, t]).chunk(4, 1)
+                c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+                h = o.sigmoid() * c.tanh()
+            elif self.mode == "GRU":
+                x_r, x_z, x_n = projected[:, t].chunk(3, 1)
+                h_r, h_z, h_n = gates.chunk(3, 1)
+                r, z = (h_r + x_r).sigmoid(), (h_z + x_z).sigmoid()
+                n = (x_n + h_n * r).tanh()
+                h = (h - n) * z + n
+            else:
+                h = (gates + projected[:, t]).tanh() if self.mode == "RNN_TANH" else (gates + projected[:, t]).relu()
+            outputs.append(h)
+        if reverse:
+            outputs.reverse()
+        return torch.stack(outputs, 1), h, c
+
+    def forward(self, x, state=None):
+        if state is not None:
+            raise Unfusable("a recurrent layer fed a carried state (truncated BPTT) is not fused")
+        last_h, last_c = [], []
+        for layer in range(self.num_layers):
+            runs = []
+            for direction in range(self.directions):
+                out, h, c = self._direction(x, layer, "_reverse" if direction else "", reverse=bool(direction))
+                runs.append(out)
+                last_h.append(h)
+                last_c.append(c)
+            x = torch.cat(runs, dim=2) if len(runs) > 1 else runs[0]
+        return x, ((torch.stack(last_h), torch.stack(last_c)) if self.mode == "LSTM" else torch.stack(last_h))
+
+
+def _stackable_recurrent_layers(template: Any) -> None:
+    """Swap each recurrent layer of ``template`` for a ``StackableRecurrent`` over the same parameters."""
+    for name, module in list(template.named_modules()):
+        if isinstance(module, nn.RNNBase):
+            if not module.batch_first or module.dropout or getattr(module, "proj_size", 0):
+                raise Unfusable(f"{name}: only batch-first recurrent layers without inner dropout or projections are fused")
+            parent_name, _, leaf = name.rpartition(".")
+            parent = template.get_submodule(parent_name) if parent_name else template
+            setattr(parent, leaf, StackableRecurrent(module))
+
+
 def _graph_batch(loaders: Sequence[Any]) -> tuple:
     """The one full-graph batch every member trains on ((x, edge_index), selected nodes, their labels);
     members whose graphs or node masks differ cannot share it."""
@@ -511,6 +598,7 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
     names = [name for name, _ in template.named_parameters()]
     if any([name for name, _ in model.named_parameters()] != names for model in models):
         raise Unfusable("the members' parameters differ in name")
+    _stackable_recurrent_layers(template)
     streams = MemberStreams(template, sites, [member.rng_state for member in members], device)
     leaves = [dict(model.named_parameters()) for model in models]
     # Running statistics (batch norm), stacked: the vmapped forward pass updates each member's slice in place

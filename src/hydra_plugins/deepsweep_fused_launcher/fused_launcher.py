@@ -3,7 +3,7 @@
 Jobs are grouped by ``deepsweep.training.fused.shape_key`` (everything but seed, init, optimizer values,
 schedule, dropout probability, L1/L2, early stopping, ...) into arrays of up to ``max_members``; jobs that
 change a shape (hidden sizes, model, batch size, data) land in other arrays, and jobs an array cannot hold
-(``fused.unfusable``: a pretrained encoder to fine-tune, sequence data, sampled graph mini-batches, L-BFGS,
+(``fused.unfusable``: a pretrained encoder to fine-tune, a Transformer, sampled graph mini-batches, L-BFGS,
 ...) run as ordinary jobs, each with one log line saying why. Every job, member or not, then runs through
 Hydra's ``run_job``, as Hydra's own launchers run them: each is an ordinary job with its own output folder,
 MLflow run, resume and report row.
