@@ -15,8 +15,9 @@ print("torch", torch.__version__, "lightning", lightning.__version__, "mlflow", 
 print(torch.cuda.get_device_name(0), round(torch.cuda.get_device_properties(0).total_memory / 2**30), "GiB")
 PY
 # The GPU cases of the suite: each skips on a machine without one.
-timeout 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
     tests/test_fused.py::test_an_array_on_the_gpu_trains_as_on_the_cpu \
+    "tests/test_fused.py::test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks[mlp-dropout-gpu]" \
     "tests/test_bench.py" "tests/test_training.py::test_data_moves_to_the_trainers_gpu_once_and_stays_put_on_cpu" 2>&1 \
     | tee "$out/pytest.log" | tail -5
 # Issue 21: the fused launcher (one array in one process; 8 arrays in 8 processes) against one process and
