@@ -53,8 +53,8 @@ def test_repro_runs_then_skips_then_reruns_downstream(project_copy):
 
     assert ran(dvc(project_copy, "repro")) == []
 
-    # A fine-tuning param: what follows pretraining runs again. (--dry: DVC's own decision, without the two
-    # stage processes, about 20 s here; the run above showed the stages run.)
+    # A fine-tuning param: the stages that read it run again. (--dry: DVC's decision, without the two stage
+    # processes, about 20 s here; the run above showed the stages run.)
     params = project_copy / "params.yaml"
     original_params = params.read_text()
     params.write_text(original_params.replace("label_fraction: 1.0", "label_fraction: 0.5"))

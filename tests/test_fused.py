@@ -48,21 +48,25 @@ def test_a_fused_array_trains_each_member_as_its_own_job_and_resumes(tmp_path, i
                            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={fused_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 jobs, 4 in 2 arrays (2, 2), 0 alone" in result.stdout + result.stderr
-    assert deepsweep_cli("run", "-m", "hydra/launcher=basic", *SWEEP, f"hydra.sweep.dir={plain_dir}").returncode == 0
+    # The same jobs unfused, seed 0's two (the two of seed 1 are checked against the fused rerun below).
+    plain_sweep = [arg if not arg.startswith("seed=") else "seed=0" for arg in SWEEP]
+    assert deepsweep_cli("run", "-m", "hydra/launcher=basic", *plain_sweep, f"hydra.sweep.dir={plain_dir}").returncode == 0
 
     fused, plain = _finetune_runs(fused_dir), _finetune_runs(plain_dir)
-    assert sorted(fused) == sorted(plain) and len(fused) == 4
+    assert len(fused) == 4 and sorted(plain) == [("0", "0.001"), ("0", "0.003")]
     assert len({r.data.tags["deepsweep.fused_array"] for r, _, _ in fused.values()}) == 2
     assert len({r.data.tags["deepsweep.pid"] for r, _, _ in fused.values()}) == 2  # one process per array
     assert {r.data.tags["deepsweep.fused_members"] for r, _, _ in fused.values()} == {"2"}
     assert not any("deepsweep.fused_array" in r.data.tags for r, _, _ in plain.values())
     for key, (run, job, curves) in fused.items():
+        assert (fused_dir / job.data.tags["deepsweep.job"] / "finetune" / "curves.csv").is_file()
+        if key not in plain:
+            continue
         plain_run, plain_job, plain_curves = plain[key]
         for name, values in curves.items():
             assert len(values) == 2 and values == pytest.approx(plain_curves[name], rel=1e-4), (key, name)
         for metric in ("finetune.best_val_acc", "finetune.best_val_loss", "evaluate.accuracy", "evaluate.roc_auc"):
             assert job.data.metrics[metric] == pytest.approx(plain_job.data.metrics[metric], rel=1e-4), (key, metric)
-        assert (fused_dir / job.data.tags["deepsweep.job"] / "finetune" / "curves.csv").is_file()
     # Per-member values really are per member: the two learning rates (and the two seeds) part early.
     first = {key: curves["val/loss"][0] for key, (_, _, curves) in fused.items()}
     assert len({round(v, 2) for v in first.values()}) == 4
@@ -333,3 +337,30 @@ def test_no_dvc_stage_runs_the_fused_training_code():
     deps = {dep for stage in stages.values() for dep in stage.get("deps", [])}
     assert not {"src/deepsweep/training", "src/deepsweep/training/fused.py"} & deps
     assert "src/deepsweep/training/arrays.py" in stages["finetune"]["deps"]
+
+
+@pytest.mark.parametrize("cell,options", [
+    ("LSTM", {"num_layers": 2, "bidirectional": True}),
+    ("GRU", {"num_layers": 2, "bidirectional": True, "bias": False}),
+    ("RNN", {"num_layers": 2, "nonlinearity": "relu"}),
+    ("RNN", {"bidirectional": True}),
+])
+def test_a_stackable_recurrent_layer_is_torchs_layer_under_vmap(cell, options):
+    """What the equivalence cases above do not build (layers of one module, both directions, relu, no bias):
+    each member's outputs and final states under vmap are those of torch's own layer with its weights."""
+    import torch
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from deepsweep.training.fused import StackableRecurrent
+
+    torch.manual_seed(0)
+    layers = [getattr(torch.nn, cell)(5, 7, batch_first=True, **options) for _ in range(3)]
+    inputs = torch.randn(3, 4, 6, 5)  # members x batch x steps x features
+    params, _ = stack_module_state(layers)
+    stackable = StackableRecurrent(layers[0])
+    outputs, states = vmap(lambda p, x: functional_call(stackable, p, (x,)))(params, inputs)
+    for i, layer in enumerate(layers):
+        expected, expected_states = layer(inputs[i])
+        assert torch.allclose(outputs[i], expected, rtol=1e-5, atol=1e-6)
+        for got, want in zip(*(s if isinstance(s, tuple) else (s,) for s in (states, expected_states))):
+            assert got[i].shape == want.shape and torch.allclose(got[i], want, rtol=1e-5, atol=1e-6)

@@ -108,8 +108,8 @@ def unfusable(cfg: DictConfig) -> str | None:
         return (f"model.attention_dropout={cfg.model.attention_dropout}: torch-geometric draws it inside the "
                 "attention layer, out of reach of a member's own random stream")
     if float(cfg.regularizer.dropout) > 0 and cfg.regularizer.dropout_kind != "standard":
-        return (f"regularizer.dropout_kind={cfg.regularizer.dropout_kind}: only standard dropout masks are drawn "
-                "per member")
+        return (f"regularizer.dropout_kind={cfg.regularizer.dropout_kind}: only standard dropout (per sequence in a "
+                "recurrent encoder) is drawn per member")
     if str(cfg.optimizer.get("_target_", "")).endswith("LBFGS"):
         return "optimizer=lbfgs: its line search re-evaluates one member's loss alone"
     if str(cfg.trainer.strategy) != "auto" or str(cfg.trainer.devices) not in ("1", "[0]", "auto"):
@@ -200,7 +200,6 @@ def _kept_random_states(device) -> Iterator[None]:
     import random
 
     import numpy as np
-    import torch
 
     python, numpy, seed = random.getstate(), np.random.get_state(), os.environ.get("PL_GLOBAL_SEED")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -216,7 +215,8 @@ def _kept_random_states(device) -> Iterator[None]:
 
 
 class Unfusable(RuntimeError):
-    """A member's built model holds what an array cannot stack (a dropout other than standard)."""
+    """A member's built model holds what an array cannot stack (another dropout kind, a recurrent layer with
+    inner dropout or a carried state)."""
 
 
 @contextlib.contextmanager
@@ -271,7 +271,6 @@ def _replay(array: FusedArray, result: MemberResult, task: Any, out: Path, run_i
 
 def _device(cfg: DictConfig):
     """The device a member's own fit would train on (``auto``: a CUDA GPU where there is one, as Lightning picks)."""
-    import torch
 
     accelerator = str(cfg.trainer.accelerator)
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
@@ -283,13 +282,11 @@ def _device(cfg: DictConfig):
 
 def _rng_state(device):
     """The state of the generator a fit on ``device`` draws its dropout masks from."""
-    import torch
 
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
 
 def _set_rng_state(device, state) -> None:
-    import torch
 
     if device.type == "cuda":
         torch.cuda.set_rng_state(state, device)
@@ -298,11 +295,9 @@ def _set_rng_state(device, state) -> None:
 
 
 def _dropout_sites(model: Any) -> dict[str, float]:
-    """Where ``model`` drops units in training, and with which probability (``nn.Dropout``); other dropout
-    kinds are refused by name. (Batch norm needs nothing here: its running statistics are buffers, stacked
+    """Where ``model`` drops units in training, and with which probability (``nn.Dropout``, and a recurrent
+    encoder's per-sequence ``LockedDropout``); other dropout kinds are refused by name. (Batch norm needs nothing here: its running statistics are buffers, stacked
     per member like the weights and updated in place by the vmapped forward pass.)"""
-    from torch import nn
-
     from deepsweep.models.sequence import LockedDropout
     from deepsweep.nn.modes import drops
 
@@ -347,7 +342,6 @@ class MemberStreams:
     def masks(self, members: Sequence[int], inputs: tuple) -> tuple:
         """One stacked mask per dropout call of a forward pass on ``inputs`` (one member's), members first;
         ones for ``members`` not listed (they left the array)."""
-        import torch
 
         if not self.active:
             return ()
@@ -373,26 +367,24 @@ class MemberStreams:
                     _set_rng_state(self.device, self.states[i])
                 for (name, shape), mask in zip(calls, stacked):
                     if drawing and name in sites:
-                        self._draw(mask[i], sites[name], bernoulli=name in self.locked)
+                        self._draw(mask[i], sites[name], per_sequence=name in self.locked)
                     else:
                         mask[i].fill_(1.0)
                 if drawing:
                     self.states[i] = _rng_state(self.device)
         return tuple(stacked)
 
-    def _draw(self, out, p: float, bernoulli: bool = False) -> None:
+    def _draw(self, out, p: float, per_sequence: bool = False) -> None:
         """``out`` := the mask ``nn.Dropout(p)`` multiplies its input by, drawn as it draws it. On the CPU that
         is ATen's ``_dropout_impl``: Bernoulli(1 - p) noise over the input's shape, divided by 1 - p (drawn in
         place here, in the stacked buffer); on a GPU, the fused ``native_dropout`` kernel, so the mask is that
-        kernel's output on ones. ``bernoulli``: a ``LockedDropout`` mask, Bernoulli noise divided by 1 - p on
-        any device, as it draws it."""
-        import torch
-        import torch.nn.functional as F
+        kernel's output on ones. ``per_sequence``: a ``LockedDropout`` mask, which it draws as Bernoulli noise
+        divided by 1 - p on any device."""
 
-        if out.device.type == "cpu" or bernoulli:
+        if out.device.type == "cpu" or per_sequence:
             out.bernoulli_(1 - p).div_(1 - p)
         else:
-            out.copy_(F.dropout(torch.ones_like(out), p, True))
+            out.copy_(torch.nn.functional.dropout(torch.ones_like(out), p, True))
 
 
 class _Feed:
@@ -439,7 +431,6 @@ def _optimizers(tasks: Sequence[Any], models: Sequence[Any]) -> list[_Optimizer]
     it: the update is elementwise, so a member's step is the same as with an optimizer of its own, and an
     array of 32 members with one learning rate takes one optimizer step instead of 32 (kernel launches on a
     GPU). A schedule that steps on a member's own validation loss (plateau) gets an optimizer per member."""
-    import torch
 
     def key(factory) -> str:
         return repr((getattr(factory, "func", factory), getattr(factory, "args", ()),
@@ -471,10 +462,10 @@ class StackableRecurrent(nn.Module):
     under the same names, the same recurrence written step by step in ops ``torch.func.vmap`` can batch
     (it has no batching rule for ``aten::lstm``, ``aten::gru`` or ``aten::rnn_tanh``).
 
-    Each step is ATen's CPU cell (``aten/src/ATen/native/RNN.cpp``): the input projections of every step
-    first, then per step ``linear_hh(h) + projected input``, chunked into the gates in its order (LSTM: i, f,
-    g, o; GRU: r, z, n, with n = tanh(x_n + r * h_n) and h' = (h - n) * z + n). A member's outputs are its
-    job's to float rounding (tests/test_fused.py). Each step is a few vmapped ops of a Python loop, where a
+    Each step follows ATen's native cell (``aten/src/ATen/native/RNN.cpp``): the input projections of every
+    step first, then per step ``linear_hh(h) + projected input``, chunked into the gates in its order (LSTM:
+    i, f, g, o; GRU: r, z, n, with n = tanh(x_n + r * h_n) and h' = (h - n) * z + n). A job's own layer may
+    take oneDNN's kernel instead, so a member's outputs are its job's to float rounding (tests/test_fused.py). Each step is a few vmapped ops of a Python loop, where a
     job's own layer runs its steps in ATen's C++ loop: ``make bench``'s gru sweep measures what that costs."""
 
     def __init__(self, rnn: nn.RNNBase) -> None:
@@ -530,7 +521,8 @@ def _stackable_recurrent_layers(template: Any) -> None:
     for name, module in list(template.named_modules()):
         if isinstance(module, nn.RNNBase):
             if not module.batch_first or module.dropout or getattr(module, "proj_size", 0):
-                raise Unfusable(f"{name}: only batch-first recurrent layers without inner dropout or projections are fused")
+                raise Unfusable(f"{name}: only batch-first recurrent layers without inner dropout or projections "
+                                "are fused")
             parent_name, _, leaf = name.rpartition(".")
             parent = template.get_submodule(parent_name) if parent_name else template
             setattr(parent, leaf, StackableRecurrent(module))
@@ -539,7 +531,6 @@ def _stackable_recurrent_layers(template: Any) -> None:
 def _graph_batch(loaders: Sequence[Any]) -> tuple:
     """The one full-graph batch every member trains on ((x, edge_index), selected nodes, their labels);
     members whose graphs or node masks differ cannot share it."""
-    import torch
 
     batches = [next(iter(loader)) for loader in loaders]  # a full graph: one batch, no random draw
     for batch in batches[1:]:
@@ -567,7 +558,6 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
     """Fit the members (``build_members``) as one stacked model; what each one's ``training.fit`` would do
     alone: per-epoch train/val loss, val accuracy and macro F1, best weights by val/loss, early stopping by
     its own patience, a stop at its first non-finite epoch value."""
-    import torch
     from torch.func import functional_call, vmap
     from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 

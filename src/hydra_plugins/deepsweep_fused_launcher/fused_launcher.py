@@ -8,10 +8,10 @@ change a shape (hidden sizes, model, batch size, data) land in other arrays, and
 Hydra's ``run_job``, as Hydra's own launchers run them: each is an ordinary job with its own output folder,
 MLflow run, resume and report row.
 Within an array, the first member's finetune stage trains the whole array; the others replay their part
-(``fused.member_fit``, which the stage reaches through ``training.arrays``). With ``n_jobs`` 1 (the default) everything runs in this process, one job after
-another; with more, each array (or lone job) is one unit of work in a joblib process pool of ``n_jobs``
-workers, so the members' own stages (prepare, evaluate, records), which are not fused, run in parallel
-too: on one H200, 32 MNIST MLPs as one array in one process spent 2 minutes in those stages one after
+(``fused.member_fit``, which the stage reaches through ``training.arrays``). With ``n_jobs`` 1 (the default)
+everything runs in this process, one job after another; with more, each array (or lone job) is one unit of
+work in a joblib process pool of ``n_jobs`` workers, so the members' own stages (prepare, evaluate,
+records), which are not fused, run in parallel too: on one H200, 32 MNIST MLPs as one array in one process spent 2 minutes in those stages one after
 another (docs/benchmarks_gpu.md). Unlike ``hydra/launcher=parallel``, a worker that dies ends the sweep.
 
 Hydra imports every module of ``hydra_plugins`` at each start, so this one imports deepsweep only in ``launch``.
