@@ -11,8 +11,8 @@ Within an array, the first member's finetune stage trains the whole array; the o
 (``fused.member_fit``, which the stage reaches through ``training.arrays``). With ``n_jobs`` 1 (the default)
 everything runs in this process, one job after another; with more, each array (or lone job) is one unit of
 work in a joblib process pool of ``n_jobs`` workers, so the members' own stages (prepare, evaluate,
-records), which are not fused, run in parallel too: on one H200, 32 MNIST MLPs as one array in one process spent 2 minutes in those stages one after
-another (docs/benchmarks_gpu.md). Unlike ``hydra/launcher=parallel``, a worker that dies ends the sweep.
+records), which are not fused, run in parallel too: on one H200, 32 MNIST MLPs as one array in one process
+spent 2 minutes in those stages one after another (docs/benchmarks_gpu.md). Unlike ``hydra/launcher=parallel``, a worker that dies ends the sweep.
 
 Hydra imports every module of ``hydra_plugins`` at each start, so this one imports deepsweep only in ``launch``.
 """
@@ -31,28 +31,22 @@ from omegaconf import DictConfig, open_dict, read_write
 log = logging.getLogger("deepsweep")
 
 
-def _refuse(message: str) -> None:
-    """A bad launcher setting: one line and exit code 2 (a SystemExit passes through Hydra's instantiation and
-    error report, as cli.run's known failures do), before any job starts."""
-    from deepsweep.cli.run import _Reported
-    from deepsweep.errors import ConfigError
-
-    raise _Reported(ConfigError(message))
-
-
 class FusedLauncher(Launcher):
     def __init__(self, max_members: int = 32, n_jobs: int = 1) -> None:
         super().__init__()
         # `deepsweep run` checked these before the sweep started; Hydra's own entry points reach this first.
+        # A bad one: one line and exit code 2 (a SystemExit passes through Hydra's instantiation and error
+        # report, as cli.run's known failures do), before any job starts.
         from omegaconf import OmegaConf
 
+        from deepsweep.cli.run import _Reported
         from deepsweep.errors import ConfigError
         from deepsweep.launch import FUSED_LAUNCHER, check_launcher
 
         try:
             check_launcher(OmegaConf.create({"_target_": FUSED_LAUNCHER, "max_members": max_members, "n_jobs": n_jobs}))
         except ConfigError as exc:
-            _refuse(str(exc))
+            raise _Reported(exc) from None
         self.max_members = int(max_members)
         self.n_jobs = int(n_jobs)
         self.config: DictConfig | None = None
