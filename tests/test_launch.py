@@ -28,6 +28,30 @@ def test_job_threads_follow_the_launchers_resource_request():
     assert job_threads(slurm, cpu_count=64) == 6
 
 
+def test_torch_threads_are_the_configured_count_else_the_jobs_share_capped_by_omp_num_threads(monkeypatch):
+    import os
+
+    import torch
+
+    from deepsweep.factory import set_threads
+
+    cfg = OmegaConf.create({"trainer": {"num_threads": None}})
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert set_threads(cfg) == torch.get_num_threads() == (os.cpu_count() or 1)
+        assert set_threads(cfg, job_threads=1) == 1
+        # OMP_NUM_THREADS caps the share, as it caps torch's own default; an explicit trainer.num_threads wins.
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads(cfg) == torch.get_num_threads() == 1
+        assert set_threads(cfg, job_threads=4) == 1
+        assert set_threads(OmegaConf.create({"trainer": {"num_threads": 3}})) == torch.get_num_threads() == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "four")  # not a count: OpenMP ignores it, so do we
+        assert set_threads(cfg, job_threads=2) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_gpu_slots_never_overbook_a_gpu(tmp_path):
     """Two GPUs, one job each: the third job waits until a GPU is released, then gets that one."""
     held, got = [], []

@@ -181,12 +181,20 @@ def build_scheduler(cfg: DictConfig, max_epochs: int):
 
 def set_threads(cfg: DictConfig, job_threads: int | None = None) -> int:
     """torch threads for this process: trainer.num_threads, else what the launcher gave this job
-    (``deepsweep.launch.job_threads``), else every core."""
+    (``deepsweep.launch.job_threads``), else every core; ``OMP_NUM_THREADS``, where set, caps the last two as
+    it caps torch's own default (e.g. processes that already share the cores: the test suite's workers)."""
     import torch
 
-    threads = cfg.trainer.num_threads or job_threads or os.cpu_count() or 1
+    share = job_threads or os.cpu_count() or 1
+    threads = cfg.trainer.num_threads or min(share, omp_threads() or share)
     torch.set_num_threads(int(threads))
     return int(threads)
+
+
+def omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive integer; None where it is unset or not one (OpenMP ignores it then)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def check_accelerator(cfg: DictConfig) -> None:
