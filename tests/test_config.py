@@ -15,10 +15,21 @@ def test_params_yaml_is_the_composed_default():
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_every_option_composes_and_validates(group):
+def test_every_option_composes_validates_and_reads_the_same_without_hydra(group):
+    """Every option of every group composes and validates; and config._reference, which reads option files
+    directly (no Hydra at a stage's start-up; tests/faults/bad_input.py reads every option's fields through
+    it), equals Hydra's composition of that option. One composition per option serves both checks."""
+    from deepsweep import paths
+    from deepsweep.config import _reference
+
     for option in options(group):
-        cfg = validate(compose([f"{group}={option}"]))
-        assert cfg[group].name == option
+        choices = (f"{group}={option}",)
+        composed = compose(list(choices))
+        plain = OmegaConf.to_container(composed, resolve=True)
+        assert validate(composed)[group].name == option
+        direct = _reference(str(paths.conf_dir()), choices)
+        assert direct[group] == plain[group], f"{group}={option}"
+        assert direct["seed"] == plain["seed"] and direct["optimized_metric"] == plain["optimized_metric"]
 
 
 def test_flat_params_for_mlflow():
@@ -132,23 +143,6 @@ def test_ready_made_pipelines_match_the_root_stages_and_validate():
     assert pipelines.drift() == [], "run `make pipelines` (deepsweep pipelines) and commit the result"
     for name in pipelines.names():
         load_params(ROOT / "pipelines" / name / "params.yaml")
-
-
-@pytest.mark.parametrize("group", GROUPS)
-def test_the_schema_read_from_option_files_is_what_hydra_composes(group):
-    """config._reference reads option files directly (no Hydra at a stage's start-up): for every option of every
-    group it must equal Hydra's composition of that option."""
-    from omegaconf import OmegaConf
-
-    from deepsweep import paths
-    from deepsweep.config import _reference, compose, options
-
-    for option in options(group):
-        choices = (f"{group}={option}",)
-        composed = OmegaConf.to_container(compose(list(choices)), resolve=True)
-        direct = _reference(str(paths.conf_dir()), choices)
-        assert direct[group] == composed[group], f"{group}={option}"
-        assert direct["seed"] == composed["seed"] and direct["optimized_metric"] == composed["optimized_metric"]
 
 
 def test_each_experiment_names_itself_as_a_param():

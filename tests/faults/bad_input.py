@@ -4,10 +4,12 @@ option files never offered. Shared by the fuzz test and by the generator of docs
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-from deepsweep.config import GROUPS, compose, flatten, options
+from deepsweep import paths
+from deepsweep.config import GROUPS, _reference, compose, flatten, options
 from deepsweep.constraints import numeric, rule_for
 
 # Candidates tried in order for an out-of-range value: the first the field's rule refuses is used.
@@ -28,13 +30,18 @@ def _hydra_value(value) -> str:
 
 
 def _fields() -> dict[str, tuple[str, object]]:
-    """Every numeric field: full key -> (the group=option override that brings it, its default)."""
+    """Every numeric field: full key -> (the group=option override that brings it, its default).
+
+    Each option's fields as the validator reads them (``config._reference``: the option file itself, which
+    tests/test_config.py holds equal to Hydra's composition of every option): composing each of the 105
+    options through Hydra cost 20 s of each of the two tests that generate the cases."""
     found: dict[str, tuple[str, object]] = {}
     defaults = flatten(compose([]))
+    conf_dir = str(paths.conf_dir())
     for group in GROUPS:
         for option in options(group):
             choice = f"{group}={option}"
-            for key, value in flatten(compose([choice])).items():
+            for key, value in flatten(_reference(conf_dir, (choice,))).items():
                 # Numeric fields, and fields whose default is null but that take a number (a rule says which).
                 takes_number = numeric(value) or (value is None and rule_for(key) is not None)
                 if key.startswith(f"{group}.") and takes_number and key not in found:
@@ -66,7 +73,9 @@ def _composed(choices: tuple[str, ...]):
     return _CACHE[choices]
 
 
-def cases() -> list[Case]:
+@functools.cache
+def cases() -> tuple[Case, ...]:
+    """Made once per test process: the fuzz test and the docs/errors.md generator read the same cases."""
     result: list[Case] = []
     fields = _fields()
     for key, (choice, default) in sorted(fields.items()):
@@ -100,4 +109,4 @@ def cases() -> list[Case]:
         Case("cross-field", ("data.batch_size=0",), "data.batch_size"),
         Case("cross-field", ("pretrain=autoencoder", "pretrain.epochs=0"), "pretrain.epochs"),
     ]
-    return result
+    return tuple(result)
