@@ -16,7 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# This machine's pip config lists optional local wheel folders; their absence is not news.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	@# pip byte-compiles what it installs one file after another (torch alone is thousands of files); compiling
+	@# afterwards on every core is the same bytecode sooner: a fresh venv here took 188 s, 95 s + 51 s this way.
+	@# Like pip, a file that does not compile (a package's template, say) is left to Python at import.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	touch $@
 
 run: venv
