@@ -283,14 +283,18 @@ def test_a_bad_launcher_setting_is_one_line_before_any_job(tmp_path, setting, al
     assert not (tmp_path / "sweep").exists() and "mlflow" not in result.stdout + result.stderr
 
 
-def test_the_launcher_check_names_the_launcher_hydra_instantiates():
-    """``launch.check_launcher`` recognises the fused launcher by its target: the one conf/ names."""
-    import yaml
+def test_a_deepsweep_launchers_own_check_and_a_swept_hydra_key_are_refused_before_the_sweep():
+    """``deepsweep run -m`` finds the launcher's ``check_settings`` through the target conf/hydra/launcher/fused.yaml
+    names (the class Hydra instantiates), and refuses a swept ``hydra.*`` key, which Hydra refuses only after
+    the sweep's start."""
+    from deepsweep.cli.main import check_run_args
+    from deepsweep.errors import ConfigError
 
-    from conftest import ROOT
-    from deepsweep.launch import FUSED_LAUNCHER
-
-    assert yaml.safe_load((ROOT / "conf/hydra/launcher/fused.yaml").read_text())["_target_"] == FUSED_LAUNCHER
+    with pytest.raises(ConfigError, match=r"^hydra\.launcher\.max_members: -3; allowed: an integer >= 1$"):
+        check_run_args(["-m", "hydra/launcher=fused", "hydra.launcher.max_members=-3", "pretrain=none", "seed=0"])
+    with pytest.raises(ConfigError, match=r"^hydra\.launcher\.max_members: 0,4; allowed: one value \(Hydra's own"):
+        check_run_args(["-m", "hydra/launcher=fused", "hydra.launcher.max_members=0,4", "pretrain=none", "seed=0,1"])
+    check_run_args(["-m", "hydra/launcher=fused", "hydra.launcher.max_members=4", "pretrain=none", "seed=0,1"])
 
 
 def test_an_array_that_breaks_leaves_the_training_stage_its_own_random_state(compose, tmp_path, monkeypatch):
@@ -364,3 +368,16 @@ def test_a_stackable_recurrent_layer_is_torchs_layer_under_vmap(cell, options):
         assert torch.allclose(outputs[i], expected, rtol=1e-5, atol=1e-6)
         for got, want in zip(*(s if isinstance(s, tuple) else (s,) for s in (states, expected_states))):
             assert got[i].shape == want.shape and torch.allclose(got[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_installed_array_hook_restores_the_one_before_it():
+    """A stage asks ``training.arrays.member_fit``: None outside an array, the innermost array's answer inside,
+    and after a block ends the enclosing one's again (not None while an outer array is still training)."""
+    from deepsweep.training import arrays
+
+    assert arrays.member_fit(None, None, None, None, None) is None
+    with arrays.installed(lambda *args: "outer"):
+        with arrays.installed(lambda *args: "inner"):
+            assert arrays.member_fit(None, None, None, None, None) == "inner"
+        assert arrays.member_fit(None, None, None, None, None) == "outer"
+    assert arrays.member_fit(None, None, None, None, None) is None

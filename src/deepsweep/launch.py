@@ -23,24 +23,6 @@ from deepsweep.provenance import fingerprint  # noqa: F401  (what a job computes
 FINGERPRINT_TAG = "deepsweep.fingerprint"
 
 
-FUSED_LAUNCHER = "hydra_plugins.deepsweep_fused_launcher.fused_launcher.FusedLauncher"
-
-
-def check_launcher(launcher: DictConfig) -> None:
-    """deepsweep's own launcher settings that cannot run (``hydra/launcher=fused``'s ``max_members`` and
-    ``n_jobs``): a ConfigError naming the key, the value and what is allowed. Hydra types the other
-    launchers' settings through their schemas when it merges an override."""
-    from deepsweep.errors import ConfigError
-
-    if str(launcher.get("_target_", "")) != FUSED_LAUNCHER:
-        return
-    for key, least in (("max_members", 1), ("n_jobs", -1)):
-        value = launcher.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:
-            raise ConfigError(f"hydra.launcher.{key}: {value!r}; allowed: an integer >= 1"
-                              + (" (or -1, one process per core)" if key == "n_jobs" else ""))
-
-
 def job_threads(launcher: DictConfig | None, cpu_count: int | None = None) -> int:
     """CPU threads for one job, from the launcher's own resource setting: joblib's ``n_jobs`` share the
     cores; Ray's ``ray.remote.num_cpus`` and submitit's ``cpus_per_task`` are the job's cores."""

@@ -221,6 +221,10 @@ def _sweep_points(overrides: list[str], searched: dict[str, str] | None = None) 
         raise ConfigError(" ".join(str(exc).split())) from None
     fixed, swept = [], []
     for override in parsed:
+        if override.is_sweep_override() and override.is_hydra_override():
+            # Hydra refuses it too, but only after the sweep's start, in two lines and with exit code 1.
+            key, value = override.input_line.split("=", 1)
+            raise ConfigError(f"{key}: {value}; allowed: one value (Hydra's own settings are not swept)")
         if override.is_sweep_override():
             swept.append([f"{override.get_key_element()}={v}" for v in _values(override)])
         else:
@@ -237,7 +241,8 @@ def _sweep_points(overrides: list[str], searched: dict[str, str] | None = None) 
 
 def _hydra_config(overrides: list[str]) -> DictConfig:
     """The ``hydra`` node of the config these overrides choose: its sweeper (an Optuna search's space) and
-    launcher. The sweeps themselves do not change it, so their first value stands for all."""
+    launcher. Swept overrides are left out: they set the jobs' config, never Hydra's (``_sweep_points`` refuses
+    a swept ``hydra.*`` key, as Hydra does)."""
     from hydra import compose as hydra_compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -250,6 +255,22 @@ def _hydra_config(overrides: list[str]) -> DictConfig:
             return hydra_compose(config_name="config", overrides=plain, return_hydra_config=True).hydra
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(" ".join(str(exc).split("\nConfig search path")[0].split())) from None
+
+
+def check_launcher_settings(launcher: DictConfig) -> None:
+    """The settings of a launcher deepsweep ships (``hydra_plugins.deepsweep_*``), through its own
+    ``check_settings``: Hydra types the other launchers' settings through their schemas when it merges an
+    override, but calls a launcher's own checks only once it instantiates it, after the sweep has started."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    target = str(launcher.get("_target_", ""))
+    if not target.startswith("hydra_plugins.deepsweep_"):
+        return
+    check = getattr(get_class(target), "check_settings", None)
+    if check is not None:
+        settings = OmegaConf.to_container(launcher, resolve=True)
+        check(**{key: value for key, value in settings.items() if key != "_target_"})
 
 
 def _search_space(hydra: DictConfig) -> dict[str, str]:
@@ -267,7 +288,6 @@ def check_run_args(argv: list[str]) -> None:
     and pretraining, the accelerator, trainer.steps_per_call)."""
     from deepsweep.config import compose, validate
     from deepsweep.factory import check_accelerator, check_compatible, steps_per_call
-    from deepsweep.launch import check_launcher
 
     if any(arg.split("=")[0] in _HYDRA_PRINT_FLAGS for arg in argv):
         return
@@ -283,7 +303,7 @@ def check_run_args(argv: list[str]) -> None:
     if any(arg in ("-m", "--multirun") for arg in argv):
         # The launcher's own settings too: a sweep that cannot launch must not open the store or start a
         # parent run first (Hydra instantiates the launcher after the sweep callback's start).
-        check_launcher(hydra.launcher)
+        check_launcher_settings(hydra.launcher)
     for point in _sweep_points(overrides, _search_space(hydra)):
         cfg = validate(compose(point))
         check_accelerator(cfg)

@@ -22,13 +22,14 @@ _installed: MemberFit | None = None
 
 @contextlib.contextmanager
 def installed(member_fit: MemberFit) -> Iterator[None]:
-    """Within this block, a finetune stage's fit goes through ``member_fit`` first."""
+    """Within this block, a finetune stage's fit goes through ``member_fit`` first; after it, whatever was
+    installed before (blocks nest)."""
     global _installed
-    _installed = member_fit
+    previous, _installed = _installed, member_fit
     try:
         yield
     finally:
-        _installed = None
+        _installed = previous
 
 
 def member_fit(cfg: DictConfig, task: Any, out: Path, run_id: str | None, build: Callable):

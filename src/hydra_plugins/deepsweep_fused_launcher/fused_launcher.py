@@ -37,14 +37,11 @@ class FusedLauncher(Launcher):
         # `deepsweep run` checked these before the sweep started; Hydra's own entry points reach this first.
         # A bad one: one line and exit code 2 (a SystemExit passes through Hydra's instantiation and error
         # report, as cli.run's known failures do), before any job starts.
-        from omegaconf import OmegaConf
-
         from deepsweep.cli.run import _Reported
         from deepsweep.errors import ConfigError
-        from deepsweep.launch import FUSED_LAUNCHER, check_launcher
 
         try:
-            check_launcher(OmegaConf.create({"_target_": FUSED_LAUNCHER, "max_members": max_members, "n_jobs": n_jobs}))
+            self.check_settings(max_members=max_members, n_jobs=n_jobs)
         except ConfigError as exc:
             raise _Reported(exc) from None
         self.max_members = int(max_members)
@@ -52,6 +49,19 @@ class FusedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: Any = None
         self.hydra_context: Any = None
+
+    @staticmethod
+    def check_settings(**settings: Any) -> None:
+        """This launcher's ``max_members`` and ``n_jobs`` (as ``hydra.launcher`` holds them): a ConfigError naming
+        the key, the value and what is allowed. ``deepsweep run -m`` calls it before the sweep opens the store
+        (cli.main.check_run_args), as it calls any deepsweep launcher's ``check_settings``."""
+        from deepsweep.errors import ConfigError
+
+        for key, least in (("max_members", 1), ("n_jobs", -1)):
+            value = settings.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:
+                raise ConfigError(f"hydra.launcher.{key}: {value!r}; allowed: an integer >= 1"
+                                  + (" (or -1, one process per core)" if key == "n_jobs" else ""))
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
