@@ -34,7 +34,7 @@ run: venv
 	@echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
 
 test: venv
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal tests
 
 # Training overhead vs a hand-written loop, start-up, sweep throughput, stage and pipeline costs -> docs/benchmarks.md
 bench: venv
