@@ -55,6 +55,7 @@ def test_a_gnn_is_an_mlflow_model_too(tmp_path):
     assert accuracy == pytest.approx(result.metrics["evaluate.accuracy"], abs=1e-7)
 
 
+@pytest.mark.slow  # 20-45 s here: started first, so it does not leave a worker alone at the end
 def test_load_sweep_gives_one_row_per_job(tmp_path, isolated_tracking):
     import deepsweep
 

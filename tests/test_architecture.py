@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, deepsweep_cli
 
 PACKAGE = ROOT / "src" / "deepsweep"
@@ -62,6 +64,7 @@ def test_the_package_has_no_import_circle():
     assert graph["deepsweep.stages.finetune"] >= {"deepsweep.factory", "deepsweep.training.fit"}  # the graph is read
 
 
+@pytest.mark.slow  # 20-45 s here: started first, so it does not leave a worker alone at the end
 def test_a_new_objective_is_one_class_and_one_yaml_file(tmp_path):
     """examples/new_objective/rotation.{py,yaml} dropped into a copy of conf/ (and the class on PYTHONPATH)
     pretrain with the real pipeline; the encoder learns the rotations (validation loss under chance, log 4)."""

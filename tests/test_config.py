@@ -135,6 +135,7 @@ def test_bad_steps_per_call_stops_before_the_first_stage_writes(tmp_path):
     assert not (tmp_path / "artifacts" / "prepare").exists()
 
 
+@pytest.mark.slow  # 20-45 s here: started first, so it does not leave a worker alone at the end
 def test_ready_made_pipelines_match_the_root_stages_and_validate():
     from deepsweep import pipelines
 

@@ -112,6 +112,7 @@ def test_unreachable_source_is_one_line_naming_the_url(tmp_path):
                                      + ", ".join(CATALOG))
 
 
+@pytest.mark.slow  # 20-45 s here: started first, so it does not leave a worker alone at the end
 @requires_shared("ecg200")
 def test_dvc_fetches_a_pipelines_data_first_in_a_fresh_clone(project_copy, monkeypatch):
     """A clone has no data/: a ready-made pipeline (its own DVC project) starts with its fetch stage, whose

@@ -252,6 +252,7 @@ def test_loader_shards_batches_evenly_across_ddp_ranks(monkeypatch):
     assert set(torch.cat(seen).tolist()) == set(range(10))
 
 
+@pytest.mark.slow  # 20-45 s here: started first, so it does not leave a worker alone at the end
 def test_data_parallel_fine_tuning_over_two_cpu_processes(compose, tmp_path):
     cfg = compose("pretrain=none", "trainer.max_epochs=3", "trainer.devices=2", "trainer.strategy=ddp_spawn",
                   "trainer.num_threads=1")

@@ -12,6 +12,7 @@ from deepsweep.errors import NonFiniteError
 DIVERGES = ["pretrain=none", "optimizer=sgd", "optimizer.lr=10000", "trainer.max_epochs=3"]
 
 
+@pytest.mark.slow  # 20-45 s here: started first, so it does not leave a worker alone at the end
 def test_a_diverging_run_fails_with_one_line_and_a_failed_run(tmp_path):
     import mlflow
 
