@@ -98,11 +98,11 @@ def test_missing_data_that_cannot_be_fetched_names_the_url(tmp_path):
     assert not (tmp_path / "nowhere").exists() or not any((tmp_path / "nowhere").iterdir())
     # A whole run reports it the same way: the runner hands it past Hydra (which would print its traceback)
     # to the one-line report (a `deepsweep run` process of its own costs ~8 s of suite time).
-    from deepsweep.cli.run import _Reported, _stop_single_run
-    from deepsweep.errors import DownloadError
+    from deepsweep.cli.run import _stop_single_run
+    from deepsweep.errors import DownloadError, Reported
 
     failure = DownloadError("http://127.0.0.1:9/mnist/raw/x.gz: cannot download")
-    with pytest.raises(_Reported) as reported:
+    with pytest.raises(Reported) as reported:
         _stop_single_run(failure)
     assert reported.value.error is failure
 

@@ -26,6 +26,15 @@ class DownloadError(RuntimeError):
     """A raw data file could not be fetched, or arrived with other bytes than its checksum says."""
 
 
+class Reported(SystemExit):
+    """Carries one of the failures above through Hydra, which reports every Exception with a traceback (and
+    turns a callback's into a warning): ``deepsweep run`` catches it and prints ``error`` as one line."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def check_finite(values: dict[str, float], epoch: int, step: int) -> None:
     """Stop fitting at the first NaN or infinite epoch value: every number after it would be noise, and a
     sweep must show the job as failed rather than rank it. Checked once per epoch, on values already on

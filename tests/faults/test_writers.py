@@ -147,6 +147,31 @@ def test_two_runs_in_one_folder_through_the_cli(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_two_sweeps_in_one_folder_and_a_study_cleared_under_its_running_sweep_are_refused(tmp_path, monkeypatch):
+    """A sweep holds its folder while it runs: a second `deepsweep run -m` given it stops at once with one line,
+    before it opens the store (it would have taken over the parent run and the progress markers), and
+    `deepsweep study` does not empty the folder of its own sweep still running."""
+    from deepsweep import studies
+
+    folder = tmp_path / "sweep"
+    holder = child(HOLD, str(folder))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (folder / "0").mkdir()
+        store = tmp_path / "store.db"
+        result = deepsweep_cli("run", "-m", "seed=0,1", "pretrain=none", f"hydra.sweep.dir={folder}",
+                               "hydra/launcher=basic", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
+        monkeypatch.setattr(studies, "sweep_dir", lambda name, budget, part=0: folder)
+        with pytest.raises(FolderInUse, match=rf"{folder}: in use by process {holder.pid} on "):
+            studies.run_sweep(studies.load("optimizers"), "small")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"deepsweep: error: {folder}: in use by process {holder.pid}")
+    assert not store.exists() and sorted(p.name for p in folder.iterdir()) == [".deepsweep.lock", "0"]
+
+
 def test_a_kill_between_the_two_renames_keeps_the_previous_output(tmp_path):
     """atomic_dir replacing an output moves the old one aside, then the new one in: killed in between, the
     folder holds .prepare.old (the previous output, whole) and no prepare. The next writer puts it back."""

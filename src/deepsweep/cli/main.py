@@ -315,12 +315,12 @@ def _run_hydra(argv: list[str]) -> int:
     from deepsweep.cli.run import main as hydra_main
 
     check_run_args(argv)
-    from deepsweep.cli.run import _Reported
+    from deepsweep.errors import Reported
 
     sys.argv = ["deepsweep run", *argv]
     try:
         hydra_main()
-    except _Reported as reported:
+    except Reported as reported:
         raise reported.error from None
     return 0
 

@@ -61,19 +61,11 @@ def _stop_single_run(exc: Exception) -> None:
     """A single run's known failures leave Hydra as themselves, not inside its error report: SystemExit
     passes through Hydra's job runner, and ``deepsweep run`` prints them as one line."""
     from deepsweep.config import ConfigError
-    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError
+    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError, Reported
 
     if isinstance(exc, (ConfigError, FileNotFoundError, DataFileError, DownloadError, NonFiniteError, FolderInUse)):
-        raise _Reported(exc)
+        raise Reported(exc)
     raise exc
-
-
-class _Reported(SystemExit):
-    """Carries a known failure through Hydra (which reports every Exception with a traceback)."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 @hydra.main(version_base="1.3", config_path=str(paths.conf_dir()), config_name="config")

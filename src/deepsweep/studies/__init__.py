@@ -192,12 +192,18 @@ def run_sweep(study: Study, budget: str, reuse: bool = False) -> tuple[list[dict
     from deepsweep.tracking.report import sweep_rows
     from deepsweep.tracking.runs import tracking_uri
     from deepsweep.tracking.sweep import PARENT_FILE
+    from deepsweep.utils.io import LOCK_FILE, folder_lock
 
     seconds, rows = 0.0, []
     for part, overrides in enumerate(study.parts(budget)):
         folder = sweep_dir(study.name, budget, part)
         if not reuse:
-            shutil.rmtree(folder, ignore_errors=True)
+            # Cleared only while no sweep holds the folder: a running one (this study started twice) is refused
+            # (FolderInUse), not emptied under it. Its lock file stays, so the sweep locks the same file.
+            with folder_lock(folder) as held:
+                for entry in held.iterdir():
+                    if entry.name != LOCK_FILE:
+                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             # A small budget's few short jobs run one after another in the sweep's own process (Hydra's basic
             # launcher): worker processes would each import torch, Lightning and MLflow again for a job or two.
             # A small budget only checks the study's code path, so its jobs log no MLflow model (no study reads

@@ -9,6 +9,7 @@ At the end, the children are summarized into ``sweep_report.md``/``.csv`` logged
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import time
@@ -97,6 +98,11 @@ def _fail_if_running(run_id: str) -> None:
         client.set_terminated(run_id, "FAILED")
 
 
+# sweep folder -> its lock, held by this process from the sweep's start to its end. Not on the callback: the
+# joblib launcher pickles the callbacks into each job's task, and a held lock does not pickle.
+_HELD_SWEEPS: dict[str, contextlib.ExitStack] = {}
+
+
 class MlflowSweepCallback(Callback):
     """``heatmap_axes``: the two params of the report's heatmap (default: the first two swept ones)."""
 
@@ -106,12 +112,22 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
 
+        from deepsweep.errors import FolderInUse, Reported
         from deepsweep.tracking.report import METRIC_TAG
         from deepsweep.tracking.runs import git_tags, process_tags, redact, setup
+        from deepsweep.utils.io import folder_lock
 
-        experiment_id = setup(config)
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # One sweep per folder: a second one would take over the parent run, clear the progress markers and
+        # resume jobs the first is running. Held until the sweep ends (the OS drops it if this process dies).
+        # Refused before the store is opened; a SystemExit, as Hydra turns a callback's Exception into a warning.
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(folder_lock(sweep_dir))
+        except FolderInUse as exc:
+            raise Reported(exc) from None
+        _HELD_SWEEPS[str(sweep_dir)] = held
+        experiment_id = setup(config)
         client = mlflow.MlflowClient()
         run_id = _resumable_parent(client, sweep_dir)
         if run_id:
@@ -161,7 +177,10 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from deepsweep.tracking.report import finish_sweep
 
-        run_id = os.environ.pop(PARENT_RUN_ENV, None) or parent_run_id(config.hydra.sweep.dir)
-        if run_id:
-            finish_sweep(run_id, Path(config.hydra.sweep.dir), rank_metric=str(config.optimized_metric),
-                         axes=self.heatmap_axes)
+        try:
+            run_id = os.environ.pop(PARENT_RUN_ENV, None) or parent_run_id(config.hydra.sweep.dir)
+            if run_id:
+                finish_sweep(run_id, Path(config.hydra.sweep.dir), rank_metric=str(config.optimized_metric),
+                             axes=self.heatmap_axes)
+        finally:
+            _HELD_SWEEPS.pop(str(config.hydra.sweep.dir), contextlib.ExitStack()).close()

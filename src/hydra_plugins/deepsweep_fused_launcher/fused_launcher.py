@@ -37,13 +37,12 @@ class FusedLauncher(Launcher):
         # `deepsweep run` checked these before the sweep started; Hydra's own entry points reach this first.
         # A bad one: one line and exit code 2 (a SystemExit passes through Hydra's instantiation and error
         # report, as cli.run's known failures do), before any job starts.
-        from deepsweep.cli.run import _Reported
-        from deepsweep.errors import ConfigError
+        from deepsweep.errors import ConfigError, Reported
 
         try:
             self.check_settings(max_members=max_members, n_jobs=n_jobs)
         except ConfigError as exc:
-            raise _Reported(exc) from None
+            raise Reported(exc) from None
         self.max_members = int(max_members)
         self.n_jobs = int(n_jobs)
         self.config: DictConfig | None = None
