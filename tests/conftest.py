@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # warm worker): tests/test_api.py checks the model and tests/test_pipeline.py the figures, the others skip both.
 FAST = ["trainer.max_epochs=2", "pretrain.epochs=1", "logger.log_model=false", "logger.figures=false"]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-# xdist's workers share the cores (make test: 2 on CI's 2): each worker and the processes it starts get their
+# xdist's workers share the cores (make test: 3 on CI's 2): each worker and the processes it starts get their
 # share of threads (OMP_NUM_THREADS, which deepsweep.factory.set_threads honours), instead of every process
 # spinning one OpenMP thread per core against the others. tests/test_sweep.py, test_api, test_pipeline and
 # test_training under -n 2: 167 s with 2 threads a process, 151 s with 1.

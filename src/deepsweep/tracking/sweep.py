@@ -100,7 +100,7 @@ def _fail_if_running(run_id: str) -> None:
 
 # sweep folder -> its lock, held by this process from the sweep's start to its end. Not on the callback: the
 # joblib launcher pickles the callbacks into each job's task, and a held lock does not pickle.
-_HELD_SWEEPS: dict[str, contextlib.ExitStack] = {}
+_HELD_SWEEPS: dict[Path, contextlib.ExitStack] = {}
 
 
 class MlflowSweepCallback(Callback):
@@ -126,7 +126,7 @@ class MlflowSweepCallback(Callback):
             held.enter_context(folder_lock(sweep_dir))
         except FolderInUse as exc:
             raise Reported(exc) from None
-        _HELD_SWEEPS[str(sweep_dir)] = held
+        _HELD_SWEEPS[sweep_dir] = held
         experiment_id = setup(config)
         client = mlflow.MlflowClient()
         run_id = _resumable_parent(client, sweep_dir)
@@ -183,4 +183,6 @@ class MlflowSweepCallback(Callback):
                 finish_sweep(run_id, Path(config.hydra.sweep.dir), rank_metric=str(config.optimized_metric),
                              axes=self.heatmap_axes)
         finally:
-            _HELD_SWEEPS.pop(str(config.hydra.sweep.dir), contextlib.ExitStack()).close()
+            held = _HELD_SWEEPS.pop(Path(config.hydra.sweep.dir), None)
+            if held is not None:
+                held.close()
