@@ -26,6 +26,10 @@ class DownloadError(RuntimeError):
     """A raw data file could not be fetched, or arrived with other bytes than its checksum says."""
 
 
+class TrackingError(RuntimeError):
+    """The MLflow tracking store failed while a sweep started: no job runs without its parent run."""
+
+
 class Reported(SystemExit):
     """Carries one of the failures above through Hydra, which reports every Exception with a traceback (and
     turns a callback's into a warning): ``deepsweep run`` catches it and prints ``error`` as one line."""

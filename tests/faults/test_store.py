@@ -176,3 +176,85 @@ def test_a_dataset_insert_lost_to_a_concurrent_job_is_retried(compose, monkeypat
     assert calls == ["train", "train", "val"]
     logged = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert sorted(i.tags[0].value for i in logged) == ["train", "val"]
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_sweep_against_an_unreachable_server_stops_before_any_work_in_one_line(tmp_path):
+    """MLflow retries a server that is down for minutes in each process (the sweep's start took 4 min, then
+    launched every job anyway): the run is refused up front, naming the key, with nothing started."""
+    url = f"http://user:secret@127.0.0.1:{_closed_port()}"
+    result = deepsweep_cli("run", "-m", "seed=0,1", "pretrain=none", "hydra.sweep.dir=sweep",
+                           f"logger.tracking_uri={url}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"deepsweep: error: logger.tracking_uri: {url.replace('secret', '***')}: no MLflow "
+                           "server answers there"), line
+    assert "secret" not in result.stderr + result.stdout
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_the_store_check_names_where_the_uri_came_from_and_lets_any_answering_server_through(compose, monkeypatch):
+    import http.server
+    import threading
+
+    from deepsweep.config import ConfigError
+    from deepsweep.tracking import runs
+
+    monkeypatch.setattr(runs, "_CHECKED", set())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}/mlflow")
+    with pytest.raises(ConfigError, match=r"^\$MLFLOW_TRACKING_URI: http://127\.0\.0\.1:\d+/mlflow: no MLflow server"):
+        runs.check_store(compose())
+    with pytest.raises(ConfigError, match=r"^logger\.tracking_uri: sqlite:////proc/deepsweep/x\.db: cannot create the "
+                                          r"folder /proc/deepsweep"):
+        runs.check_store(compose("logger.tracking_uri=sqlite:////proc/deepsweep/x.db"))
+
+    asked = []
+
+    class Refusing(http.server.BaseHTTPRequestHandler):  # a server behind authentication: it answers
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        runs.check_store(compose(f"logger.tracking_uri=http://127.0.0.1:{server.server_address[1]}/mlflow/"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asked == ["/mlflow/health"]
+
+
+def test_a_sweep_whose_parent_run_cannot_start_stops_instead_of_running_its_jobs(compose, tmp_path, monkeypatch):
+    """Hydra turns an Exception in a callback's on_multirun_start into a warning and launches the jobs anyway,
+    each without a parent run: the sweep callback stops the sweep with one line instead."""
+    from omegaconf import OmegaConf
+
+    from deepsweep.errors import Reported, TrackingError
+    from deepsweep.tracking import runs, sweep
+
+    def store_fails(cfg):
+        raise RuntimeError("disk I/O error")
+
+    monkeypatch.setattr(runs, "setup", store_fails)
+    config = OmegaConf.merge(compose(), {"hydra": {"sweep": {"dir": str(tmp_path / "sweep")},
+                                                   "overrides": {"task": ["seed=0,1"]}}})
+    with pytest.raises(Reported) as stopped:
+        sweep.MlflowSweepCallback().on_multirun_start(config)
+    assert tmp_path / "sweep" not in sweep._HELD_SWEEPS  # the folder is free again
+    assert isinstance(stopped.value.error, TrackingError)
+    assert str(stopped.value.error).startswith("the sweep's parent run could not be started in sqlite:///")
+    assert str(stopped.value.error).endswith("RuntimeError: disk I/O error")
+    assert not (tmp_path / "sweep" / sweep.PARENT_FILE).exists()

@@ -285,9 +285,10 @@ def check_run_args(argv: list[str]) -> None:
     """Validate what ``deepsweep run`` is about to run, before Hydra starts (and before a sweep's first job):
     every problem is a ConfigError, reported as one line with exit code 2 instead of Hydra's traceback.
     Besides each group's values, the checks across groups that the stages repeat (data kind against model
-    and pretraining, the accelerator, trainer.steps_per_call)."""
+    and pretraining, the accelerator, trainer.steps_per_call), and that the tracking store answers."""
     from deepsweep.config import compose, validate
     from deepsweep.factory import check_accelerator, check_compatible, steps_per_call
+    from deepsweep.tracking.runs import check_store
 
     if any(arg.split("=")[0] in _HYDRA_PRINT_FLAGS for arg in argv):
         return
@@ -309,6 +310,7 @@ def check_run_args(argv: list[str]) -> None:
         check_accelerator(cfg)
         check_compatible(cfg)
         steps_per_call(cfg)
+        check_store(cfg)
 
 
 def _run_hydra(argv: list[str]) -> int:
@@ -334,13 +336,14 @@ def _fail(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError
+    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError, TrackingError
 
     argv = sys.argv[1:] if argv is None else argv
     # --debug (anywhere before Hydra's overrides): show tracebacks instead of one-line errors.
     debug = "--debug" in argv
     argv = [arg for arg in argv if arg != "--debug"]
-    reported = (ConfigError, FileNotFoundError, DataFileError, DownloadError, NonFiniteError, FolderInUse)
+    reported = (ConfigError, FileNotFoundError, DataFileError, DownloadError, NonFiniteError, FolderInUse,
+                TrackingError)
     if argv and argv[0] == "run":
         # Everything after `run` belongs to Hydra (overrides, -m, --cfg, --help).
         try:

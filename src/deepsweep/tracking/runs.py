@@ -131,6 +131,63 @@ def mark_dead_runs(client: Any, experiment_ids: list[str]) -> list[str]:
     return marked
 
 
+def _uri_key(cfg: DictConfig) -> str:
+    """Where the store's URI came from, as the user would set it."""
+    from_env = not cfg.logger.get("tracking_uri") and os.environ.get("MLFLOW_TRACKING_URI")
+    return "$MLFLOW_TRACKING_URI" if from_env else "logger.tracking_uri"
+
+
+_CHECKED: set[str] = set()  # stores this process has found reachable
+
+
+def check_store(cfg: DictConfig) -> None:
+    """Refuse, in one line naming the key, a tracking store that cannot be reached or written, before any work.
+
+    MLflow retries an unreachable server with exponential backoff (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, 7 by
+    default): a sweep against a server that is down spent 4 min 6 s in its start before Hydra turned the error
+    into a warning, then launched its jobs, each retrying as long (``deepsweep run -m seed=0,1
+    logger.tracking_uri=http://127.0.0.1:9``, MLflow 3.17). One request to the server's ``/health``, with a
+    10 s timeout and no retry, tells a server that is not there from one that answers (any HTTP status: what it
+    answers, such as an authentication error, is MLflow's to report). An SQLite store's folder must be creatable
+    and writable. Other stores (Databricks, a plugin's) are left to MLflow."""
+    uri = tracking_uri(cfg)
+    if uri in _CHECKED:
+        return
+    from deepsweep.errors import ConfigError
+
+    key = _uri_key(cfg)
+    db = _sqlite_file(uri)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{key}: {redact(uri)}: cannot create the folder {db.parent} ({exc.strerror}); "
+                              "allowed: an SQLite file in a writable folder, or an MLflow server's URI") from None
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise ConfigError(f"{key}: {redact(uri)}: {db if db.exists() else db.parent} is not writable; "
+                              "allowed: an SQLite file in a writable folder, or an MLflow server's URI")
+    elif uri.startswith(("http://", "https://")):
+        import ssl
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        parts = urllib.parse.urlsplit(uri)
+        health = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], path=parts.path.rstrip("/") + "/health",
+                                query="", fragment="").geturl()
+        try:
+            urllib.request.urlopen(health, timeout=10).close()
+        except urllib.error.HTTPError:
+            pass  # it answers
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if not isinstance(reason, ssl.SSLError):  # a TLS problem is a server that answers: MLflow's settings decide
+                raise ConfigError(f"{key}: {redact(uri)}: no MLflow server answers there ({reason}); allowed: the URI "
+                                  "of a running server (`mlflow server`), or an SQLite file (sqlite:///path/mlflow.db; "
+                                  "unset, the project's mlflow.db)") from None
+    _CHECKED.add(uri)
+
+
 _READY: set[tuple[str, str]] = set()  # (store, experiment) pairs this process has set up
 
 
@@ -140,6 +197,7 @@ def setup(cfg: DictConfig) -> str:
     Once per process and store, runs left RUNNING by dead processes of this host are marked KILLED."""
     import mlflow
 
+    check_store(cfg)
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     name = cfg.logger.experiment_name

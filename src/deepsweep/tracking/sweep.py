@@ -110,11 +110,8 @@ class MlflowSweepCallback(Callback):
         self.heatmap_axes = list(heatmap_axes) if heatmap_axes else None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import mlflow
-
         from deepsweep.errors import FolderInUse, Reported
-        from deepsweep.tracking.report import METRIC_TAG
-        from deepsweep.tracking.runs import git_tags, process_tags, redact, setup
+        from deepsweep.tracking.runs import redact, tracking_uri
         from deepsweep.utils.io import folder_lock
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -127,6 +124,23 @@ class MlflowSweepCallback(Callback):
         except FolderInUse as exc:
             raise Reported(exc) from None
         _HELD_SWEEPS[sweep_dir] = held
+        try:
+            self._start_parent(config, sweep_dir)
+        except Exception as exc:  # no job may run without its parent run: the sweep stops here, in one line
+            from deepsweep.errors import ConfigError, TrackingError
+
+            _HELD_SWEEPS.pop(sweep_dir).close()
+            raise Reported(exc if isinstance(exc, ConfigError) else TrackingError(
+                f"the sweep's parent run could not be started in {redact(tracking_uri(config))}: "
+                f"{type(exc).__name__}: {exc}")) from None
+
+    @staticmethod
+    def _start_parent(config: DictConfig, sweep_dir: Path) -> None:
+        import mlflow
+
+        from deepsweep.tracking.report import METRIC_TAG
+        from deepsweep.tracking.runs import git_tags, process_tags, redact, setup
+
         experiment_id = setup(config)
         client = mlflow.MlflowClient()
         run_id = _resumable_parent(client, sweep_dir)
@@ -144,13 +158,13 @@ class MlflowSweepCallback(Callback):
                 tags={**git_tags(), **process_tags(), "deepsweep.stage": "sweep", "deepsweep.sweep_dir": str(sweep_dir.resolve()),
                       "deepsweep.overrides": overrides, METRIC_TAG: str(config.optimized_metric)},
             ).info.run_id
-            (sweep_dir / PARENT_FILE).write_text(run_id)
+        # If the sweep process dies (Ctrl-C, a launcher error, a failure below), the parent run must not stay RUNNING.
+        atexit.register(_fail_if_running, run_id)
+        (sweep_dir / PARENT_FILE).write_text(run_id)
         shutil.rmtree(sweep_dir / DONE_DIR, ignore_errors=True)
         (sweep_dir / DONE_DIR).mkdir()
         (sweep_dir / TOTAL_FILE).write_text(f"{total_jobs(config) or ''} {time.time()}")
         os.environ[PARENT_RUN_ENV] = run_id
-        # If the sweep process dies (Ctrl-C, a launcher error), the parent run must not stay RUNNING.
-        atexit.register(_fail_if_running, run_id)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # Progress while the sweep runs: jobs report from their own processes, so count marker files.
