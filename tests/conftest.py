@@ -114,6 +114,13 @@ def isolated_tracking(tmp_path, monkeypatch, empty_store):
     monkeypatch.setenv("DEEPSWEEP_ROOT", str(ROOT))
     monkeypatch.delenv("DEEPSWEEP_PARENT_RUN_ID", raising=False)
     yield tmp_path / "mlflow.db"
+    # A test that called monkeypatch.undo() ended this isolation too (it shares the fixture), and whatever it
+    # logged after that went to the project's own mlflow.db: use monkeypatch.context() for a partial undo.
+    # (mlflow.set_tracking_uri also sets the variable: a stage run after the undo leaves it on the project's store.)
+    project_store = f"sqlite:///{ROOT / 'mlflow.db'}"
+    assert os.environ.get("MLFLOW_TRACKING_URI", project_store) != project_store, (
+        "this test logged to the project's own mlflow.db: did it call monkeypatch.undo()? (monkeypatch.context() "
+        "undoes only its own changes)")
 
 
 @pytest.fixture

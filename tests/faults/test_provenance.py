@@ -50,12 +50,13 @@ def test_fingerprint_covers_config_code_data_and_versions(compose, monkeypatch, 
     base = provenance.fingerprint(compose())
     assert provenance.fingerprint(compose("logger.tracking_uri=sqlite:////elsewhere.db")) == base
     assert provenance.fingerprint(compose("seed=1")) != base
-    monkeypatch.setattr(provenance, "source_digest", lambda: "edited-code")
-    assert provenance.fingerprint(compose()) != base
-    monkeypatch.undo()
-    monkeypatch.setattr(provenance, "library_versions", lambda: "torch=9.9")
-    assert provenance.fingerprint(compose()) != base
-    monkeypatch.undo()
+    # monkeypatch.context(), not monkeypatch.undo(): undo would also end this test's tracking isolation (conftest)
+    with monkeypatch.context() as patch:
+        patch.setattr(provenance, "source_digest", lambda: "edited-code")
+        assert provenance.fingerprint(compose()) != base
+    with monkeypatch.context() as patch:
+        patch.setattr(provenance, "library_versions", lambda: "torch=9.9")
+        assert provenance.fingerprint(compose()) != base
     # A catalog data set's bytes are its checksums (prepare verifies every file against them) ...
     from dataclasses import replace
 
@@ -65,9 +66,9 @@ def test_fingerprint_covers_config_code_data_and_versions(compose, monkeypatch, 
     before = provenance.fingerprint(with_data)
     ecg = downloads.CATALOG["ecg200"]
     edited = replace(ecg, files=(replace(ecg.files[0], sha256="0" * 64), *ecg.files[1:]))
-    monkeypatch.setitem(downloads.CATALOG, "ecg200", edited)
-    assert provenance.fingerprint(with_data) != before
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setitem(downloads.CATALOG, "ecg200", edited)
+        assert provenance.fingerprint(with_data) != before
     # ... any other folder's are its files.
     raw = tmp_path / "raw"
     raw.mkdir()

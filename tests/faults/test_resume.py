@@ -44,10 +44,10 @@ def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, c
     resumed = tmp_path / "resumed"
     execute("prepare", cfg, resumed)
     original = checkpoints.Resume.callbacks
-    monkeypatch.setattr(checkpoints.Resume, "callbacks", lambda self, *loaders: [*original(self, *loaders), Crash(at=1)])
-    with pytest.raises(RuntimeError, match="crash after epoch 1"):
-        execute("pretrain", cfg, resumed)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # not monkeypatch.undo(): it would end the test's tracking isolation too
+        patch.setattr(checkpoints.Resume, "callbacks", lambda self, *loaders: [*original(self, *loaders), Crash(at=1)])
+        with pytest.raises(RuntimeError, match="crash after epoch 1"):
+            execute("pretrain", cfg, resumed)
     # The failed stage left no output but kept its checkpoint.
     assert not (resumed / "pretrain").exists()
     assert (resumed / "pretrain.resume" / "last.ckpt").is_file()
