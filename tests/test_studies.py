@@ -44,12 +44,14 @@ def test_small_budget_writes_the_page(tmp_path, isolated_tracking, name, figure)
 
 # Every study but regularization (its own test above also checks --reuse): a new study module is tested with no edit here.
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "regularization"])
-def test_each_study_runs_its_small_budget_into_a_page_with_a_verdict(tmp_path, isolated_tracking, name):
+def test_each_study_runs_its_small_budget_into_a_page_with_a_verdict(tmp_path, isolated_tracking, name, monkeypatch):
     """Every study's whole path on its small budget (regularization's above): its sweeps run, its runs are read
     back, its table has a row per compared setting and its verdict is computed (the worked-by-hand tests below
     check each verdict rule)."""
     from deepsweep import studies
 
+    # The sweeps in this test's folder, not the project's outputs/sweeps (where a user's own small run goes).
+    monkeypatch.setattr(studies, "sweep_dir", lambda study, budget, part=0: tmp_path / "sweeps" / f"{study}_{part}")
     # In this process (`deepsweep study` itself is run by the regularization test above): the sweeps are
     # still their own `deepsweep run -m` processes, but each study saves one interpreter start (~5 s).
     page = studies.run(name, "small", out=tmp_path).read_text()

@@ -258,3 +258,32 @@ def test_a_sweep_whose_parent_run_cannot_start_stops_instead_of_running_its_jobs
     assert str(stopped.value.error).startswith("the sweep's parent run could not be started in sqlite:///")
     assert str(stopped.value.error).endswith("RuntimeError: disk I/O error")
     assert not (tmp_path / "sweep" / sweep.PARENT_FILE).exists()
+
+
+def test_a_sweep_whose_report_fails_says_so_and_deepsweep_report_finishes_it(tmp_path, isolated_tracking):
+    """Hydra turns an Exception in on_multirun_end into a warning and exits 0, and the parent run was then failed
+    at exit as if its process had died. Now the command fails in one line naming the report, the parent run
+    records why, and `deepsweep report` builds the report from the jobs' runs and finishes the parent."""
+    import mlflow
+
+    from deepsweep.tracking.sweep import PARENT_FILE
+
+    sweep = tmp_path / "sweep"
+    (sweep / "sweep_report.md").mkdir(parents=True)  # the report cannot be written there
+    result = deepsweep_cli("run", "-m", "seed=0,1", "pretrain=none", *FAST, "hydra/launcher=basic",
+                           f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"deepsweep: error: {sweep}: its jobs ran, but the sweep's report failed: IsADirectoryError: ")
+    client = mlflow.MlflowClient()
+    parent = client.get_run((sweep / PARENT_FILE).read_text().strip())
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["deepsweep.error"].startswith("the sweep's report failed: IsADirectoryError")
+
+    (sweep / "sweep_report.md").rmdir()
+    again = deepsweep_cli("report", str(sweep), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and "deepsweep.error" not in parent.data.tags
+    assert "2 jobs, 0 failed" in (sweep / "sweep_report.md").read_text()

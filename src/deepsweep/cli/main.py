@@ -164,7 +164,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from deepsweep.tracking.runs import tracking_uri
-    from deepsweep.tracking.sweep import PARENT_FILE
+    from deepsweep.tracking.sweep import PARENT_FILE, REPORT_FAILED
 
     mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": args.tracking_uri}})))
     target = Path(args.sweep)
@@ -178,7 +178,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         out = Path(mlflow.MlflowClient().get_run(run_id).data.tags.get("deepsweep.sweep_dir", "."))
     else:
         raise FileNotFoundError(f"{args.sweep}: neither a sweep folder nor an MLflow run id")
-    finish_sweep(run_id, out, rank_metric=args.metric, axes=args.axes, finish=False)
+    client = mlflow.MlflowClient()
+    # A sweep whose own report failed (tracking.sweep) is finished by the report that now succeeds; any other
+    # parent keeps its status (a sweep still running, or one that failed for another reason).
+    report_failed = client.get_run(run_id).data.tags.get("deepsweep.error", "").startswith(REPORT_FAILED)
+    finish_sweep(run_id, out, rank_metric=args.metric, axes=args.axes, finish=report_failed)
+    if report_failed:
+        client.delete_tag(run_id, "deepsweep.error")
     print(f"report written to {out / 'sweep_report.md'} (and .html, .csv) and logged to run {run_id}")
     return 0
 

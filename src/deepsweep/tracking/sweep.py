@@ -23,6 +23,7 @@ from deepsweep.tracking.runs import PARENT_RUN_ENV
 
 PARENT_FILE = "mlflow_parent_run_id"
 DONE_DIR = ".jobs_done"
+REPORT_FAILED = "the sweep's report failed"  # how a parent run's deepsweep.error starts when only its report failed
 TOTAL_FILE = ".jobs_total"  # "<total jobs or empty> <start time>": what the progress lines count against
 
 
@@ -191,12 +192,26 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from deepsweep.tracking.report import finish_sweep
 
+        sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            run_id = os.environ.pop(PARENT_RUN_ENV, None) or parent_run_id(config.hydra.sweep.dir)
+            run_id = os.environ.pop(PARENT_RUN_ENV, None) or parent_run_id(sweep_dir)
             if run_id:
-                finish_sweep(run_id, Path(config.hydra.sweep.dir), rank_metric=str(config.optimized_metric),
-                             axes=self.heatmap_axes)
+                try:
+                    finish_sweep(run_id, sweep_dir, rank_metric=str(config.optimized_metric), axes=self.heatmap_axes)
+                except Exception as exc:
+                    # Hydra would make this a warning and exit 0, and the parent would be failed at exit as if
+                    # the process had died: the parent run says what failed, the command says so in one line.
+                    from deepsweep.errors import Reported, TrackingError
+
+                    error = f"{REPORT_FAILED}: {type(exc).__name__}: {exc}"
+                    with contextlib.suppress(Exception):  # the store itself may be what failed
+                        import mlflow
+
+                        mlflow.MlflowClient().set_tag(run_id, "deepsweep.error", error)
+                        mlflow.MlflowClient().set_terminated(run_id, "FAILED")
+                    raise Reported(TrackingError(f"{sweep_dir}: its jobs ran, but {error} (`deepsweep report "
+                                                 f"{sweep_dir}` builds it again from their runs)")) from None
         finally:
-            held = _HELD_SWEEPS.pop(Path(config.hydra.sweep.dir), None)
+            held = _HELD_SWEEPS.pop(sweep_dir, None)
             if held is not None:
                 held.close()
