@@ -27,7 +27,7 @@ class DownloadError(RuntimeError):
 
 
 class TrackingError(RuntimeError):
-    """The MLflow tracking store failed while a sweep started: no job runs without its parent run."""
+    """The MLflow tracking store failed: on its first request of a process, or while a sweep started or ended."""
 
 
 class Reported(SystemExit):

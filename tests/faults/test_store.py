@@ -201,7 +201,7 @@ def test_a_sweep_against_an_unreachable_server_stops_before_any_work_in_one_line
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "outputs").exists()
 
 
-def test_the_store_check_names_where_the_uri_came_from_and_lets_any_answering_server_through(compose, monkeypatch):
+def test_the_store_check_names_where_the_uri_came_from_and_what_answers_there(compose, monkeypatch, tmp_path):
     import http.server
     import threading
 
@@ -216,25 +216,51 @@ def test_the_store_check_names_where_the_uri_came_from_and_lets_any_answering_se
                                           r"folder /proc/deepsweep"):
         runs.check_store(compose("logger.tracking_uri=sqlite:////proc/deepsweep/x.db"))
 
-    asked = []
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n")
+    with pytest.raises(ConfigError, match=rf"^logger\.tracking_uri: sqlite:///{text}: {text} is not an SQLite database"):
+        runs.check_store(compose(f"logger.tracking_uri=sqlite:///{text}"))
 
-    class Refusing(http.server.BaseHTTPRequestHandler):  # a server behind authentication: it answers
+    asked, status = [], []
+
+    class Answering(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             asked.append(self.path)
-            self.send_response(401)
+            self.send_response(status[-1])
             self.end_headers()
 
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Refusing)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answering)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        runs.check_store(compose(f"logger.tracking_uri=http://127.0.0.1:{server.server_address[1]}/mlflow/"))
+        status.append(401)  # a server behind authentication: it answers, and MLflow reports what it answers
+        runs.check_store(compose(f"logger.tracking_uri={url}/mlflow/"))
+        status.append(404)  # a web server, but no MLflow server: every one serves /health
+        with pytest.raises(ConfigError, match=r"a web server answers there, but not an MLflow server \(GET .*/health: 404\)"):
+            runs.check_store(compose(f"logger.tracking_uri={url}"))
     finally:
         server.shutdown()
         server.server_close()
-    assert asked == ["/mlflow/health"]
+    assert asked == ["/mlflow/health", "/health"]
+
+
+def test_a_store_that_fails_its_first_request_is_one_line_not_a_traceback(compose, monkeypatch):
+    import mlflow
+
+    from deepsweep.errors import TrackingError
+    from deepsweep.tracking import runs
+
+    def refuse(self, name):
+        raise mlflow.exceptions.MlflowException("API request failed with error code 500 != 200.\nResponse body: ...")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", refuse)
+    with pytest.raises(TrackingError) as failed:
+        runs.setup(compose())
+    assert str(failed.value) == (f"$MLFLOW_TRACKING_URI: {os.environ['MLFLOW_TRACKING_URI']}: the tracking store failed: "
+                                 "MlflowException: API request failed with error code 500 != 200.")
 
 
 def test_a_sweep_whose_parent_run_cannot_start_stops_instead_of_running_its_jobs(compose, tmp_path, monkeypatch):

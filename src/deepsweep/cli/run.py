@@ -61,9 +61,10 @@ def _stop_single_run(exc: Exception) -> None:
     """A single run's known failures leave Hydra as themselves, not inside its error report: SystemExit
     passes through Hydra's job runner, and ``deepsweep run`` prints them as one line."""
     from deepsweep.config import ConfigError
-    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError, Reported
+    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError, Reported, TrackingError
 
-    if isinstance(exc, (ConfigError, FileNotFoundError, DataFileError, DownloadError, NonFiniteError, FolderInUse)):
+    if isinstance(exc, (ConfigError, FileNotFoundError, DataFileError, DownloadError, NonFiniteError, FolderInUse,
+                        TrackingError)):
         raise Reported(exc)
     raise exc
 

@@ -147,9 +147,10 @@ def check_store(cfg: DictConfig) -> None:
     default): a sweep against a server that is down spent 4 min 6 s in its start before Hydra turned the error
     into a warning, then launched its jobs, each retrying as long (``deepsweep run -m seed=0,1
     logger.tracking_uri=http://127.0.0.1:9``, MLflow 3.17). One request to the server's ``/health``, with a
-    10 s timeout and no retry, tells a server that is not there from one that answers (any HTTP status: what it
-    answers, such as an authentication error, is MLflow's to report). An SQLite store's folder must be creatable
-    and writable. Other stores (Databricks, a plugin's) are left to MLflow."""
+    10 s timeout and no retry, tells a server that is not there from one that answers (what it answers, such as
+    an authentication error, is MLflow's to report). An SQLite store's folder must be creatable
+    and writable, and an existing one an SQLite database. Other stores (Databricks, a plugin's) are left to MLflow.
+    A server that answers ``/health`` with 404 is not an MLflow server (every ``mlflow server`` serves it)."""
     uri = tracking_uri(cfg)
     if uri in _CHECKED:
         return
@@ -166,6 +167,11 @@ def check_store(cfg: DictConfig) -> None:
         if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
             raise ConfigError(f"{key}: {redact(uri)}: {db if db.exists() else db.parent} is not writable; "
                               "allowed: an SQLite file in a writable folder, or an MLflow server's URI")
+        if db.is_file() and db.stat().st_size:
+            with open(db, "rb") as handle:
+                if handle.read(16) != b"SQLite format 3\x00":
+                    raise ConfigError(f"{key}: {redact(uri)}: {db} is not an SQLite database; allowed: an SQLite "
+                                      "file (MLflow creates a missing one), or an MLflow server's URI")
     elif uri.startswith(("http://", "https://")):
         import ssl
         import urllib.error
@@ -177,8 +183,11 @@ def check_store(cfg: DictConfig) -> None:
                                 query="", fragment="").geturl()
         try:
             urllib.request.urlopen(health, timeout=10).close()
-        except urllib.error.HTTPError:
-            pass  # it answers
+        except urllib.error.HTTPError as exc:  # it answers: any status but "no such page" is MLflow's to report
+            if exc.code == 404:
+                raise ConfigError(f"{key}: {redact(uri)}: a web server answers there, but not an MLflow server "
+                                  f"(GET {redact(health)}: 404); allowed: the URI of a running `mlflow server`, or "
+                                  "an SQLite file (sqlite:///path/mlflow.db)") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             if not isinstance(reason, ssl.SSLError):  # a TLS problem is a server that answers: MLflow's settings decide
@@ -201,14 +210,21 @@ def setup(cfg: DictConfig) -> str:
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     name = cfg.logger.experiment_name
-    with _store_lock(uri):
-        client = mlflow.MlflowClient()
-        experiment = client.get_experiment_by_name(name)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else client.create_experiment(name, artifact_location=artifact_location(uri))
-        )
+    try:
+        with _store_lock(uri):
+            client = mlflow.MlflowClient()
+            experiment = client.get_experiment_by_name(name)
+            experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else client.create_experiment(name, artifact_location=artifact_location(uri))
+            )
+    except Exception as exc:  # the store's first answer: one line, not MLflow's or SQLAlchemy's traceback
+        from deepsweep.errors import TrackingError
+
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise TrackingError(f"{_uri_key(cfg)}: {redact(uri)}: the tracking store failed: {type(exc).__name__}: "
+                            f"{redact(first_line)}") from exc
     mlflow.set_experiment(experiment_id=experiment_id)
     if (uri, experiment_id) not in _READY:
         _READY.add((uri, experiment_id))
