@@ -77,6 +77,9 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
     client.update_run(pretrain1, status="RUNNING")
     for stage in ("finetune", "evaluate"):
         shutil.rmtree(sweep_dir / "1" / stage)
+    # What the interrupted sweep's process left on its parent as it died (tracking.sweep._fail_if_running).
+    client.set_tag(parent.info.run_id, "deepsweep.error", "the sweep process ended before the sweep finished")
+    client.set_terminated(parent.info.run_id, "FAILED")
 
     result = deepsweep_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -96,9 +99,15 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
     kept = client.get_run(pretrain1)
     assert kept.info.status == "FINISHED" and "deepsweep.error" not in kept.data.tags
     assert "deepsweep.closed_on_resume" in kept.data.tags
-    assert len(jobs) == 3 and client.get_run(parent.info.run_id).info.status == "FINISHED"
+    finished = client.get_run(parent.info.run_id)
+    assert len(jobs) == 3 and finished.info.status == "FINISHED" and "deepsweep.error" not in finished.data.tags
+    # Two jobs, both finished: the interrupted attempt is in MLflow, but not a job of the report or of load_sweep.
     report = (sweep_dir / "sweep_report.md").read_text()
-    assert "3 jobs, 1 failed" in report
+    assert "2 jobs, 0 failed" in report and "1 earlier attempt of resumed jobs" in report, report[:500]
+    import deepsweep
+
+    assert sorted(deepsweep.load_sweep(sweep_dir)["run_id"]) == sorted(set(jobs) - {job1.info.run_id})
+    assert len(deepsweep.load_sweep(sweep_dir, all_attempts=True)) == 3
     # The two seeds' test probabilities averaged: a deep ensemble, scored on the parent run.
     import torch
 

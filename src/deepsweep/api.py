@@ -59,9 +59,10 @@ def run(overrides: Iterable[str] = (), workdir: str | Path | None = None) -> Run
                      stage_dirs={stage: folder / stage for stage in STAGES})
 
 
-def load_sweep(sweep: str | Path, tracking_uri: str | None = None) -> Any:
+def load_sweep(sweep: str | Path, tracking_uri: str | None = None, all_attempts: bool = False) -> Any:
     """The jobs of a sweep as a pandas DataFrame, one row per job (MLflow's ``search_runs`` columns: ``params.*``,
-    ``metrics.*``, ``tags.*``, status), from the sweep's folder or its parent MLflow run id."""
+    ``metrics.*``, ``tags.*``, status), from the sweep's folder or its parent MLflow run id. A job resumed after
+    an interruption is its latest attempt, as in the sweep report (``all_attempts``: every child run instead)."""
     import mlflow
     from omegaconf import OmegaConf
 
@@ -78,6 +79,14 @@ def load_sweep(sweep: str | Path, tracking_uri: str | None = None) -> Any:
         parent = str(sweep)
     # The store deepsweep writes to: logger.tracking_uri's default, $MLFLOW_TRACKING_URI or the project's SQLite file.
     mlflow.set_tracking_uri(tracking_uri or runs.tracking_uri(OmegaConf.create({"logger": {"tracking_uri": None}})))
-    experiment = mlflow.MlflowClient().get_run(parent).info.experiment_id
-    return mlflow.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
-                              order_by=["attributes.start_time ASC"])
+    from deepsweep.tracking.report import latest_attempts
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(parent).info.experiment_id
+    frame = mlflow.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                               order_by=["attributes.start_time ASC"])
+    if all_attempts or frame.empty:
+        return frame
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=10000)
+    kept = {run.info.run_id for run in latest_attempts(children)[0]}
+    return frame[frame["run_id"].isin(kept)].reset_index(drop=True)

@@ -7,6 +7,7 @@ import csv
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 RANK_METRIC = "finetune.best_val_acc"
 SHOWN_METRICS = ("finetune.best_val_acc", "evaluate.accuracy", "evaluate.f1_macro", "evaluate.roc_auc",
@@ -24,16 +25,40 @@ def _descending(metric: str) -> bool:
     return not any(word in metric for word in ("loss", "error", "mse"))
 
 
+def job_key(run: Any) -> str:
+    """Which job of its sweep a child run is an attempt at: its overrides (the run name of a job refused before
+    it started)."""
+    return run.data.tags.get("deepsweep.overrides") or run.info.run_name or run.info.run_id
+
+
+def latest_attempts(children: list) -> tuple[list, int]:
+    """One run per job, in start order: its newest FINISHED attempt, else its newest. A resumed sweep (the same
+    folder again) runs each unfinished job anew; the interrupted attempts stay in MLflow but are not jobs.
+    Returns the runs and how many earlier attempts were left out."""
+    chosen: dict[str, Any] = {}
+    for run in sorted(children, key=lambda r: r.info.start_time or 0):
+        key = job_key(run)
+        if key not in chosen or run.info.status == "FINISHED" or chosen[key].info.status != "FINISHED":
+            chosen[key] = run
+    kept = sorted(chosen.values(), key=lambda r: r.info.start_time or 0)
+    return kept, len(children) - len(kept)
+
+
 def sweep_rows(parent_run_id: str) -> list[dict]:
-    """One row per job of the sweep: status, params, summary metrics, error, and its stage runs."""
+    """One row per job of the sweep (its latest attempt, ``latest_attempts``): status, params, summary metrics,
+    error, its stage runs, and ``attempts``, the child runs its job has had."""
     import mlflow
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
     experiment = [parent.info.experiment_id]
-    children = client.search_runs(
+    every = client.search_runs(
         experiment, filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
     )
+    attempts: dict[str, int] = {}
+    for run in every:
+        attempts[job_key(run)] = attempts.get(job_key(run), 0) + 1
+    children, _ = latest_attempts(every)
     rows = []
     for r in children:
         # One small query per job: a query over every finetune run of the experiment grows with all the
@@ -48,7 +73,8 @@ def sweep_rows(parent_run_id: str) -> list[dict]:
                 stage_runs[name] = run[0] if run else kept
         rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
                      "params": dict(r.data.params), "metrics": dict(r.data.metrics),
-                     "error": r.data.tags.get("deepsweep.error", ""), "stage_runs": stage_runs})
+                     "error": r.data.tags.get("deepsweep.error", ""), "stage_runs": stage_runs,
+                     "attempts": attempts[job_key(r)]})
     return rows
 
 
@@ -322,7 +348,10 @@ def finish_sweep(parent_run_id: str, sweep_dir: Path, rank_metric: str | None = 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     failed = [r for r in rows if r["status"] != "FINISHED"]
     title = f"Sweep report: {sweep_dir.name}"
-    text = f"# {title}\n\n{len(rows)} jobs, {len(failed)} failed, ranked by {rank_metric}.\n\n"
+    earlier = sum(r["attempts"] - 1 for r in rows)
+    text = (f"# {title}\n\n{len(rows)} jobs, {len(failed)} failed, ranked by {rank_metric}."
+            + (f" Each job's latest attempt counts: {earlier} earlier attempt{'s' * (earlier != 1)} of resumed jobs "
+               "(interrupted runs, still in MLflow under this sweep) left out." if earlier else "") + "\n\n")
     sections: list[tuple[str, str]] = []
     seeds = aggregate_over_seeds(rows, rank_metric)
     if seeds:

@@ -150,6 +150,8 @@ class MlflowSweepCallback(Callback):
             for key, value in process_tags().items():  # this process holds it now: tagged before it is RUNNING,
                 client.set_tag(run_id, key, value)     # so no other process takes it for a dead one's
             client.set_tag(run_id, "deepsweep.resumed", "true")
+            if "deepsweep.error" in client.get_run(run_id).data.tags:  # why the last process ended it: past now
+                client.delete_tag(run_id, "deepsweep.error")
             client.update_run(run_id, status="RUNNING")
         else:
             overrides = redact(" ".join(config.hydra.overrides.task))
