@@ -137,3 +137,32 @@ def test_report_columns_leave_out_params_that_follow_another():
     assert "pretrain.task.loss" not in table and "0.8500 +/- 0.0707" in table
     assert "pretrain.task.loss" not in render(rows)[0] and "| seed |" in render(rows)[0]
     assert sweep_axes("pretrain=gan,wgan,none seed=0,1", rows) == ["pretrain.name"]
+
+
+def test_a_metric_no_job_recorded_ranks_nothing_and_ends_the_sweep_with_one_line(compose, tmp_path, monkeypatch):
+    """The up-front check knows each stage's name, not what each records: `optimized_metric=evaluate.acc` ran its
+    jobs, and the report marked as best the job it sorted first by a column that was empty."""
+    from omegaconf import OmegaConf
+
+    from deepsweep.config import ConfigError
+    from deepsweep.errors import Reported
+    from deepsweep.tracking import report, sweep
+
+    rows = [{"run_name": f"seed={seed}", "status": "FINISHED", "params": {"seed": str(seed)}, "error": "",
+             "metrics": {"evaluate.accuracy": acc, "finetune.best_val_acc": acc}, "stage_runs": {}, "attempts": 1}
+            for seed, acc in ((0, 0.64), (1, 0.69))]
+    md, _ = report.render(rows, "evaluate.acc")
+    assert "| best |" not in md
+    md, _ = report.render(rows, "evaluate.accuracy")
+    assert md.splitlines()[2].startswith("| best | seed=1 |")
+
+    monkeypatch.setattr(report, "finish_sweep", lambda *args, **kwargs: rows)
+    monkeypatch.setenv("DEEPSWEEP_PARENT_RUN_ID", "0" * 32)
+    config = OmegaConf.merge(compose("optimized_metric=evaluate.acc"), {"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with pytest.raises(Reported) as ended:
+        sweep.MlflowSweepCallback().on_multirun_end(config)
+    assert isinstance(ended.value.error, ConfigError)
+    assert str(ended.value.error) == (f"optimized_metric: 'evaluate.acc' was recorded by no job of the sweep in {tmp_path}, "
+                                      "so its report ranks nothing; allowed: evaluate.accuracy, finetune.best_val_acc")
+    monkeypatch.setenv("DEEPSWEEP_PARENT_RUN_ID", "0" * 32)  # the callback takes it: set it for the next sweep
+    sweep.MlflowSweepCallback().on_multirun_end(OmegaConf.merge(config, {"optimized_metric": "evaluate.accuracy"}))

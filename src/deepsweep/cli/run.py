@@ -134,8 +134,8 @@ def main(cfg: DictConfig) -> float:
         print(f"{key} = {value:.4f}")
     # The value an Optuna sweeper optimizes (conf/hparams_search/).
     if cfg.optimized_metric not in summary:
-        log.warning("optimized_metric=%s is not among this job's metrics: %s", cfg.optimized_metric,
-                    ", ".join(sorted(summary)))
+        log.error("optimized_metric=%s is not among this job's metrics, so nothing ranks it; allowed: %s",
+                  cfg.optimized_metric, ", ".join(sorted(summary)))
     return summary.get(cfg.optimized_metric, float("nan"))
 
 

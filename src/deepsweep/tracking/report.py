@@ -101,7 +101,7 @@ def render(rows: list[dict], rank_metric: str = RANK_METRIC) -> tuple[str, str]:
         cells = [str(r["run_name"]), r["status"], *(str(r["params"].get(k, "")) for k in varying)]
         cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in shown]
         cells.append(r["error"].splitlines()[0][:120] if r["error"] else "")
-        mark = "best" if i == 0 and r["status"] == "FINISHED" else ""
+        mark = "best" if i == 0 and r["status"] == "FINISHED" and rank_metric in r["metrics"] else ""
         md.append("| " + " | ".join([mark, *(markdown_cell(c) for c in cells)]) + " |")
         writer.writerow([spreadsheet_cell(c) for c in cells])
     return "\n".join(md) + "\n", buffer.getvalue()
@@ -163,7 +163,8 @@ def aggregate_over_seeds(rows: list[dict], rank_metric: str = RANK_METRIC) -> st
     header = ["", *varying, "seeds", *shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, (config, members) in enumerate(ranked):
-        cells = ["best" if i == 0 else "", *config, str(len(members))]
+        ranked_by = _mean(members, rank_metric)
+        cells = ["best" if i == 0 and ranked_by is not None and ranked_by == ranked_by else "", *config, str(len(members))]
         for metric in shown:
             s = stats(members, metric)
             cells.append(f"{s[0]:.4f} +/- {s[1]:.4f}" if s else "")

@@ -99,6 +99,18 @@ def _fail_if_running(run_id: str) -> None:
         client.set_terminated(run_id, "FAILED")
 
 
+def _check_ranked(rows: list[dict], metric: str, sweep_dir: Path) -> None:
+    """A metric no finished job recorded ranked nothing: the report marks no best job, and the command ends with one
+    line naming the metrics the jobs did record (the up-front check knows the stages, not what each records)."""
+    from deepsweep.errors import ConfigError, Reported
+
+    finished = [r for r in rows if r["status"] == "FINISHED"]
+    if finished and not any(metric in r["metrics"] for r in finished):
+        recorded = sorted({k for r in finished for k in r["metrics"] if "." in k})
+        raise Reported(ConfigError(f"optimized_metric: {metric!r} was recorded by no job of the sweep in {sweep_dir}, so "
+                                   f"its report ranks nothing; allowed: {', '.join(recorded)}"))
+
+
 # sweep folder -> its lock, held by this process from the sweep's start to its end. Not on the callback: the
 # joblib launcher pickles the callbacks into each job's task, and a held lock does not pickle.
 _HELD_SWEEPS: dict[Path, contextlib.ExitStack] = {}
@@ -199,7 +211,8 @@ class MlflowSweepCallback(Callback):
             run_id = os.environ.pop(PARENT_RUN_ENV, None) or parent_run_id(sweep_dir)
             if run_id:
                 try:
-                    finish_sweep(run_id, sweep_dir, rank_metric=str(config.optimized_metric), axes=self.heatmap_axes)
+                    rows = finish_sweep(run_id, sweep_dir, rank_metric=str(config.optimized_metric),
+                                        axes=self.heatmap_axes)
                 except Exception as exc:
                     # Hydra would make this a warning and exit 0, and the parent would be failed at exit as if
                     # the process had died: the parent run says what failed, the command says so in one line.
@@ -213,6 +226,7 @@ class MlflowSweepCallback(Callback):
                         mlflow.MlflowClient().set_terminated(run_id, "FAILED")
                     raise Reported(TrackingError(f"{sweep_dir}: its jobs ran, but {error} (`deepsweep report "
                                                  f"{sweep_dir}` builds it again from their runs)")) from None
+                _check_ranked(rows, str(config.optimized_metric), sweep_dir)
         finally:
             held = _HELD_SWEEPS.pop(sweep_dir, None)
             if held is not None:
