@@ -216,6 +216,12 @@ def test_the_store_check_names_where_the_uri_came_from_and_what_answers_there(co
                                           r"folder /proc/deepsweep"):
         runs.check_store(compose("logger.tracking_uri=sqlite:////proc/deepsweep/x.db"))
 
+    for uri in (str(tmp_path / "mlruns"), f"file://{tmp_path / 'mlruns'}"):  # MLflow 3 refuses its file store
+        with pytest.raises(ConfigError, match="a folder is MLflow's file store, which MLflow 3 refuses unless "
+                                              "MLFLOW_ALLOW_FILE_STORE=true; allowed: sqlite:///"):
+            runs.check_store(compose(f"logger.tracking_uri={uri}"))
+    with pytest.raises(ConfigError, match=r"^logger\.tracking_uri: foo://bar: no tracking store has the scheme 'foo'"):
+        runs.check_store(compose("logger.tracking_uri=foo://bar"))
     text = tmp_path / "notes.db"
     text.write_text("not a database\n")
     with pytest.raises(ConfigError, match=rf"^logger\.tracking_uri: sqlite:///{text}: {text} is not an SQLite database"):

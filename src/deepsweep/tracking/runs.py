@@ -138,6 +138,21 @@ def _uri_key(cfg: DictConfig) -> str:
 
 
 _CHECKED: set[str] = set()  # stores this process has found reachable
+_ALLOWED_STORES = ("sqlite:///path/mlflow.db (unset: the project's mlflow.db), http(s)://host:port of an `mlflow "
+                   "server`, a database URI (postgresql://, mysql://, mssql://) or databricks")
+
+
+def _store_schemes() -> set[str]:
+    """The URI schemes MLflow has a tracking store for: its own, and those of installed plugins (the
+    ``mlflow.tracking_store`` entry points MLflow loads)."""
+    from importlib.metadata import entry_points
+
+    try:
+        from mlflow.store.db.db_types import DATABASE_ENGINES
+    except ImportError:  # where MLflow moves it: the engines it has had since 1.0
+        DATABASE_ENGINES = ["postgresql", "mysql", "sqlite", "mssql"]
+    return {"http", "https", "file", "databricks", "databricks-uc", "uc", *DATABASE_ENGINES,
+            *(entry.name for entry in entry_points(group="mlflow.tracking_store"))}
 
 
 def check_store(cfg: DictConfig) -> None:
@@ -172,6 +187,13 @@ def check_store(cfg: DictConfig) -> None:
                 if handle.read(16) != b"SQLite format 3\x00":
                     raise ConfigError(f"{key}: {redact(uri)}: {db} is not an SQLite database; allowed: an SQLite "
                                       "file (MLflow creates a missing one), or an MLflow server's URI")
+    elif uri.split("://", 1)[0] in ("file",) or "://" not in uri and not uri.startswith("databricks"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+            raise ConfigError(f"{key}: {redact(uri)}: a folder is MLflow's file store, which MLflow 3 refuses unless "
+                              f"MLFLOW_ALLOW_FILE_STORE=true; allowed: {_ALLOWED_STORES}")
+    elif uri.split("://", 1)[0] not in _store_schemes():
+        raise ConfigError(f"{key}: {redact(uri)}: no tracking store has the scheme {uri.split('://', 1)[0]!r}; "
+                          f"allowed: {_ALLOWED_STORES}")
     elif uri.startswith(("http://", "https://")):
         import ssl
         import urllib.error
