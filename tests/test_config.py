@@ -167,3 +167,23 @@ def test_validation_lists_every_problem_and_a_refused_target_alone(compose):
                          "trainer.max_epochs=0"))
     assert str(refused.value).startswith("data._target_: 'collections.Counter' is not allowed") and \
         "\n" not in str(refused.value)
+
+
+def test_options_and_readmes_group_table_name_every_option(capsys):
+    """`deepsweep options` and README's table of config groups list every option file, the ready-made
+    experiments, searches and launchers included (README's experiment row had fallen four behind)."""
+    import re
+
+    from deepsweep.cli.main import LISTED_GROUPS, main
+    from deepsweep.config import options
+
+    assert main(["options"]) == 0
+    listed = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert list(listed) == list(LISTED_GROUPS)
+    readme = (ROOT / "README.md").read_text()
+    for group in LISTED_GROUPS:
+        assert listed[group].split(", ") == options(group)
+        row = re.search(rf"^\| `{re.escape(group)}` \| (.*) \|$", readme, re.M)
+        assert row, f"README's table of config groups has no row for {group}"
+        missing = [o for o in options(group) if f"`{o}`" not in row.group(1)]
+        assert not missing, f"README's {group} row does not name {', '.join(missing)}"

@@ -112,6 +112,19 @@ def test_unreachable_source_is_one_line_naming_the_url(tmp_path):
                                      + ", ".join(CATALOG))
 
 
+@requires_shared("ecg200")
+def test_fetching_several_goes_past_one_that_fails_and_names_it(tmp_path, capsys):
+    """The mirror has no CiteSeer: `deepsweep fetch` (every data set) stopped there and never fetched the rest."""
+    from deepsweep.cli.main import main
+
+    assert main(["fetch", "citeseer", "ecg200", "--override", f"data.root={tmp_path}/raw"]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"ecg200: 2 file(s) verified in {tmp_path}/raw"]
+    line = err.strip().splitlines()[-1]  # after the lines of the files it fetched
+    assert line.startswith("deepsweep: error: fetch: 1 of 2 data sets verified; not fetched: citeseer (") and \
+        "ind.citeseer" in line
+
+
 @pytest.mark.slow  # 20-45 s here: started first, so it does not leave a worker alone at the end
 @requires_shared("ecg200")
 def test_dvc_fetches_a_pipelines_data_first_in_a_fresh_clone(project_copy, monkeypatch):

@@ -72,8 +72,9 @@ def _cmd_pipelines(args: argparse.Namespace) -> int:
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from deepsweep.config import compose, validate
     from deepsweep.data.downloads import CATALOG, ensure_for
+    from deepsweep.errors import DownloadError
 
-    names = args.datasets or list(CATALOG)
+    names, failed = args.datasets or list(CATALOG), []
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
         raise ConfigError(f"fetch: unknown data set {', '.join(unknown)}; allowed: {', '.join(CATALOG)}")
@@ -88,7 +89,13 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
                 raise ConfigError(f"fetch {name}: {args.params} configures data={cfg.data.name}")
         else:
             cfg = validate(compose([f"data={name}", *args.overrides]))
-        files = ensure_for(cfg.data)
+        try:
+            files = ensure_for(cfg.data)
+        except DownloadError as exc:
+            if len(names) == 1:
+                raise
+            failed.append(f"{name} ({exc})")  # the other data sets are still fetched
+            continue
         print(f"{name}: {len(files)} file(s) verified in {cfg.data.root}")
         if args.manifest:
             from deepsweep.data.downloads import CATALOG
@@ -97,6 +104,9 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
             # What DVC records as the fetch stage's output: the bytes prepare reads, by their sha256.
             write_json(Path(args.manifest), {"data": name, "root": str(cfg.data.root),
                                              "sha256": {raw.name: raw.sha256 for raw in CATALOG[name].files}})
+    if failed:
+        raise DownloadError(f"fetch: {len(names) - len(failed)} of {len(names)} data sets verified; not fetched: "
+                            + "; ".join(failed))
     return 0
 
 
@@ -146,12 +156,16 @@ def _cmd_results(args: argparse.Namespace) -> int:
         return 1
 
 
+# What `deepsweep options` lists: the groups every run composes, then the ready-made experiments, searches and launchers.
+LISTED_GROUPS = (*GROUPS, "experiment", "hparams_search", "hydra/launcher")
+
+
 def _cmd_options(args: argparse.Namespace) -> int:
     from deepsweep.config import options
 
-    for group in [args.group] if args.group else GROUPS:
-        if group not in GROUPS:
-            raise ConfigError(f"unknown config group {group!r}; allowed: {', '.join(GROUPS)}")
+    for group in [args.group] if args.group else LISTED_GROUPS:
+        if group not in LISTED_GROUPS:
+            raise ConfigError(f"unknown config group {group!r}; allowed: {', '.join(LISTED_GROUPS)}")
         print(f"{group}: {', '.join(options(group))}")
     return 0
 
