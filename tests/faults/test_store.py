@@ -178,21 +178,22 @@ def test_a_dataset_insert_lost_to_a_concurrent_job_is_retried(compose, monkeypat
     assert sorted(i.tags[0].value for i in logged) == ["train", "val"]
 
 
-def _closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+@pytest.fixture
+def closed_port():
+    """A port on 127.0.0.1 that refuses every connection: bound by this test, never listening."""
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        yield probe.getsockname()[1]
 
 
-def test_a_sweep_against_an_unreachable_server_stops_before_any_work_in_one_line(tmp_path):
+def test_a_sweep_against_an_unreachable_server_stops_before_any_work_in_one_line(tmp_path, closed_port):
     """MLflow retries a server that is down for minutes in each process (the sweep's start took 4 min, then
     launched every job anyway): the run is refused up front, naming the key, with nothing started."""
-    url = f"http://user:secret@127.0.0.1:{_closed_port()}"
+    url = f"http://user:secret@127.0.0.1:{closed_port}"
     result = deepsweep_cli("run", "-m", "seed=0,1", "pretrain=none", "hydra.sweep.dir=sweep",
-                           f"logger.tracking_uri={url}", cwd=tmp_path)
+                           f"logger.tracking_uri={url}", cwd=tmp_path, env={"no_proxy": "*", "NO_PROXY": "*"})
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"deepsweep: error: logger.tracking_uri: {url.replace('secret', '***')}: no MLflow "
@@ -201,7 +202,8 @@ def test_a_sweep_against_an_unreachable_server_stops_before_any_work_in_one_line
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "outputs").exists()
 
 
-def test_the_store_check_names_where_the_uri_came_from_and_what_answers_there(compose, monkeypatch, tmp_path):
+def test_the_store_check_names_where_the_uri_came_from_and_what_answers_there(compose, monkeypatch, tmp_path,
+                                                                            closed_port):
     import http.server
     import threading
 
@@ -209,7 +211,8 @@ def test_the_store_check_names_where_the_uri_came_from_and_what_answers_there(co
     from deepsweep.tracking import runs
 
     monkeypatch.setattr(runs, "_CHECKED", set())
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}/mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port}/mlflow")
+    monkeypatch.setenv("no_proxy", "*")  # the probe goes to 127.0.0.1 itself, whatever proxy the machine has
     with pytest.raises(ConfigError, match=r"^\$MLFLOW_TRACKING_URI: http://127\.0\.0\.1:\d+/mlflow: no MLflow server"):
         runs.check_store(compose())
     with pytest.raises(ConfigError, match=r"^logger\.tracking_uri: sqlite:////proc/deepsweep/x\.db: cannot create the "
@@ -227,12 +230,12 @@ def test_the_store_check_names_where_the_uri_came_from_and_what_answers_there(co
     with pytest.raises(ConfigError, match=rf"^logger\.tracking_uri: sqlite:///{text}: {text} is not an SQLite database"):
         runs.check_store(compose(f"logger.tracking_uri=sqlite:///{text}"))
 
-    asked, status = [], []
+    asked, answers = [], {}
 
     class Answering(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             asked.append(self.path)
-            self.send_response(status[-1])
+            self.send_response(answers.get(self.path.split("?")[0].rsplit("/", 1)[-1], 404))
             self.end_headers()
 
         def log_message(self, *args):
@@ -242,15 +245,24 @@ def test_the_store_check_names_where_the_uri_came_from_and_what_answers_there(co
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        status.append(401)  # a server behind authentication: it answers, and MLflow reports what it answers
+        answers["health"] = 401  # a server behind authentication: it answers, and MLflow reports what it answers
         runs.check_store(compose(f"logger.tracking_uri={url}/mlflow/"))
-        status.append(404)  # a web server, but no MLflow server: every one serves /health
-        with pytest.raises(ConfigError, match=r"a web server answers there, but not an MLflow server \(GET .*/health: 404\)"):
+        assert asked == ["/mlflow/health"]
+        answers.update(health=404, search=200)  # an MLflow-compatible server without /health: its REST API answers
+        runs.check_store(compose(f"logger.tracking_uri={url}/compatible"))
+        assert asked[-1] == "/compatible/api/2.0/mlflow/experiments/search?max_results=1"
+        answers.update(health=404, search=404)  # a web server, but no MLflow server: every one serves /health
+        with pytest.raises(ConfigError, match=r"a web server answers there, but not an MLflow server \(GET /health "
+                                              r"and the REST API: 404\)"):
             runs.check_store(compose(f"logger.tracking_uri={url}"))
+        answers["health"] = 502  # a proxy whose MLflow server is down: MLflow would retry it for minutes
+        with pytest.raises(ConfigError, match=r"a proxy answers there, but no MLflow server behind it \(GET /health: 502\)"):
+            runs.check_store(compose(f"logger.tracking_uri={url}/proxied"))
     finally:
         server.shutdown()
         server.server_close()
-    assert asked == ["/mlflow/health", "/health"]
+    with pytest.raises(ConfigError, match=r"no MLflow server answers there \(nonnumeric port"):
+        runs.check_store(compose("logger.tracking_uri=http://127.0.0.1:abc"))
 
 
 def test_a_store_that_fails_its_first_request_is_one_line_not_a_traceback(compose, monkeypatch):
@@ -285,7 +297,10 @@ def test_a_sweep_whose_parent_run_cannot_start_stops_instead_of_running_its_jobs
                                                    "overrides": {"task": ["seed=0,1"]}}})
     with pytest.raises(Reported) as stopped:
         sweep.MlflowSweepCallback().on_multirun_start(config)
-    assert tmp_path / "sweep" not in sweep._HELD_SWEEPS  # the folder is free again
+    from deepsweep.utils.io import folder_lock
+
+    with folder_lock(tmp_path / "sweep"):  # the folder is free again
+        pass
     assert isinstance(stopped.value.error, TrackingError)
     assert str(stopped.value.error).startswith("the sweep's parent run could not be started in sqlite:///")
     assert str(stopped.value.error).endswith("RuntimeError: disk I/O error")

@@ -195,7 +195,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     client = mlflow.MlflowClient()
     # A sweep whose own report failed (tracking.sweep) is finished by the report that now succeeds; any other
     # parent keeps its status (a sweep still running, or one that failed for another reason).
-    report_failed = client.get_run(run_id).data.tags.get("deepsweep.error", "").startswith(REPORT_FAILED)
+    parent = client.get_run(run_id)
+    report_failed = (parent.info.status == "FAILED"
+                     and parent.data.tags.get("deepsweep.error", "").startswith(REPORT_FAILED))
     finish_sweep(run_id, out, rank_metric=args.metric, axes=args.axes, finish=report_failed)
     if report_failed:
         client.delete_tag(run_id, "deepsweep.error")

@@ -131,6 +131,12 @@ def mark_dead_runs(client: Any, experiment_ids: list[str]) -> list[str]:
     return marked
 
 
+def first_line(exc: BaseException, limit: int = 1000) -> str:
+    """An error's first line, credentials redacted, cut to ``limit`` characters: for one-line messages and tags
+    (MLflow's errors go on with the server's whole response, and name the URI with its password)."""
+    return (redact((str(exc).strip().splitlines() or [""])[0]) or "")[:limit]
+
+
 def _uri_key(cfg: DictConfig) -> str:
     """Where the store's URI came from, as the user would set it."""
     from_env = not cfg.logger.get("tracking_uri") and os.environ.get("MLFLOW_TRACKING_URI")
@@ -138,6 +144,42 @@ def _uri_key(cfg: DictConfig) -> str:
 
 
 _CHECKED: set[str] = set()  # stores this process has found reachable
+
+
+def _server_problem(uri: str) -> str | None:
+    """Why no MLflow server answers at ``uri``, or None when one may: an answer that is an HTTP status other than
+    those of a page or a backend that is not there, or a TLS refusal (a client certificate, a private CA: MLflow's
+    own MLFLOW_TRACKING_* settings decide those)."""
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(uri)
+    base = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment="")
+
+    def status(path: str) -> int | str:
+        try:
+            urllib.request.urlopen(base._replace(path=base.path.rstrip("/") + path).geturl(), timeout=10).close()
+            return 200
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(exc, ssl.SSLError) or isinstance(reason, ssl.SSLError):
+                return 200
+            return str(reason) or type(exc).__name__
+
+    answer = status("/health")
+    if isinstance(answer, str):
+        return f"no MLflow server answers there ({answer})"
+    if answer in (502, 503, 504):  # MLflow retries these for minutes too
+        return f"a proxy answers there, but no MLflow server behind it (GET /health: {answer})"
+    if answer == 404 and status("/api/2.0/mlflow/experiments/search?max_results=1") == 404:
+        # Every `mlflow server` serves /health; a compatible server may not, but it serves the REST API.
+        return "a web server answers there, but not an MLflow server (GET /health and the REST API: 404)"
+    return None
 _ALLOWED_STORES = ("sqlite:///path/mlflow.db (unset: the project's mlflow.db), http(s)://host:port of an `mlflow "
                    "server`, a database URI (postgresql://, mysql://, mssql://) or databricks")
 
@@ -182,11 +224,14 @@ def check_store(cfg: DictConfig) -> None:
         if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
             raise ConfigError(f"{key}: {redact(uri)}: {db if db.exists() else db.parent} is not writable; "
                               "allowed: an SQLite file in a writable folder, or an MLflow server's URI")
-        if db.is_file() and db.stat().st_size:
-            with open(db, "rb") as handle:
-                if handle.read(16) != b"SQLite format 3\x00":
-                    raise ConfigError(f"{key}: {redact(uri)}: {db} is not an SQLite database; allowed: an SQLite "
-                                      "file (MLflow creates a missing one), or an MLflow server's URI")
+        try:
+            header = db.read_bytes()[:16] if db.is_file() and db.stat().st_size else b"SQLite format 3\x00"
+        except OSError as exc:
+            raise ConfigError(f"{key}: {redact(uri)}: cannot read {db} ({exc.strerror}); allowed: an SQLite file "
+                              "this user can read and write, or an MLflow server's URI") from None
+        if header != b"SQLite format 3\x00":
+            raise ConfigError(f"{key}: {redact(uri)}: {db} is not an SQLite database; allowed: an SQLite "
+                              "file (MLflow creates a missing one), or an MLflow server's URI")
     elif uri.split("://", 1)[0] in ("file",) or "://" not in uri and not uri.startswith("databricks"):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
             raise ConfigError(f"{key}: {redact(uri)}: a folder is MLflow's file store, which MLflow 3 refuses unless "
@@ -195,27 +240,10 @@ def check_store(cfg: DictConfig) -> None:
         raise ConfigError(f"{key}: {redact(uri)}: no tracking store has the scheme {uri.split('://', 1)[0]!r}; "
                           f"allowed: {_ALLOWED_STORES}")
     elif uri.startswith(("http://", "https://")):
-        import ssl
-        import urllib.error
-        import urllib.parse
-        import urllib.request
-
-        parts = urllib.parse.urlsplit(uri)
-        health = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], path=parts.path.rstrip("/") + "/health",
-                                query="", fragment="").geturl()
-        try:
-            urllib.request.urlopen(health, timeout=10).close()
-        except urllib.error.HTTPError as exc:  # it answers: any status but "no such page" is MLflow's to report
-            if exc.code == 404:
-                raise ConfigError(f"{key}: {redact(uri)}: a web server answers there, but not an MLflow server "
-                                  f"(GET {redact(health)}: 404); allowed: the URI of a running `mlflow server`, or "
-                                  "an SQLite file (sqlite:///path/mlflow.db)") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if not isinstance(reason, ssl.SSLError):  # a TLS problem is a server that answers: MLflow's settings decide
-                raise ConfigError(f"{key}: {redact(uri)}: no MLflow server answers there ({reason}); allowed: the URI "
-                                  "of a running server (`mlflow server`), or an SQLite file (sqlite:///path/mlflow.db; "
-                                  "unset, the project's mlflow.db)") from None
+        problem = _server_problem(uri)
+        if problem:
+            raise ConfigError(f"{key}: {redact(uri)}: {problem}; allowed: the URI of a running `mlflow server`, or an "
+                              "SQLite file (sqlite:///path/mlflow.db; unset, the project's mlflow.db)")
     _CHECKED.add(uri)
 
 
@@ -244,9 +272,8 @@ def setup(cfg: DictConfig) -> str:
     except Exception as exc:  # the store's first answer: one line, not MLflow's or SQLAlchemy's traceback
         from deepsweep.errors import TrackingError
 
-        first_line = (str(exc).strip().splitlines() or [""])[0]
         raise TrackingError(f"{_uri_key(cfg)}: {redact(uri)}: the tracking store failed: {type(exc).__name__}: "
-                            f"{redact(first_line)}") from exc
+                            f"{first_line(exc)}") from exc
     mlflow.set_experiment(experiment_id=experiment_id)
     if (uri, experiment_id) not in _READY:
         _READY.add((uri, experiment_id))

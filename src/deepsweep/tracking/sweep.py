@@ -94,9 +94,10 @@ def _fail_if_running(run_id: str) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_tag(run_id, "deepsweep.error", "the sweep process ended before the sweep finished")
-        client.set_terminated(run_id, "FAILED")
+    with contextlib.suppress(Exception):  # at exit: a store that is gone leaves the run for the next process to mark
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "deepsweep.error", "the sweep process ended before the sweep finished")
+            client.set_terminated(run_id, "FAILED")
 
 
 def _check_ranked(rows: list[dict], metric: str, sweep_dir: Path) -> None:
@@ -124,7 +125,7 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from deepsweep.errors import FolderInUse, Reported
-        from deepsweep.tracking.runs import redact, tracking_uri
+        from deepsweep.tracking.runs import first_line, redact, tracking_uri
         from deepsweep.utils.io import folder_lock
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -143,9 +144,9 @@ class MlflowSweepCallback(Callback):
             from deepsweep.errors import ConfigError, TrackingError
 
             _HELD_SWEEPS.pop(sweep_dir).close()
-            raise Reported(exc if isinstance(exc, ConfigError) else TrackingError(
+            raise Reported(exc if isinstance(exc, (ConfigError, TrackingError)) else TrackingError(
                 f"the sweep's parent run could not be started in {redact(tracking_uri(config))}: "
-                f"{type(exc).__name__}: {exc}")) from None
+                f"{type(exc).__name__}: {first_line(exc)}")) from None
 
     @staticmethod
     def _start_parent(config: DictConfig, sweep_dir: Path) -> None:
@@ -216,14 +217,17 @@ class MlflowSweepCallback(Callback):
                 except Exception as exc:
                     # Hydra would make this a warning and exit 0, and the parent would be failed at exit as if
                     # the process had died: the parent run says what failed, the command says so in one line.
+                    import mlflow
+
                     from deepsweep.errors import Reported, TrackingError
+                    from deepsweep.tracking.runs import first_line
 
-                    error = f"{REPORT_FAILED}: {type(exc).__name__}: {exc}"
-                    with contextlib.suppress(Exception):  # the store itself may be what failed
-                        import mlflow
-
-                        mlflow.MlflowClient().set_tag(run_id, "deepsweep.error", error)
+                    error = f"{REPORT_FAILED}: {type(exc).__name__}: {first_line(exc)}"
+                    # The store itself may be what failed: each write on its own, the status first.
+                    with contextlib.suppress(Exception):
                         mlflow.MlflowClient().set_terminated(run_id, "FAILED")
+                    with contextlib.suppress(Exception):
+                        mlflow.MlflowClient().set_tag(run_id, "deepsweep.error", error)
                     raise Reported(TrackingError(f"{sweep_dir}: its jobs ran, but {error} (`deepsweep report "
                                                  f"{sweep_dir}` builds it again from their runs)")) from None
                 _check_ranked(rows, str(config.optimized_metric), sweep_dir)
