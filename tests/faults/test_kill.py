@@ -129,3 +129,32 @@ def test_killed_stages_leave_nothing_partial_and_the_rerun_matches_importing_onl
     assert len(runs) == 5 + 4 + kills
     print(f"\nfault suite: {kills} kills ({landed} mid-stage), {len(runs)} runs recorded, "
           f"{statuses.count('KILLED')} marked KILLED, 0 lost")
+
+
+def test_ctrl_c_ends_the_runs_killed_with_one_line(tmp_path):
+    """Ctrl-C mid-fit: Lightning shuts down and calls sys.exit(1), which printed nothing, exited 1 and left the runs
+    FAILED with 'SystemExit: 1'. Now the runs end KILLED as interrupted and the command says so (exit code 130)."""
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "DEEPSWEEP_ROOT": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "deepsweep", "run", "pretrain=none", "trainer.max_epochs=100000",
+                             "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "run" / "finetune.resume").exists() and not any(
+            p.name.startswith(".finetune.") for p in (tmp_path / "run").glob(".*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    time.sleep(2)  # into its epochs
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("deepsweep: interrupted; its MLflow runs end KILLED")
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("deepsweep").experiment_id])}
+    finetune = runs["finetune"]
+    (pipeline,) = [r for name, r in runs.items() if name.startswith("pretrain=none")]
+    for run in (finetune, pipeline):
+        assert run.info.status == "KILLED" and run.data.tags["deepsweep.error"] == "interrupted (Ctrl-C or SIGINT)"
+    assert runs["prepare"].info.status == "FINISHED"

@@ -358,6 +358,22 @@ def _fail(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C: its MLflow runs end KILLED (tracking.runs.start_run, and a sweep's parent run at exit); one line,
+        # and the shell's exit code for SIGINT.
+        if "deepsweep.tracking.sweep" in sys.modules:
+            from deepsweep.tracking.runs import INTERRUPTED
+            from deepsweep.tracking.sweep import INTERRUPTED as sweep_interrupted
+
+            sweep_interrupted["by"] = INTERRUPTED
+        print("deepsweep: interrupted; its MLflow runs end KILLED (a sweep run again on the same hydra.sweep.dir "
+              "keeps its finished jobs, dvc repro its finished stages)", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError, TrackingError
 
     argv = sys.argv[1:] if argv is None else argv

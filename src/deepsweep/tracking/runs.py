@@ -24,6 +24,7 @@ from deepsweep.config import flatten
 from deepsweep.utils.retry import retry_locked  # noqa: F401 - tracking.runs.retry_locked is what callers use
 
 PARENT_RUN_ENV = "DEEPSWEEP_PARENT_RUN_ID"
+INTERRUPTED = "interrupted (Ctrl-C or SIGINT)"
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -124,8 +125,8 @@ def mark_dead_runs(client: Any, experiment_ids: list[str]) -> list[str]:
         if _alive(pid, tags.get("deepsweep.pid_start", "")):
             continue
         retry_locked(client.set_tag, run.info.run_id, "deepsweep.error",
-                     f"process {pid} on {host} ended without ending this run (killed: kill -9, the OOM killer or "
-                     f"a power loss); marked KILLED by process {os.getpid()}")
+                     f"process {pid} on {host} ended without ending this run (interrupted or killed: Ctrl-C in a "
+                     f"sweep's worker, kill -9, the OOM killer, a power loss); marked KILLED by process {os.getpid()}")
         retry_locked(client.set_terminated, run.info.run_id, "KILLED")
         marked.append(run.info.run_id)
     return marked
@@ -356,6 +357,11 @@ def start_run(
             log_params(flatten(cfg))
             mlflow.log_text(redact(OmegaConf.to_yaml(cfg)), "config.yaml")
             yield run
+        except KeyboardInterrupt:
+            # Ctrl-C (or SIGINT from DVC or a scheduler): KILLED, as MLflow's UI shows a stopped run, not FAILED.
+            mlflow.set_tag("deepsweep.error", INTERRUPTED)
+            mlflow.end_run("KILLED")
+            raise
         except BaseException as exc:
             mlflow.set_tag("deepsweep.error", f"{type(exc).__name__}: {exc}"[:4000])
             raise

@@ -90,14 +90,19 @@ def parent_run_id(sweep_dir: str | os.PathLike | None) -> str | None:
     return None
 
 
+# Set by the command line when Ctrl-C ended the process: the parent run is then KILLED as interrupted.
+INTERRUPTED = {"by": None}
+
+
 def _fail_if_running(run_id: str) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
     with contextlib.suppress(Exception):  # at exit: a store that is gone leaves the run for the next process to mark
         if client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "deepsweep.error", "the sweep process ended before the sweep finished")
-            client.set_terminated(run_id, "FAILED")
+            why = INTERRUPTED["by"]
+            client.set_tag(run_id, "deepsweep.error", why or "the sweep process ended before the sweep finished")
+            client.set_terminated(run_id, "KILLED" if why else "FAILED")
 
 
 def _check_ranked(rows: list[dict], metric: str, sweep_dir: Path) -> None:

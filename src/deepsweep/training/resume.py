@@ -69,7 +69,19 @@ class Resume:
             import mlflow
 
             mlflow.set_tag("deepsweep.resumed_from", checkpoint)
-        trainer.fit(task, *loaders, ckpt_path=checkpoint)
+        try:
+            trainer.fit(task, *loaders, ckpt_path=checkpoint)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown, and ignores SIGINT from then
+            # on: the interrupt goes on as one (runs end KILLED, the command says so), and Ctrl-C works again.
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
         # Kept until the stage's output is committed (stages.pipeline calls discard_checkpoint).
 
 
