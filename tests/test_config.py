@@ -187,3 +187,16 @@ def test_options_and_readmes_group_table_name_every_option(capsys):
         assert row, f"README's table of config groups has no row for {group}"
         missing = [o for o in options(group) if f"`{o}`" not in row.group(1)]
         assert not missing, f"README's {group} row does not name {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("modle=lenet", "modle: unknown top-level key (did you mean model?); allowed: data, model,"),
+    ("optimizer.lrr=0.1", "optimizer.lrr: unknown key (not in conf/optimizer/adam.yaml) (did you mean lr?); "
+                          "allowed keys: betas, lr, name, weight_decay"),
+])
+def test_a_key_not_in_the_config_names_the_keys_allowed_and_the_closest(override, message):
+    """Hydra's own message ('To append to your config use +modle=lenet') led to a second error: the validator's
+    comes first, with the closest key."""
+    with pytest.raises(ConfigError) as refused:
+        compose([override])
+    assert str(refused.value).startswith(message)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -72,15 +73,37 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    overrides = list(overrides)
     try:
         with _hydra_context():
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+            cfg = hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        message = " ".join(str(exc).split("\nConfig search path")[0].split())  # Hydra's messages span lines
-        raise ConfigError(message) from None
+        raise hydra_error(exc, overrides) from None
     OmegaConf.set_struct(cfg, False)
     cfg.pop("hydra", None)
     return cfg
+
+
+def hydra_error(exc: Exception, overrides: list[str]) -> ConfigError:
+    """Hydra's composition error as one line. A key that is not in the config gets the validator's message (the
+    keys allowed there, and the closest one) instead of Hydra's advice to append it with ``+``, which only
+    leads to that message."""
+    message = " ".join(str(exc).split("\nConfig search path")[0].split())  # Hydra's messages span lines
+    unknown = re.match(r"Could not override '([^']+)'", message)
+    if unknown:
+        appended = [f"+{o}" if o.split("=", 1)[0] == unknown.group(1) else o for o in overrides]
+        try:
+            validate(compose(appended))
+        except ConfigError as explained:
+            return explained
+    return ConfigError(message)
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _type_name(value: Any) -> str:
@@ -146,7 +169,8 @@ def _check(reference: Any, value: Any, key: str, source: str, errors: list[str],
         for k in value:
             if k not in reference:
                 allowed = ", ".join(sorted(str(r) for r in reference if not str(r).startswith("_")))
-                errors.append(f"{key}.{k}: unknown key (not in {source}); allowed keys: {allowed}")
+                errors.append(f"{key}.{k}: unknown key (not in {source}){_did_you_mean(str(k), list(reference))}; "
+                              f"allowed keys: {allowed}")
         for k, ref in reference.items():
             if k not in value:
                 errors.append(f"{key}.{k}: missing (default in {source}: {ref!r})")
@@ -236,7 +260,8 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
         choices.append(f"{group}={name}")
     for key in cfg:
         if key not in GROUPS and key not in TOP_LEVEL:
-            errors.append(f"{key}: unknown top-level key; allowed: {', '.join(GROUPS + TOP_LEVEL)}")
+            errors.append(f"{key}: unknown top-level key{_did_you_mean(str(key), [*GROUPS, *TOP_LEVEL])}; "
+                          f"allowed: {', '.join(GROUPS + TOP_LEVEL)}")
     if errors:
         raise _invalid(errors)
 

@@ -269,14 +269,14 @@ def _hydra_config(overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from deepsweep.config import _hydra_context
+    from deepsweep.config import _hydra_context, hydra_error
 
     plain = [o for o in overrides if "," not in o and "(" not in o]
     try:
         with _hydra_context():
             return hydra_compose(config_name="config", overrides=plain, return_hydra_config=True).hydra
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(" ".join(str(exc).split("\nConfig search path")[0].split())) from None
+        raise hydra_error(exc, plain) from None
 
 
 def check_launcher_settings(launcher: DictConfig) -> None:
