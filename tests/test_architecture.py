@@ -84,3 +84,7 @@ def test_a_new_objective_is_one_class_and_one_yaml_file(tmp_path):
     lines = [line for line in result.stderr.splitlines() if " epoch " in line]
     assert [line.split(":")[0] for line in lines] == [*(f"pretrain epoch {e}/4" for e in range(1, 5)), "finetune epoch 1/1"]
     assert "train/loss" in lines[0] and "val/loss" in lines[0]
+    # Where to look next: the run's folder and its MLflow run (the pipeline's, which prepare's run.json names).
+    pipeline = json.loads((tmp_path / "run" / "prepare" / "run.json").read_text())["pipeline_id"]
+    assert result.stdout.splitlines()[-2:] == [f"outputs: {tmp_path / 'run'}",
+                                               f"MLflow run: {pipeline} in sqlite:///{tmp_path / 'mlflow.db'}"]

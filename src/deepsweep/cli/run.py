@@ -132,6 +132,15 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
     for key, value in summary.items():
         print(f"{key} = {value:.4f}")
+    if not multirun:  # where to look next: the stage folders and the run in MLflow
+        import mlflow
+
+        from deepsweep.stages.pipeline import RUN_FILE
+        from deepsweep.utils.io import read_json
+
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        run_id = read_json(output_dir / "prepare" / RUN_FILE).get("pipeline_id", "?")
+        print(f"outputs: {output_dir}\nMLflow run: {run_id} in {redact(mlflow.get_tracking_uri())}")
     # The value an Optuna sweeper optimizes (conf/hparams_search/).
     if cfg.optimized_metric not in summary:
         log.error("optimized_metric=%s is not among this job's metrics, so nothing ranks it; allowed: %s",
