@@ -94,7 +94,8 @@ def test_missing_data_that_cannot_be_fetched_names_the_url(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "deepsweep: error: http://127.0.0.1:9/mnist/raw/train-images-idx3-ubyte.gz: cannot download ([Errno 111] "
-        "Connection refused); check $DEEPSWEEP_DATA_MIRROR (http://127.0.0.1:9), or place the file yourself")
+        "Connection refused); check $DEEPSWEEP_DATA_MIRROR (http://127.0.0.1:9), or place the file at "
+        f"{tmp_path}/nowhere/train-images-idx3-ubyte.gz")
     assert not (tmp_path / "nowhere").exists() or not any((tmp_path / "nowhere").iterdir())
     # A whole run reports it the same way: the runner hands it past Hydra (which would print its traceback)
     # to the one-line report (a `deepsweep run` process of its own costs ~8 s of suite time).

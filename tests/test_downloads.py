@@ -105,7 +105,7 @@ def test_unreachable_source_is_one_line_naming_the_url(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "deepsweep: error: http://127.0.0.1:9/ecg200/raw/ECG200_TRAIN.txt: cannot download ([Errno 111] Connection "
-        "refused); check $DEEPSWEEP_DATA_MIRROR (http://127.0.0.1:9), or place the file yourself")
+        f"refused); check $DEEPSWEEP_DATA_MIRROR (http://127.0.0.1:9), or place the file at {tmp_path}/raw/ECG200_TRAIN.txt")
     result = deepsweep_cli("fetch", "imagenet")
     assert result.returncode == 2
     assert result.stderr.strip() == ("deepsweep: error: fetch: unknown data set imagenet; allowed: "

@@ -138,17 +138,19 @@ def test_ctrl_c_ends_the_runs_killed_with_one_line(tmp_path):
 
     store = f"sqlite:///{tmp_path / 'store.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "DEEPSWEEP_ROOT": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "deepsweep", "run", "pretrain=none", "trainer.max_epochs=100000",
-                             "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'run'}"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (tmp_path / "run" / "finetune.resume").exists() and not any(
-            p.name.startswith(".finetune.") for p in (tmp_path / "run").glob(".*")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.1)
-    time.sleep(2)  # into its epochs
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    # Ctrl-C's disposition as a shell gives it: xdist's workers ignore SIGINT, and a child inherits that.
+    # Output to files: a pipe nobody reads while the test waits would fill up and stop the run.
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as errors:
+        proc = subprocess.Popen([sys.executable, "-m", "deepsweep", "run", "pretrain=none", "trainer.max_epochs=100000",
+                                 "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'run'}"], env=env, stdout=out,
+                                stderr=errors, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 240
+        while "finetune epoch 2/" not in (tmp_path / "err.txt").read_text():  # into its epochs
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "err.txt").read_text()[-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    err = (tmp_path / "err.txt").read_text()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("deepsweep: interrupted; its MLflow runs end KILLED")
     client = mlflow.MlflowClient(tracking_uri=store)

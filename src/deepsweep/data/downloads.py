@@ -181,15 +181,17 @@ def _progress(total: int | None, label: str):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False, file=sys.stderr)
 
 
-def _stream(url: str, target: Path, label: str) -> None:
-    """Copy ``url`` into ``target`` (an open-ready path), with progress."""
+def _stream(url: str, target: Path, label: str, destination: Path | None = None) -> None:
+    """Copy ``url`` into ``target`` (an open-ready path), with progress; ``destination``: where the file is
+    wanted in the end, which a failure names (a user who has the file puts it there)."""
     try:
         response = urllib.request.urlopen(url, timeout=TIMEOUT_S)  # noqa: S310 (http, https and file only)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         hint = (f"check ${MIRROR_ENV} ({os.environ[MIRROR_ENV]})" if os.environ.get(MIRROR_ENV) else
                 f"set ${MIRROR_ENV} to a mirror or a local copy of the data folder")
-        raise DownloadError(f"{url}: cannot download ({reason}); {hint}, or place the file yourself") from None
+        place = f"place the file at {destination}" if destination is not None else "place the file yourself"
+        raise DownloadError(f"{url}: cannot download ({reason}); {hint}, or {place}") from None
     with response, open(target, "wb") as out:
         length = response.headers.get("Content-Length")
         bar = _progress(int(length) if length and length.isdigit() else None, label)
@@ -210,7 +212,7 @@ def _fetch(dataset: RawDataset, raw: RawFile, path: Path, mirror: str | None) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch:
         fetched = Path(scratch) / "download"
-        _stream(url, fetched, raw.name)
+        _stream(url, fetched, raw.name, destination=path)
         if member is not None:
             try:
                 with zipfile.ZipFile(fetched) as archive, archive.open(member) as src, \
