@@ -88,5 +88,5 @@ def load_sweep(sweep: str | Path, tracking_uri: str | None = None, all_attempts:
     if all_attempts or frame.empty:
         return frame
     children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=10000)
-    kept = {run.info.run_id for run in latest_attempts(children)[0]}
+    kept = {run.info.run_id for run in latest_attempts(children)}
     return frame[frame["run_id"].isin(kept)].reset_index(drop=True)

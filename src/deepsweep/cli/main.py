@@ -363,11 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C: its MLflow runs end KILLED (tracking.runs.start_run, and a sweep's parent run at exit); one line,
         # and the shell's exit code for SIGINT.
-        if "deepsweep.tracking.sweep" in sys.modules:
-            from deepsweep.tracking.runs import INTERRUPTED
-            from deepsweep.tracking.sweep import INTERRUPTED as sweep_interrupted
-
-            sweep_interrupted["by"] = INTERRUPTED
+        if "deepsweep.tracking.sweep" in sys.modules:  # a sweep ran here: its parent run is ended at exit
+            sys.modules["deepsweep.tracking.sweep"].interrupted()
         print("deepsweep: interrupted; its MLflow runs end KILLED (a sweep run again on the same hydra.sweep.dir "
               "keeps its finished jobs, dvc repro its finished stages)", file=sys.stderr)
         return 130

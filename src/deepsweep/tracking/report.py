@@ -3,6 +3,7 @@ marked; written next to the sweep and logged to the parent run."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import os
@@ -31,17 +32,15 @@ def job_key(run: Any) -> str:
     return run.data.tags.get("deepsweep.overrides") or run.info.run_name or run.info.run_id
 
 
-def latest_attempts(children: list) -> tuple[list, int]:
+def latest_attempts(children: list) -> list:
     """One run per job, in start order: its newest FINISHED attempt, else its newest. A resumed sweep (the same
-    folder again) runs each unfinished job anew; the interrupted attempts stay in MLflow but are not jobs.
-    Returns the runs and how many earlier attempts were left out."""
+    folder again) runs each unfinished job anew; the interrupted attempts stay in MLflow but are not jobs."""
     chosen: dict[str, Any] = {}
     for run in sorted(children, key=lambda r: r.info.start_time or 0):
         key = job_key(run)
         if key not in chosen or run.info.status == "FINISHED" or chosen[key].info.status != "FINISHED":
             chosen[key] = run
-    kept = sorted(chosen.values(), key=lambda r: r.info.start_time or 0)
-    return kept, len(children) - len(kept)
+    return sorted(chosen.values(), key=lambda r: r.info.start_time or 0)
 
 
 def sweep_rows(parent_run_id: str) -> list[dict]:
@@ -55,10 +54,8 @@ def sweep_rows(parent_run_id: str) -> list[dict]:
     every = client.search_runs(
         experiment, filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
     )
-    attempts: dict[str, int] = {}
-    for run in every:
-        attempts[job_key(run)] = attempts.get(job_key(run), 0) + 1
-    children, _ = latest_attempts(every)
+    attempts = collections.Counter(job_key(run) for run in every)
+    children = latest_attempts(every)
     rows = []
     for r in children:
         # One small query per job: a query over every finetune run of the experiment grows with all the

@@ -181,6 +181,8 @@ def _server_problem(uri: str) -> str | None:
         # Every `mlflow server` serves /health; a compatible server may not, but it serves the REST API.
         return "a web server answers there, but not an MLflow server (GET /health and the REST API: 404)"
     return None
+
+
 _ALLOWED_STORES = ("sqlite:///path/mlflow.db (unset: the project's mlflow.db), http(s)://host:port of an `mlflow "
                    "server`, a database URI (postgresql://, mysql://, mssql://) or databricks")
 
@@ -206,9 +208,10 @@ def check_store(cfg: DictConfig) -> None:
     into a warning, then launched its jobs, each retrying as long (``deepsweep run -m seed=0,1
     logger.tracking_uri=http://127.0.0.1:9``, MLflow 3.17). One request to the server's ``/health``, with a
     10 s timeout and no retry, tells a server that is not there from one that answers (what it answers, such as
-    an authentication error, is MLflow's to report). An SQLite store's folder must be creatable
-    and writable, and an existing one an SQLite database. Other stores (Databricks, a plugin's) are left to MLflow.
-    A server that answers ``/health`` with 404 is not an MLflow server (every ``mlflow server`` serves it)."""
+    an authentication error, is MLflow's to report; ``_server_problem`` says which answers mean no server). An
+    SQLite store's folder must be creatable and writable, and an existing one an SQLite database. A folder (MLflow's
+    file store) and a scheme no installed store has are refused; other stores (Databricks, a database, a
+    plugin's) are left to MLflow."""
     uri = tracking_uri(cfg)
     if uri in _CHECKED:
         return
@@ -216,6 +219,8 @@ def check_store(cfg: DictConfig) -> None:
 
     key = _uri_key(cfg)
     db = _sqlite_file(uri)
+    # A plain path has no scheme ("databricks" alone, a profile's store, is the one that does without "://").
+    scheme = uri.split("://", 1)[0] if "://" in uri else ("databricks" if uri.startswith("databricks") else "file")
     if db is not None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -226,21 +231,24 @@ def check_store(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: {redact(uri)}: {db if db.exists() else db.parent} is not writable; "
                               "allowed: an SQLite file in a writable folder, or an MLflow server's URI")
         try:
-            header = db.read_bytes()[:16] if db.is_file() and db.stat().st_size else b"SQLite format 3\x00"
+            header = b"SQLite format 3\x00"  # what a missing or empty file counts as: MLflow creates the database
+            if db.is_file() and db.stat().st_size:
+                with open(db, "rb") as handle:  # its header only: a store grows to hundreds of MB
+                    header = handle.read(16)
         except OSError as exc:
             raise ConfigError(f"{key}: {redact(uri)}: cannot read {db} ({exc.strerror}); allowed: an SQLite file "
                               "this user can read and write, or an MLflow server's URI") from None
         if header != b"SQLite format 3\x00":
             raise ConfigError(f"{key}: {redact(uri)}: {db} is not an SQLite database; allowed: an SQLite "
                               "file (MLflow creates a missing one), or an MLflow server's URI")
-    elif uri.split("://", 1)[0] in ("file",) or "://" not in uri and not uri.startswith("databricks"):
+    elif scheme == "file":
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
             raise ConfigError(f"{key}: {redact(uri)}: a folder is MLflow's file store, which MLflow 3 refuses unless "
                               f"MLFLOW_ALLOW_FILE_STORE=true; allowed: {_ALLOWED_STORES}")
-    elif uri.split("://", 1)[0] not in _store_schemes():
-        raise ConfigError(f"{key}: {redact(uri)}: no tracking store has the scheme {uri.split('://', 1)[0]!r}; "
+    elif scheme not in _store_schemes():
+        raise ConfigError(f"{key}: {redact(uri)}: no tracking store has the scheme {scheme!r}; "
                           f"allowed: {_ALLOWED_STORES}")
-    elif uri.startswith(("http://", "https://")):
+    elif scheme in ("http", "https"):
         problem = _server_problem(uri)
         if problem:
             raise ConfigError(f"{key}: {redact(uri)}: {problem}; allowed: the URI of a running `mlflow server`, or an "

@@ -90,19 +90,26 @@ def parent_run_id(sweep_dir: str | os.PathLike | None) -> str | None:
     return None
 
 
-# Set by the command line when Ctrl-C ended the process: the parent run is then KILLED as interrupted.
-INTERRUPTED = {"by": None}
+_interrupted = False  # Ctrl-C ended this process (the command line says so): the parent run ends KILLED
+
+
+def interrupted() -> None:
+    """Called by the command line on Ctrl-C, before the exit handler below ends the sweep's parent run."""
+    global _interrupted
+    _interrupted = True
 
 
 def _fail_if_running(run_id: str) -> None:
     import mlflow
 
-    client = mlflow.MlflowClient()
+    from deepsweep.tracking.runs import INTERRUPTED
+
     with contextlib.suppress(Exception):  # at exit: a store that is gone leaves the run for the next process to mark
+        client = mlflow.MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
-            why = INTERRUPTED["by"]
-            client.set_tag(run_id, "deepsweep.error", why or "the sweep process ended before the sweep finished")
-            client.set_terminated(run_id, "KILLED" if why else "FAILED")
+            client.set_tag(run_id, "deepsweep.error",
+                           INTERRUPTED if _interrupted else "the sweep process ended before the sweep finished")
+            client.set_terminated(run_id, "KILLED" if _interrupted else "FAILED")
 
 
 def _check_ranked(rows: list[dict], metric: str, sweep_dir: Path) -> None:
