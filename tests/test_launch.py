@@ -108,6 +108,22 @@ def test_optuna_search_runs_trials_as_child_runs(tmp_path, isolated_tracking):
     assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
 
 
+def test_optuna_search_for_a_metric_no_job_records_stops_in_one_line(tmp_path, isolated_tracking):
+    """optimized_metric names a stage (so it passes the up-front check) but no metric the job records: the
+    search stops after its first trial with one line naming what the job did record; it used to end in the
+    Optuna sweeper's traceback (a NaN return, study.tell called twice)."""
+    result = deepsweep_cli("run", "hparams_search=digits_optuna", "hydra.sweeper.n_trials=2", *FAST,
+                           "pretrain=none", "optimized_metric=evaluate.acc", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                           "hydra.launcher.n_jobs=1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    line = [line for line in result.stderr.splitlines() if "optimized_metric=evaluate.acc" in line]
+    assert len(line) == 1 and "allowed:" in line[0] and "evaluate.accuracy" in line[0], result.stderr[-2000:]
+    parents, jobs = _sweep_jobs()
+    assert len(jobs) == 1 and jobs[0].info.status == "FINISHED"  # the job itself is complete
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+
+
 @pytest.mark.slow
 def test_ray_launcher_on_a_local_ray_instance(tmp_path, isolated_tracking, monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")

@@ -143,8 +143,16 @@ def main(cfg: DictConfig) -> float:
         print(f"outputs: {output_dir}\nMLflow run: {run_id} in {redact(mlflow.get_tracking_uri())}")
     # The value an Optuna sweeper optimizes (conf/hparams_search/).
     if cfg.optimized_metric not in summary:
-        log.error("optimized_metric=%s is not among this job's metrics, so nothing ranks it; allowed: %s",
-                  cfg.optimized_metric, ", ".join(sorted(summary)))
+        message = (f"optimized_metric={cfg.optimized_metric} is not among this job's metrics, so nothing ranks it; "
+                   f"allowed: {', '.join(sorted(summary))}")
+        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+            # A search with nothing to optimize stops at its first job, in one line (exit 2): the sweeper
+            # would fail every trial, and it crashes on a NaN return (study.tell called twice). The job's
+            # own run is complete and stays FINISHED; the sweep's parent run is failed at exit.
+            from deepsweep.errors import Reported
+
+            raise Reported(ConfigError(message))
+        log.error("%s", message)
     return summary.get(cfg.optimized_metric, float("nan"))
 
 
