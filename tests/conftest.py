@@ -123,6 +123,16 @@ def isolated_tracking(tmp_path, monkeypatch, empty_store):
         "undoes only its own changes)")
 
 
+@pytest.fixture(autouse=True)
+def forget_prepared_data():
+    """Each test starts as a fresh process would, without the data an earlier test prepared (a process keeps
+    the last data set its prepare stage read: deepsweep.stages.prepare)."""
+    yield
+    prepare = sys.modules.get("deepsweep.stages.prepare")
+    if prepare is not None:
+        prepare.forget()
+
+
 @pytest.fixture
 def compose():
     from deepsweep.config import compose as _compose

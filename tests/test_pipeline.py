@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlflow
 import pytest
@@ -70,6 +71,55 @@ def test_stages_chain_and_record_everything(compose, tmp_path):
     execute("evaluate", compose(*FAST, "logger.figures=false"), artifacts)
     assert json.loads((artifacts / "evaluate" / "metrics.json").read_text()) == metrics
     assert not list((artifacts / "evaluate").glob("*.png")) and (artifacts / "evaluate" / "roc.csv").is_file()
+    # evaluate.linear_probe=false: the same numbers without the probe's.
+    execute("evaluate", compose(*FAST, "logger.figures=false", "evaluate.linear_probe=false"), artifacts)
+    assert json.loads((artifacts / "evaluate" / "metrics.json").read_text()) == {
+        k: v for k, v in metrics.items() if not k.startswith("probe_")}
+
+
+def test_a_process_reads_the_same_data_once_and_writes_it_for_every_job(compose, tmp_path, monkeypatch):
+    """prepare keeps the last data it read: a second job on the same cfg.data (another seed) gets the same
+    files and dataset inputs without reading the source again, the jobs after it hard links to the same
+    files; other data is read afresh."""
+    from deepsweep.stages import prepare
+
+    reads = []
+    original = prepare.read
+    monkeypatch.setattr(prepare, "read", lambda cfg: reads.append(cfg.data.split_seed) or original(cfg))
+    jobs = {"first": compose(*FAST, "seed=0"), "second": compose(*FAST, "seed=1"), "third": compose(*FAST, "seed=2"),
+            "other split": compose(*FAST, "seed=0", "data.split_seed=1")}
+    for name, cfg in jobs.items():
+        execute("prepare", cfg, tmp_path / name)
+    assert reads == [0, 1]
+
+    def written(name):
+        return {f.name: f.read_bytes() for f in sorted((tmp_path / name / "prepare").iterdir()) if f.name != "run.json"}
+
+    assert written("second") == written("third") == written("first")
+    assert set(written("first")) == {"train.pt", "val.pt", "test.pt", "meta.json"}
+    assert written("other split")["train.pt"] != written("first")["train.pt"]
+    digests = {}
+    for name in jobs:
+        run_id = json.loads((tmp_path / name / "prepare" / "run.json").read_text())["run_id"]
+        inputs = mlflow.get_run(run_id).inputs.dataset_inputs
+        digests[name] = sorted((i.tags[0].value, i.dataset.digest) for i in inputs)
+        assert mlflow.get_run(run_id).data.metrics["prepare.n_train"] > 0
+    assert digests["second"] == digests["third"] == digests["first"] != digests["other split"]
+    assert len(digests["first"]) == 3
+    # From the third job on, the second job's files are linked, not written again; the first job (a process
+    # that prepares once) leaves nothing beside its output.
+    inode = lambda name: (tmp_path / name / "prepare" / "train.pt").stat().st_ino  # noqa: E731
+    assert inode("third") == inode("second") != inode("first")
+    assert not [p for p in (tmp_path / "first").iterdir() if p.name.startswith(".prepared.")]
+    # The links' folder gone (a user cleaning up): the next job writes the files again and keeps new links.
+    execute("prepare", jobs["other split"], tmp_path / "again")
+    kept = next((tmp_path / "again").glob(".prepared.*"))
+    shutil.rmtree(kept)
+    execute("prepare", jobs["other split"], tmp_path / "again and again")
+    assert written("again and again")["train.pt"] == written("other split")["train.pt"]
+    kept = next((tmp_path / "again and again").glob(".prepared.*"))
+    prepare.forget()  # as at the process's exit
+    assert not kept.exists() and written("again and again")["train.pt"] == written("other split")["train.pt"]
 
 
 @pytest.mark.parametrize("family", [

@@ -156,7 +156,7 @@ def test_a_dataset_insert_lost_to_a_concurrent_job_is_retried(compose, monkeypat
     import numpy as np
     from mlflow.exceptions import MlflowException
 
-    from deepsweep.stages.prepare import log_datasets
+    from deepsweep.stages.prepare import datasets, log_datasets
 
     calls = []
     original = mlflow.log_input
@@ -172,7 +172,7 @@ def test_a_dataset_insert_lost_to_a_concurrent_job_is_retried(compose, monkeypat
     split = (np.zeros((4, 2), dtype=np.float32), np.zeros(4, dtype=np.int64))
     mlflow.set_experiment("dataset race")  # this test's fresh store: not the experiment an earlier test left active
     with mlflow.start_run() as run:
-        log_datasets(compose(), {"train": split, "val": split})
+        log_datasets(datasets(compose(), {"train": split, "val": split}))
     assert calls == ["train", "train", "val"]
     logged = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert sorted(i.tags[0].value for i in logged) == ["train", "val"]
