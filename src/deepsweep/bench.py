@@ -600,12 +600,13 @@ def markdown(results: dict) -> str:
     if results.get("fused"):
         lines += [
             "", "## Fused sweeps", "",
-            "Issue 21's sweeps (`pretrain=none`, no MLflow model or figures) under `hydra/launcher=fused` (one",
-            "array of all members), Hydra's basic launcher (one process, one job after another) and the parallel",
-            "launcher. *Member-epochs/s*: members x epochs / whole-sweep wall time (sweep start, every job's four",
-            "stages and the report included). *Finetune s*: the jobs' finetune stage runs, start to end, summed",
-            "(for the fused array, the first member's holds the array's training). Peak memory per member: the",
-            "largest process's peak RSS (and nvidia-smi's most GPU memory in use) over the members it held at once.",
+            "Issue 21's sweeps (`pretrain=none`; no MLflow model, figures, checkpoints or linear probe: the",
+            "overrides `bench.FUSED_COMMON`) under `hydra/launcher=fused` (one array of all members), Hydra's basic",
+            "launcher (one process, one job after another) and the parallel launcher. *Member-epochs/s*: members",
+            "x epochs / whole-sweep wall time (sweep start, every job's four stages and the report included).",
+            "*Finetune s*: the jobs' finetune stage runs, start to end, summed (for the fused array, the first",
+            "member's holds the array's training). Peak memory per member: the largest process's peak RSS (and",
+            "nvidia-smi's most GPU memory in use) over the members it held at once.",
             "This section alone: `python -m deepsweep.bench --only fused` with the flags below (rows of the same sweep,",
             "size and launcher are measured again, the others kept). The rows were measured by:",
             *sorted({f"- `{r.get('command', 'python -m deepsweep.bench')}` at commit {r.get('commit', '?')}"

@@ -468,9 +468,10 @@ class StackableRecurrent(nn.Module):
     take oneDNN's kernel instead, so a member's outputs are its job's to float rounding (tests/test_fused.py).
 
     Each step is a few vmapped ops of a Python loop, where a job's own layer runs its steps in ATen's C++
-    loop. On this 2-core CPU that loop costs more than stacking saves: 8 GRU jobs on 50-step sequences (3
-    epochs) spent 17.5 s in finetune as one array against 13.9 s one after another, and the sweep took
-    36.8 s against 31.8 s (``python -m deepsweep.bench --only fused --fused-sizes gru:8 --fused-sweeps gru``,
+    loop. On a 2-core CPU that loop costs about what stacking saves: 8 GRU jobs on 50-step sequences (3
+    epochs) spent 8.8 s in finetune as one array against 10.4 s one after another, and the sweep took 19.5 s
+    against 21.8 s on an AMD EPYC at 8d45f38 (on an Intel Xeon at 582e523: 17.5 s against 13.9 s, 36.8 s
+    against 31.8 s; ``python -m deepsweep.bench --only fused --fused-sizes gru:8 --fused-sweeps gru``,
     docs/benchmarks.md). What it buys on a GPU is not measured yet."""
 
     def __init__(self, rnn: nn.RNNBase) -> None:
