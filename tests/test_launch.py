@@ -108,20 +108,24 @@ def test_optuna_search_runs_trials_as_child_runs(tmp_path, isolated_tracking):
     assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
 
 
-def test_optuna_search_for_a_metric_no_job_records_stops_in_one_line(tmp_path, isolated_tracking):
+@pytest.mark.parametrize("n_jobs", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_optuna_search_for_a_metric_its_jobs_do_not_record_stops_in_one_line(tmp_path, isolated_tracking, n_jobs):
     """optimized_metric names a stage (so it passes the up-front check) but no metric the job records: the
-    search stops after its first trial with one line naming what the job did record; it used to end in the
-    Optuna sweeper's traceback (a NaN return, study.tell called twice)."""
-    result = deepsweep_cli("run", "hparams_search=digits_optuna", "hydra.sweeper.n_trials=2", *FAST,
-                           "pretrain=none", "optimized_metric=evaluate.acc", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                           "hydra.launcher.n_jobs=1")
+    search stops after its first batch with one line naming what the job did record, and its parent run ends
+    FAILED with that reason; it used to end in the Optuna sweeper's traceback (a NaN return, study.tell called
+    twice). With two trials at a time in the parallel launcher's workers, both finish their jobs first."""
+    result = deepsweep_cli("run", "hparams_search=digits_optuna", f"hydra.sweeper.n_trials={2 * n_jobs}",
+                           f"hydra.sweeper.n_jobs={n_jobs}", *FAST, "pretrain=none", "optimized_metric=evaluate.acc",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.launcher.n_jobs={n_jobs}")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    line = [line for line in result.stderr.splitlines() if "optimized_metric=evaluate.acc" in line]
-    assert len(line) == 1 and "allowed:" in line[0] and "evaluate.accuracy" in line[0], result.stderr[-2000:]
+    line = [line for line in result.stderr.splitlines() if "is not among this job's metrics" in line]
+    assert len(line) == 1 and line[0].startswith("deepsweep: error: optimized_metric=evaluate.acc"), result.stderr[-2000:]
+    assert "allowed:" in line[0] and "evaluate.accuracy" in line[0]
     parents, jobs = _sweep_jobs()
-    assert len(jobs) == 1 and jobs[0].info.status == "FINISHED"  # the job itself is complete
+    assert len(jobs) == n_jobs and all(r.info.status == "FINISHED" for r in jobs)  # the jobs themselves are complete
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["deepsweep.error"].startswith("optimized_metric=evaluate.acc is not among")
 
 
 @pytest.mark.slow

@@ -71,23 +71,24 @@ def test_stages_chain_and_record_everything(compose, tmp_path):
     execute("evaluate", compose(*FAST, "logger.figures=false"), artifacts)
     assert json.loads((artifacts / "evaluate" / "metrics.json").read_text()) == metrics
     assert not list((artifacts / "evaluate").glob("*.png")) and (artifacts / "evaluate" / "roc.csv").is_file()
-    # evaluate.linear_probe=false: the same numbers without the probe's.
-    execute("evaluate", compose(*FAST, "logger.figures=false", "evaluate.linear_probe=false"), artifacts)
+    # evaluate=no_probe: the same numbers without the probe's.
+    execute("evaluate", compose(*FAST, "logger.figures=false", "evaluate=no_probe"), artifacts)
     assert json.loads((artifacts / "evaluate" / "metrics.json").read_text()) == {
         k: v for k, v in metrics.items() if not k.startswith("probe_")}
 
 
-def test_a_process_reads_the_same_data_once_and_writes_it_for_every_job(compose, tmp_path, monkeypatch):
-    """prepare keeps the last data it read: a second job on the same cfg.data (another seed) gets the same
-    files and dataset inputs without reading the source again, the jobs after it hard links to the same
-    files; other data is read afresh."""
+def test_a_process_reads_the_same_data_once_and_links_it_for_every_job(compose, tmp_path, monkeypatch):
+    """prepare remembers the last data it read: the next job on the same cfg.data (another seed) gets hard links
+    to the same files and the same dataset inputs without reading the source again; other data is read
+    afresh, and so is the same data once the files written before are gone."""
     from deepsweep.stages import prepare
 
     reads = []
     original = prepare.read
     monkeypatch.setattr(prepare, "read", lambda cfg: reads.append(cfg.data.split_seed) or original(cfg))
-    jobs = {"first": compose(*FAST, "seed=0"), "second": compose(*FAST, "seed=1"), "third": compose(*FAST, "seed=2"),
-            "other split": compose(*FAST, "seed=0", "data.split_seed=1")}
+    jobs = {"first": compose(*FAST, "seed=0"), "second": compose(*FAST, "seed=1"),
+            "other split": compose(*FAST, "seed=0", "data.split_seed=1"),
+            "other split again": compose(*FAST, "seed=1", "data.split_seed=1")}
     for name, cfg in jobs.items():
         execute("prepare", cfg, tmp_path / name)
     assert reads == [0, 1]
@@ -95,31 +96,45 @@ def test_a_process_reads_the_same_data_once_and_writes_it_for_every_job(compose,
     def written(name):
         return {f.name: f.read_bytes() for f in sorted((tmp_path / name / "prepare").iterdir()) if f.name != "run.json"}
 
-    assert written("second") == written("third") == written("first")
+    assert written("second") == written("first")
     assert set(written("first")) == {"train.pt", "val.pt", "test.pt", "meta.json"}
     assert written("other split")["train.pt"] != written("first")["train.pt"]
     digests = {}
     for name in jobs:
         run_id = json.loads((tmp_path / name / "prepare" / "run.json").read_text())["run_id"]
         inputs = mlflow.get_run(run_id).inputs.dataset_inputs
-        digests[name] = sorted((i.tags[0].value, i.dataset.digest) for i in inputs)
+        digests[name] = sorted((i.tags[0].value, i.dataset.name, i.dataset.digest) for i in inputs)
         assert mlflow.get_run(run_id).data.metrics["prepare.n_train"] > 0
-    assert digests["second"] == digests["third"] == digests["first"] != digests["other split"]
-    assert len(digests["first"]) == 3
-    # From the third job on, the second job's files are linked, not written again; the first job (a process
-    # that prepares once) leaves nothing beside its output.
+    assert digests["second"] == digests["first"] != digests["other split"] == digests["other split again"]
+    assert [split for split, _, _ in digests["first"]] == ["test", "train", "val"]
+    # The same files, linked: no second copy on disk, nothing else beside the outputs.
     inode = lambda name: (tmp_path / name / "prepare" / "train.pt").stat().st_ino  # noqa: E731
-    assert inode("third") == inode("second") != inode("first")
-    assert not [p for p in (tmp_path / "first").iterdir() if p.name.startswith(".prepared.")]
-    # The links' folder gone (a user cleaning up): the next job writes the files again and keeps new links.
-    execute("prepare", jobs["other split"], tmp_path / "again")
-    kept = next((tmp_path / "again").glob(".prepared.*"))
-    shutil.rmtree(kept)
-    execute("prepare", jobs["other split"], tmp_path / "again and again")
-    assert written("again and again")["train.pt"] == written("other split")["train.pt"]
-    kept = next((tmp_path / "again and again").glob(".prepared.*"))
-    prepare.forget()  # as at the process's exit
-    assert not kept.exists() and written("again and again")["train.pt"] == written("other split")["train.pt"]
+    assert inode("second") == inode("first") != inode("other split") == inode("other split again")
+    assert sorted(p.name for p in (tmp_path / "second").iterdir()) == [".deepsweep.lock", "prepare"]
+    # The files written before are gone (a user cleaning up): the next job reads and writes them again.
+    shutil.rmtree(tmp_path / "other split")
+    shutil.rmtree(tmp_path / "other split again")
+    execute("prepare", jobs["other split"], tmp_path / "third")
+    assert reads == [0, 1, 1]
+    assert written("third")["train.pt"] != written("first")["train.pt"] and written("third")["val.pt"]
+
+
+def test_the_data_key_changes_with_the_raw_files(compose, tmp_path):
+    """A raw file edited or fetched again is new data to a process that prepared it before."""
+    import os
+
+    from deepsweep.stages.prepare import data_key
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    (root / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    cfg = compose("data=mnist", f"data.root={root}")
+    before = data_key(cfg)
+    assert data_key(cfg) == before and data_key(compose("data=mnist", f"data.root={root}", "seed=3")) == before
+    stat = (root / "train-images-idx3-ubyte.gz").stat()
+    os.utime(root / "train-images-idx3-ubyte.gz", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert data_key(cfg) != before
+    assert data_key(compose("data=mnist", f"data.root={root}", "data.split_seed=1")) != data_key(cfg)
 
 
 @pytest.mark.parametrize("family", [

@@ -339,7 +339,7 @@ def warm_job_costs(repeats: int) -> list[dict]:
 # What a sweep over init, seed and learning rate needs no run of: a pretrained encoder, the MLflow model,
 # figures, checkpoints and the linear probe of the encoder as initialized (most of a small job's evaluate).
 FUSED_COMMON = ["pretrain=none", "logger.log_model=false", "logger.figures=false", "logger.log_checkpoints=false",
-                "evaluate.linear_probe=false"]
+                "evaluate=no_probe"]
 # The sweeps issue 21 names: (key, name, what every job runs, the swept axes for a sweep of n members, the
 # epochs every job trains: None for --fused-epochs). The GCN keeps Kipf & Welling's 200, one full-batch step
 # each: 3 of them would measure start-up alone.

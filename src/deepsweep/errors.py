@@ -10,6 +10,10 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what is allowed."""
 
 
+class UnrankedMetric(ConfigError):
+    """A job of an Optuna search finished without the metric the search optimizes: the search cannot go on."""
+
+
 class NonFiniteError(RuntimeError):
     """A loss or metric became NaN or infinite: the run's numbers mean nothing from there on."""
 

@@ -159,20 +159,20 @@ def test_a_dataset_insert_lost_to_a_concurrent_job_is_retried(compose, monkeypat
     from deepsweep.stages.prepare import datasets, log_datasets
 
     calls = []
-    original = mlflow.log_input
+    original = mlflow.MlflowClient.log_inputs
 
-    def racing_log_input(dataset, context=None, **kwargs):
-        calls.append(context)
+    def racing_log_inputs(self, run_id, datasets=None, models=None):
+        calls.append(datasets[0].tags[0].value)
         if len(calls) == 1:
             raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
                                   "datasets.name, datasets.digest")
-        return original(dataset, context=context, **kwargs)
+        return original(self, run_id, datasets=datasets, models=models)
 
-    monkeypatch.setattr(mlflow, "log_input", racing_log_input)
+    monkeypatch.setattr(mlflow.MlflowClient, "log_inputs", racing_log_inputs)
     split = (np.zeros((4, 2), dtype=np.float32), np.zeros(4, dtype=np.int64))
     mlflow.set_experiment("dataset race")  # this test's fresh store: not the experiment an earlier test left active
     with mlflow.start_run() as run:
-        log_datasets(datasets(compose(), {"train": split, "val": split}))
+        log_datasets(run.info.run_id, datasets(compose(), {"train": split, "val": split}))
     assert calls == ["train", "train", "val"]
     logged = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert sorted(i.tags[0].value for i in logged) == ["train", "val"]

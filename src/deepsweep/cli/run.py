@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -114,7 +115,7 @@ def main(cfg: DictConfig) -> float:
         done = _reuse_finished(parent, digest) if parent else None
         if done is not None:
             log.info("sweep job %s (%s) already finished in this sweep: skipped", hydra_cfg.job.num, overrides)
-            return done.get(cfg.optimized_metric, float("nan"))
+            return _objective(cfg, done, hydra_cfg)
     try:
         with _own_gpu(cfg, hydra_cfg.launcher):
             summary = run_all(cfg, Path(hydra_cfg.runtime.output_dir), run_name=overrides, tags=tags,
@@ -141,19 +142,28 @@ def main(cfg: DictConfig) -> float:
         output_dir = Path(hydra_cfg.runtime.output_dir)
         run_id = read_json(output_dir / "prepare" / RUN_FILE).get("pipeline_id", "?")
         print(f"outputs: {output_dir}\nMLflow run: {run_id} in {redact(mlflow.get_tracking_uri())}")
-    # The value an Optuna sweeper optimizes (conf/hparams_search/).
-    if cfg.optimized_metric not in summary:
-        message = (f"optimized_metric={cfg.optimized_metric} is not among this job's metrics, so nothing ranks it; "
-                   f"allowed: {', '.join(sorted(summary))}")
-        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
-            # A search with nothing to optimize stops at its first job, in one line (exit 2): the sweeper
-            # would fail every trial, and it crashes on a NaN return (study.tell called twice). The job's
-            # own run is complete and stays FINISHED; the sweep's parent run is failed at exit.
-            from deepsweep.errors import Reported
+    return _objective(cfg, summary, hydra_cfg)
 
-            raise Reported(ConfigError(message))
+
+def _objective(cfg: DictConfig, metrics: dict[str, float], hydra_cfg: Any) -> float:
+    """The value a sweeper optimizes (conf/hparams_search/): the job's ``optimized_metric``. Missing, it is an
+    error line; an Optuna search, which has nothing to optimize then, stops at that job in one line (exit 2;
+    a NaN return crashed hydra-optuna-sweeper: study.tell called twice). The job's own runs are complete and
+    stay FINISHED; the search's parent run ends FAILED with the reason."""
+    if cfg.optimized_metric in metrics:
+        return metrics[cfg.optimized_metric]
+    message = (f"optimized_metric={cfg.optimized_metric} is not among this job's metrics, so nothing ranks it; "
+               f"allowed: {', '.join(sorted(k for k in metrics if '.' in k))}")
+    if "optuna" not in str(hydra_cfg.sweeper.get("_target_", "")).lower():
         log.error("%s", message)
-    return summary.get(cfg.optimized_metric, float("nan"))
+        return float("nan")
+    from deepsweep.errors import UnrankedMetric
+    from deepsweep.tracking.sweep import held_here, stop_search
+
+    error = UnrankedMetric(message)
+    if held_here(hydra_cfg.sweep.dir):
+        raise stop_search(hydra_cfg.sweep.dir, error)
+    raise error  # in a launcher's worker: a failed job, which deepsweep's launchers turn into the same stop
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Segmentation (a class per pixel, ``score_masks``): pixel accuracy, mean IoU and Dice; sequence to sequence
 (``score_tokens``): token accuracy and exact match, by source length too. Classification (``score_classes``):
 accuracy, macro F1 and ROC-AUC of the fine-tuned model on the held-out test split; the same
-three for a linear probe of the pretrained encoder's frozen features (evaluate.linear_probe); the pretraining task's test score
+three for a linear probe of the pretrained encoder's frozen features (off with evaluate=no_probe); the pretraining task's test score
 (reconstruction error, and anomaly ROC-AUC with pretrain.anomaly_class; a graph autoencoder's link
 prediction ROC-AUC and average precision on the edges it held out); how the fine-tuned model labels the
 inputs a GAN generated (the classes they cover); on a graph, how alike the encoder
@@ -337,7 +337,7 @@ def score_classes(cfg: DictConfig, data, model, encoder_model, pretrained: Path,
     k, names = data.num_classes, data.meta["class_names"]
 
     metrics = classification_metrics(logits, target, k)
-    if cfg.evaluate.linear_probe:
+    if cfg.evaluate.get("linear_probe", True):
         metrics.update(probe_pretrained_encoder(cfg, data, encoder_model))
     metrics.update(anomaly_metrics(cfg, pretrained, target))
     metrics.update(held_out_link_metrics(pretrained))

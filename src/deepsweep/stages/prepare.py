@@ -2,21 +2,21 @@
 
 Tensor datasets are written as ``{train,val,test}.pt``; a graph as ``graph.pt`` with its split masks.
 
-What prepare writes depends on ``cfg.data`` alone, so a process that runs several jobs on the same data (a
-fused array's members, Hydra's basic launcher running a sweep one job after another) reads and splits it
-once: it keeps the last data it prepared (``Prepared``), and the next job with the same ``cfg.data`` gets
-the same tensor files (hard links from the third job on), its own meta.json and the same MLflow dataset inputs in
-its own run. MNIST's prepare stage: 2.7 s in a fresh process (python -m cProfile -m deepsweep run
-pretrain=none data=mnist: reading and splitting 2.05 s, the datasets' digests 0.42 s), 0.05 s for the next
-job. A DVC stage runs in a process of its own: nothing is kept between stages or runs.
+What prepare writes depends on ``cfg.data`` and the raw files alone, so a process that runs several jobs on
+the same data one after another (a fused array's members, Hydra's basic launcher, a parallel launcher's
+worker) reads and splits it once: it remembers the last data it prepared (``Prepared``: its key, meta.json,
+the MLflow datasets' records and where its tensor files went), and the next job with the same key gets hard
+links to the tensor files the first one wrote (checked to be those very files; otherwise they are read and
+written again), its own meta.json and the same MLflow dataset inputs in its own run. MNIST's prepare stage:
+2.7 s in a fresh process (python -m cProfile -m deepsweep run pretrain=none data=mnist: reading and
+splitting 2.05 s, the datasets' digests 0.42 s), 0.05 s for the next job, and no second copy of its 220 MB
+on disk. Nothing is held in memory beyond that record. A DVC stage runs in a process of its own: nothing is
+kept between stages or runs.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,10 +34,10 @@ from deepsweep.utils.retry import retry_insert_race
 SPLITS = ("train", "val", "test")
 
 
-def datasets(cfg: DictConfig, splits: Mapping[str, tuple]) -> dict[str, Any]:
-    """Each split as an MLflow dataset (the prepare run's inputs, the UI's Datasets column): named after the
-    data option and split, with the digest of the arrays actually written and where they came from (the
-    canonical URL of a fetched data set, else the loader)."""
+def datasets(cfg: DictConfig, splits: Mapping[str, tuple]) -> dict[str, dict]:
+    """Each split as an MLflow dataset (the prepare run's inputs, the UI's Datasets column), as
+    ``Dataset.to_dict()`` gives it: named after the data option and split, with the digest of the arrays
+    actually written and where they came from (the canonical URL of a fetched data set, else the loader)."""
     import mlflow
     import numpy as np
     from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -49,85 +49,86 @@ def datasets(cfg: DictConfig, splits: Mapping[str, tuple]) -> dict[str, Any]:
     origin = (HTTPDatasetSource(catalog.files[0].url) if catalog else
               CodeDatasetSource({"loader": str(cfg.data.get("_target_")), "root": str(cfg.data.get("root"))}))
     return {split: mlflow.data.from_numpy(np.asarray(x), targets=np.asarray(y), source=origin,
-                                          name=f"{cfg.data.name}-{split}")
+                                          name=f"{cfg.data.name}-{split}").to_dict()
             for split, (x, y) in splits.items()}
 
 
-def log_datasets(datasets: Mapping[str, Any]) -> None:
-    """Each split's dataset as an input of the active run, in the split's context; an insert lost to a
-    concurrent job logging the same dataset is tried again."""
+def log_datasets(run_id: str, datasets: Mapping[str, dict]) -> None:
+    """Each split's dataset (``datasets``) as an input of run ``run_id``, in the split's context, as
+    ``mlflow.log_input`` records one; an insert lost to a concurrent job logging the same dataset is tried
+    again."""
     import mlflow
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    for split, dataset in datasets.items():
-        retry_insert_race(mlflow.log_input, dataset, context=split)
+    client = mlflow.MlflowClient()
+    for split, record in datasets.items():
+        entry = DatasetInput(Dataset(**record), [InputTag(MLFLOW_DATASET_CONTEXT, split)])
+        retry_insert_race(client.log_inputs, run_id, [entry])
+
+
+def _signature(path: Path) -> tuple[int, int, int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @dataclass
 class Prepared:
-    """What prepare writes for one ``cfg.data``: tensors to save, JSON files, meta.json and the datasets."""
+    """What prepare wrote for one data key: meta.json and the other JSON files, the MLflow datasets' records,
+    and the tensor files: their content until first written, then where they are (the stage's committed
+    output folder) and each file's identity there."""
 
-    data_key: str  # cfg.data as resolved YAML: the same key, the same outputs
-    tensors: dict[str, Any]
+    key: str
     json_files: dict[str, Any]
     meta: dict
-    datasets: dict[str, Any]
-    # Hard links to the tensor files as the second job on this data wrote them, in a hidden folder beside
-    # that job's output: the jobs after it link them too instead of writing the same bytes again (MNIST:
-    # 220 MB, 0.3-0.6 s a job; a 32-member sweep wrote 7 GB). Not made for the first job, so a process that
-    # prepares once (a DVC stage, deepsweep run) leaves nothing beside its output; removed when this
-    # process exits or reads other data.
-    kept: Path | None = None
-    written: bool = False
+    datasets: dict[str, dict]
+    tensors: dict[str, Any] | None  # file name -> what torch.save writes; None once written
+    committed: Path | None = None
+    signatures: dict[str, tuple[int, int, int, int]] | None = None
 
-    def write(self, out: Path) -> None:
-        if not (self.kept is not None and _link(self.kept, out, self.tensors)):
-            for name, value in self.tensors.items():
-                torch.save(value, out / name)
-            self.forget()
-            if self.written:
-                kept = Path(tempfile.mkdtemp(prefix=".prepared.", dir=out.parent))
-                self.kept = kept if _link(out, kept, self.tensors) else None
-                if self.kept is None:
-                    shutil.rmtree(kept, ignore_errors=True)
-            self.written = True
-        for name, value in self.json_files.items():
-            write_json(out / name, value)
+    def link_into(self, out: Path) -> bool:
+        """Hard-link the tensor files written before into ``out``, if they are still those very files (same
+        device, inode, size and modification time); False (and nothing left in ``out``) otherwise."""
+        if self.committed is None or self.signatures is None:
+            return False
+        linked = []
+        try:
+            for name, signature in self.signatures.items():
+                source = self.committed / name
+                if _signature(source) != signature:
+                    raise OSError(f"{source}: not the file written before")
+                os.link(source, out / name)
+                linked.append(out / name)
+        except OSError:
+            for path in linked:
+                path.unlink(missing_ok=True)
+            return False
+        return True
 
-    def forget(self) -> None:
-        if self.kept is not None:
-            shutil.rmtree(self.kept, ignore_errors=True)
-            self.kept = None
-
-
-def _link(source: Path, target: Path, names) -> bool:
-    """Hard-link each named file of ``source`` into ``target``; False (and nothing left behind) where one
-    cannot be (another file system, a file gone)."""
-    linked = []
-    try:
-        for name in names:
-            os.link(source / name, target / name)
-            linked.append(target / name)
-    except OSError:
-        for path in linked:
-            path.unlink(missing_ok=True)
-        return False
-    return True
+    def save_into(self, out: Path) -> None:
+        """Write the tensor files into ``out`` (atomic_dir's temporary folder, committed as ``prepare`` beside
+        it) and remember them there; the tensors themselves are let go."""
+        for name, value in self.tensors.items():
+            torch.save(value, out / name)
+        self.signatures = {name: _signature(out / name) for name in self.tensors}
+        self.committed = out.parent / STAGE
+        self.tensors = None
 
 
-_last: Prepared | None = None  # the last data this process prepared (one data set's tensors in memory at most)
-
-
-@atexit.register
-def forget() -> None:
-    """Drop the data this process keeps and its folder of links (at exit; a test starts without them)."""
-    global _last
-    if _last is not None:
-        _last.forget()
-        _last = None
+STAGE = "prepare"  # the folder stages.pipeline commits this stage's output to, beside its temporary one
+_last: Prepared | None = None  # the last data this process prepared
 
 
 def data_key(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg.data, resolve=True, sort_keys=True)
+    """``cfg.data`` as resolved YAML, where its root resolves to, and each raw file's path, size and
+    modification time: a file edited, fetched again or found elsewhere (another DEEPSWEEP_ROOT) is new data."""
+    from deepsweep import paths
+    from deepsweep.provenance import data_files
+
+    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in data_files(cfg)]
+    root = cfg.data.get("root")
+    return "\n".join([OmegaConf.to_yaml(cfg.data, resolve=True, sort_keys=True),
+                      str(paths.resolve(root)) if root else "", repr(files)])
 
 
 def read(cfg: DictConfig) -> Prepared:
@@ -156,19 +157,26 @@ def read(cfg: DictConfig) -> Prepared:
         splits = {name: (getattr(loaded, name).x, getattr(loaded, name).y) for name in SPLITS}
     meta["dataset"] = cfg.data.name
     json_files["meta.json"] = meta
-    return Prepared(data_key(cfg), tensors, json_files, meta, datasets(cfg, splits))
+    # The key is taken after ensure_for, which may have fetched the raw files it names.
+    return Prepared(data_key(cfg), json_files, meta, datasets(cfg, splits), tensors)
+
+
+def forget() -> None:
+    """Forget the data this process prepared (a test starts as a fresh process would)."""
+    global _last
+    _last = None
 
 
 def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> dict[str, float]:
     import mlflow
 
     global _last
-    key = data_key(cfg)
-    if _last is None or _last.data_key != key:
-        forget()  # the previous data set's tensors go before the next one's are read
+    if _last is None or _last.key != data_key(cfg) or not _last.link_into(out):
+        _last = None  # a data set's tensors at most in memory at once
         _last = read(cfg)
-    prepared = _last
-    prepared.write(out)
-    mlflow.log_dict(prepared.meta, "meta.json")
-    log_datasets(prepared.datasets)
-    return {f"n_{k}": float(v) for k, v in prepared.meta["sizes"].items()}
+        _last.save_into(out)
+    for name, value in _last.json_files.items():
+        write_json(out / name, value)
+    mlflow.log_dict(_last.meta, "meta.json")
+    log_datasets(run_id, _last.datasets)
+    return {f"n_{k}": float(v) for k, v in _last.meta["sizes"].items()}

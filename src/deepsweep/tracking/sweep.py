@@ -112,6 +112,43 @@ def _fail_if_running(run_id: str) -> None:
             client.set_terminated(run_id, "KILLED" if _interrupted else "FAILED")
 
 
+def held_here(sweep_dir: str | os.PathLike) -> bool:
+    """Whether this process runs the sweep in ``sweep_dir`` (holds its folder): a job that runs here, not in a
+    launcher's worker process."""
+    return Path(sweep_dir) in _HELD_SWEEPS
+
+
+def stop_search(sweep_dir: str | os.PathLike, error: Exception):
+    """An Optuna search that cannot go on (``errors.UnrankedMetric``): its parent run ends FAILED with the
+    reason, and the returned ``Reported`` ends the command in one line (Hydra and the sweeper catch
+    Exceptions only, so it passes through both)."""
+    import mlflow
+
+    from deepsweep.errors import Reported
+    from deepsweep.tracking.runs import first_line
+
+    parent = parent_run_id(sweep_dir)
+    if parent:
+        with contextlib.suppress(Exception):  # the one line matters more than the record
+            client = mlflow.MlflowClient()
+            client.set_terminated(parent, "FAILED")
+            client.set_tag(parent, "deepsweep.error", first_line(error))
+    return Reported(error)
+
+
+def stop_on_unranked(returns: Any, sweep_dir: str | os.PathLike) -> None:
+    """After a batch of jobs, in the sweep's process (deepsweep's launchers call it): a job that ran in a
+    worker process and found the search's optimized_metric missing stops the search here, once the batch's
+    other jobs have finished (raised in the worker, a ``Reported`` would have made joblib kill them)."""
+    from hydra.core.utils import JobStatus
+
+    from deepsweep.errors import UnrankedMetric
+
+    for job in returns:  # _return_value: return_value writes Hydra's "Error executing job" line for a failure
+        if job.status == JobStatus.FAILED and isinstance(job._return_value, UnrankedMetric):
+            raise stop_search(sweep_dir, job._return_value) from None
+
+
 def _check_ranked(rows: list[dict], metric: str, sweep_dir: Path) -> None:
     """A metric no finished job recorded ranked nothing: the report marks no best job, and the command ends with one
     line naming the metrics the jobs did record (the up-front check knows the stages, not what each records)."""
@@ -198,6 +235,7 @@ class MlflowSweepCallback(Callback):
         # Progress while the sweep runs: jobs report from their own processes, so count marker files.
         import logging
 
+        from hydra.core.utils import JobStatus
         from hydra.types import RunMode
 
         if config.hydra.mode != RunMode.MULTIRUN:  # Hydra calls job hooks for a single run too
@@ -206,11 +244,10 @@ class MlflowSweepCallback(Callback):
         done_dir = sweep_dir / DONE_DIR
         done_dir.mkdir(parents=True, exist_ok=True)
         num = config.hydra.job.num
-        try:
-            value = job_return.return_value
-            failed = value != value  # a job that fails returns NaN (cli.run), so the sweep goes on
-        except Exception:
-            failed = True
+        # A job that fails returns NaN (cli.run), so the sweep goes on; under an Optuna search it raises. Its
+        # status is read, not its return_value, which writes Hydra's "Error executing job" line for a failure.
+        value = job_return._return_value
+        failed = job_return.status != JobStatus.COMPLETED or value != value
         (done_dir / f"{num}{'.failed' if failed else ''}").touch()
         marks = [p.name for p in done_dir.iterdir()]
         logging.getLogger("deepsweep").info("sweep progress: %s (job %s %s)", progress_text(

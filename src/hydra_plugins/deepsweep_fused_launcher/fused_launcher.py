@@ -119,7 +119,11 @@ class FusedLauncher(Launcher):
                                    [job_configs[p] for p in unit], state) for unit in units)
             for unit, returns in zip(units, done):
                 results.update(zip(unit, returns))
-        return [results[p] for p in range(len(sweep_configs))]
+        from deepsweep.tracking.sweep import stop_on_unranked
+
+        returns = [results[p] for p in range(len(sweep_configs))]
+        stop_on_unranked(returns, str(self.config.hydra.sweep.dir))  # an Optuna search with nothing to optimize
+        return returns
 
 
 def _finished_jobs(sweep_dir: str, job_configs: list[DictConfig | None]) -> set[int]:

@@ -1,7 +1,8 @@
 """Hydra's joblib launcher (the default ``hydra/launcher=parallel``), made to survive a dead worker.
 
 It lives in the ``hydra_plugins`` namespace because Hydra instantiates launchers from there only; Hydra
-imports every module there at each start, so this one imports nothing of deepsweep until a job dies.
+imports every module there at each start, so this one imports deepsweep only once jobs have run (and a job
+that found an Optuna search's optimized_metric missing stops the search: ``tracking.sweep.stop_on_unranked``).
 
 When a worker process dies (the OOM killer, ``kill -9``, a segfault in a library), joblib's process pool
 (loky) breaks as a whole: it fails every job in it and kills the other workers too (joblib 1.4,
@@ -102,7 +103,11 @@ class SurvivingJoblibLauncher(JoblibLauncher):
                     break  # the rest goes round again: the jobs that had finished are skipped by the resume
                 returns.update(zip(numbers, batch))
                 todo.difference_update(numbers)
-        return [returns[n] for n in sorted(overrides)]
+        from deepsweep.tracking.sweep import stop_on_unranked
+
+        result = [returns[n] for n in sorted(overrides)]
+        stop_on_unranked(result, str(self.config.hydra.sweep.dir))  # an Optuna search with nothing to optimize
+        return result
 
     def _markers(self) -> dict[tuple[str, int], int]:
         """(folder, job number) -> modification time (ns) of the jobs' start and end markers in the sweep folder."""
