@@ -82,3 +82,20 @@ def test_neighbor_sampler_still_samples_through_its_private_kernel():
     with pytest.raises(NotImplementedError, match="sampling with replacement"):
         torch_neighbor_sampler(counted)(graph, [1], replace=True).sample_from_nodes(
             __import__("torch_geometric.sampler", fromlist=["NodeSamplerInput"]).NodeSamplerInput(None, torch.tensor([0])))
+
+
+def test_a_failed_hydra_job_keeps_its_exception_where_job_outcome_reads_it(capsys):
+    import hydra
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from deepsweep.internals import job_outcome
+
+    error = ValueError("the job's own error")
+    failed = JobReturn(overrides=["seed=1"], status=JobStatus.FAILED)
+    failed.return_value = error  # the public setter
+    assert job_outcome(failed) is error, (
+        f"hydra-core {hydra.__version__}: JobReturn no longer keeps a failed job's exception in _return_value; "
+        "internals.job_outcome must read it elsewhere")
+    assert capsys.readouterr().err == "", f"hydra-core {hydra.__version__}: reading _return_value now prints"
+    with pytest.raises(ValueError):  # why the public property is not used: it raises (and prints) the error
+        failed.return_value

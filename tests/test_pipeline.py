@@ -85,7 +85,7 @@ def test_a_process_reads_the_same_data_once_and_links_it_for_every_job(compose, 
 
     reads = []
     original = prepare.read
-    monkeypatch.setattr(prepare, "read", lambda cfg: reads.append(cfg.data.split_seed) or original(cfg))
+    monkeypatch.setattr(prepare, "read", lambda cfg, key: reads.append(cfg.data.split_seed) or original(cfg, key))
     jobs = {"first": compose(*FAST, "seed=0"), "second": compose(*FAST, "seed=1"),
             "other split": compose(*FAST, "seed=0", "data.split_seed=1"),
             "other split again": compose(*FAST, "seed=1", "data.split_seed=1")}

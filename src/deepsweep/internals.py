@@ -29,6 +29,17 @@ def plain_optimizer_step(optimizer: Any) -> None:
     optimizer._on_after_step()
 
 
+def job_outcome(job_return: Any) -> Any:
+    """What a Hydra sweep job returned, or the exception a failed one raised, read without raising it.
+
+    Public: ``JobReturn.return_value``, which for a failed job writes Hydra's "Error executing job with
+    overrides" line to stderr and raises the job's exception: the sweep's progress line
+    (``tracking.sweep.MlflowSweepCallback.on_job_end``) and the stop of an Optuna search whose metric is
+    missing (``tracking.sweep.stop_on_unranked``) only look at it. The private name is the dataclass field
+    ``JobReturn._return_value`` behind that property."""
+    return job_return._return_value
+
+
 def set_callback_metrics(trainer: Any, metrics: Mapping[str, Any]) -> None:
     """Put epoch values where ``LightningModule.log`` would put them: the trainer's callback metrics, which
     early stopping, best weights and plateau schedules read.

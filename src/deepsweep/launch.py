@@ -23,6 +23,13 @@ from deepsweep.provenance import fingerprint  # noqa: F401  (what a job computes
 FINGERPRINT_TAG = "deepsweep.fingerprint"
 
 
+def optuna_search(hydra_cfg: DictConfig) -> bool:
+    """Whether the sweep is an Optuna search (conf/hparams_search/): hydra-optuna-sweeper records a raising job
+    as a FAILED trial but crashes on a NaN return (1.2: ``study.tell`` called twice), so its failed jobs raise
+    where other sweeps' return NaN and go on."""
+    return "optuna" in str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="")).lower()
+
+
 def job_threads(launcher: DictConfig | None, cpu_count: int | None = None) -> int:
     """CPU threads for one job, from the launcher's own resource setting: joblib's ``n_jobs`` share the
     cores; Ray's ``ray.remote.num_cpus`` and submitit's ``cpus_per_task`` are the job's cores."""

@@ -76,6 +76,7 @@ def main(cfg: DictConfig) -> float:
     from hydra.types import RunMode
 
     from deepsweep.config import ConfigError, validate
+    from deepsweep.launch import optuna_search
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -93,7 +94,7 @@ def main(cfg: DictConfig) -> float:
         parent = parent_run_id(hydra_cfg.sweep.dir)
         if parent:
             record_invalid_job(cfg, parent, redact(" ".join(hydra_cfg.overrides.task)), hydra_cfg.job.num, str(exc))
-        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+        if optuna_search(hydra_cfg):
             raise
         return float("nan")
 
@@ -126,9 +127,7 @@ def main(cfg: DictConfig) -> float:
         # One failing sweep job must not stop the others: its MLflow run is already marked FAILED
         # with the error, and the sweep report lists it.
         log.error("sweep job %s failed: %s: %s", hydra_cfg.job.num, type(exc).__name__, exc)
-        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
-            # The Optuna sweeper records a raising job as a FAILED trial (up to its max_failure_rate) but
-            # crashes on a NaN return (hydra-optuna-sweeper 1.2: study.tell is called twice).
+        if optuna_search(hydra_cfg):  # a FAILED trial, up to the search's max_failure_rate
             raise
         return float("nan")
     for key, value in summary.items():
@@ -154,7 +153,9 @@ def _objective(cfg: DictConfig, metrics: dict[str, float], hydra_cfg: Any) -> fl
         return metrics[cfg.optimized_metric]
     message = (f"optimized_metric={cfg.optimized_metric} is not among this job's metrics, so nothing ranks it; "
                f"allowed: {', '.join(sorted(k for k in metrics if '.' in k))}")
-    if "optuna" not in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+    from deepsweep.launch import optuna_search
+
+    if not optuna_search(hydra_cfg):
         log.error("%s", message)
         return float("nan")
     from deepsweep.errors import UnrankedMetric

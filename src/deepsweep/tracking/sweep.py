@@ -122,18 +122,25 @@ def stop_search(sweep_dir: str | os.PathLike, error: Exception):
     """An Optuna search that cannot go on (``errors.UnrankedMetric``): its parent run ends FAILED with the
     reason, and the returned ``Reported`` ends the command in one line (Hydra and the sweeper catch
     Exceptions only, so it passes through both)."""
-    import mlflow
-
     from deepsweep.errors import Reported
     from deepsweep.tracking.runs import first_line
 
     parent = parent_run_id(sweep_dir)
     if parent:
-        with contextlib.suppress(Exception):  # the one line matters more than the record
-            client = mlflow.MlflowClient()
-            client.set_terminated(parent, "FAILED")
-            client.set_tag(parent, "deepsweep.error", first_line(error))
+        fail_parent(parent, first_line(error))
     return Reported(error)
+
+
+def fail_parent(run_id: str, reason: str) -> None:
+    """End the sweep's parent run FAILED with ``reason`` as its ``deepsweep.error`` tag. The store itself may be
+    what failed, and the command's one line matters more than the record: each write on its own, the status
+    first."""
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        mlflow.MlflowClient().set_terminated(run_id, "FAILED")
+    with contextlib.suppress(Exception):
+        mlflow.MlflowClient().set_tag(run_id, "deepsweep.error", reason)
 
 
 def stop_on_unranked(returns: Any, sweep_dir: str | os.PathLike) -> None:
@@ -143,10 +150,11 @@ def stop_on_unranked(returns: Any, sweep_dir: str | os.PathLike) -> None:
     from hydra.core.utils import JobStatus
 
     from deepsweep.errors import UnrankedMetric
+    from deepsweep.internals import job_outcome
 
-    for job in returns:  # _return_value: return_value writes Hydra's "Error executing job" line for a failure
-        if job.status == JobStatus.FAILED and isinstance(job._return_value, UnrankedMetric):
-            raise stop_search(sweep_dir, job._return_value) from None
+    for job in returns:
+        if job.status == JobStatus.FAILED and isinstance(job_outcome(job), UnrankedMetric):
+            raise stop_search(sweep_dir, job_outcome(job)) from None
 
 
 def _check_ranked(rows: list[dict], metric: str, sweep_dir: Path) -> None:
@@ -244,9 +252,10 @@ class MlflowSweepCallback(Callback):
         done_dir = sweep_dir / DONE_DIR
         done_dir.mkdir(parents=True, exist_ok=True)
         num = config.hydra.job.num
-        # A job that fails returns NaN (cli.run), so the sweep goes on; under an Optuna search it raises. Its
-        # status is read, not its return_value, which writes Hydra's "Error executing job" line for a failure.
-        value = job_return._return_value
+        from deepsweep.internals import job_outcome
+
+        # A job that fails returns NaN (cli.run), so the sweep goes on; under an Optuna search it raises.
+        value = job_outcome(job_return)
         failed = job_return.status != JobStatus.COMPLETED or value != value
         (done_dir / f"{num}{'.failed' if failed else ''}").touch()
         marks = [p.name for p in done_dir.iterdir()]
@@ -266,17 +275,11 @@ class MlflowSweepCallback(Callback):
                 except Exception as exc:
                     # Hydra would make this a warning and exit 0, and the parent would be failed at exit as if
                     # the process had died: the parent run says what failed, the command says so in one line.
-                    import mlflow
-
                     from deepsweep.errors import Reported, TrackingError
                     from deepsweep.tracking.runs import first_line
 
                     error = f"{REPORT_FAILED}: {type(exc).__name__}: {first_line(exc)}"
-                    # The store itself may be what failed: each write on its own, the status first.
-                    with contextlib.suppress(Exception):
-                        mlflow.MlflowClient().set_terminated(run_id, "FAILED")
-                    with contextlib.suppress(Exception):
-                        mlflow.MlflowClient().set_tag(run_id, "deepsweep.error", error)
+                    fail_parent(run_id, error)
                     raise Reported(TrackingError(f"{sweep_dir}: its jobs ran, but {error} (`deepsweep report "
                                                  f"{sweep_dir}` builds it again from their runs)")) from None
                 _check_ranked(rows, str(config.optimized_metric), sweep_dir)

@@ -129,9 +129,13 @@ class SurvivingJoblibLauncher(JoblibLauncher):
                       "often the out-of-memory killer)")
             log.error("sweep job %s failed: %s", num, reason)
             self._record_failure(num, overrides, reason)
-            if "optuna" in str(self.config.hydra.sweeper.get("_target_", "")).lower():
-                return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=WorkerDied(reason))
-            return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=float("nan"))
+            from deepsweep.launch import optuna_search
+
+            # What the job itself would have ended with (cli.run): a failed trial of a search, else a NaN.
+            died = JobReturn(overrides=overrides, status=JobStatus.FAILED if optuna_search(self.config.hydra)
+                             else JobStatus.COMPLETED)
+            died.return_value = WorkerDied(reason) if died.status == JobStatus.FAILED else float("nan")
+            return died
 
     def _record_failure(self, num: int, overrides: list[str], reason: str) -> None:
         """The dead job's MLflow runs FAILED with the reason (one is made if it died before starting one),
