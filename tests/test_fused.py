@@ -152,6 +152,13 @@ def _unfused(cfg, member, out):
      [["seed=0", "scheduler=step", "scheduler.step_size=1"], ["seed=1", "scheduler=step", "scheduler.step_size=1"],
       ["seed=0", "scheduler=plateau", "scheduler.patience=0", "optimizer.lr=0.03"],
       ["seed=1", "scheduler=plateau", "scheduler.patience=0", "optimizer.lr=0.03"], ["seed=1", "scheduler=cosine"]]),
+    # What each member adds to its own loss and gradient: an L1 and an L2 penalty, a gradient clip, linear probing
+    # (the encoder frozen for its first epoch: its weights' optimizer state starts later), early stopping; AdamW
+    # and SGD with momentum members, whose stacked weights are joined with the Adam members' in member order.
+    (["pretrain=none", "data=digits", "trainer.max_epochs=3"],
+     [["seed=0", "regularizer=l1"], ["seed=1", "optimizer=adamw"], ["seed=1", "regularizer=l2"],
+      ["seed=0", "trainer.gradient_clip_val=0.05"], ["seed=1", "finetune.freeze_encoder_epochs=1"],
+      ["seed=2", "optimizer=momentum", "regularizer=early_stopping", "regularizer.early_stopping_patience=1"]]),
     # Batch norm: each member's running statistics, stacked, updated in training and read in validation. SGD:
     # a linear bias before batch norm has a zero gradient in exact arithmetic, and Adam divides that rounding
     # noise by its own size, so under Adam those biases (and the running means holding them) wander by up to
@@ -186,7 +193,7 @@ def _unfused(cfg, member, out):
     pytest.param(["pretrain=none", "data=digits", "trainer.max_epochs=3", "trainer=gpu"],
                  [["seed=0", "regularizer=dropout"], ["seed=1", "regularizer=dropout"], ["seed=0"]],
                  marks=pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no GPU here")),
-], ids=["mlp-dropout", "mlp-schedules", "mlp-batch-norm", "lenet-dropout", "resnet-batch-norm", "gcn-full-batch",
+], ids=["mlp-dropout", "mlp-schedules", "mlp-penalties-clip-probe", "mlp-batch-norm", "lenet-dropout", "resnet-batch-norm", "gcn-full-batch",
         "sage-full-batch", "gat-full-batch", "gru-sequences", "lstm-variational-dropout", "mlp-dropout-gpu"])
 def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose, tmp_path, base, axes):
     import torch
@@ -381,3 +388,20 @@ def test_an_installed_array_hook_restores_the_one_before_it():
             assert arrays.member_fit(None, None, None, None, None) == "inner"
         assert arrays.member_fit(None, None, None, None, None) == "outer"
     assert arrays.member_fit(None, None, None, None, None) is None
+
+
+def test_an_optimizer_not_known_to_step_each_weight_on_its_own_is_not_stacked(compose, tmp_path):
+    """Members share stacked weights only under torch optimizers that update each element from its own gradient
+    and state; another (L-BFGS's line search mixes every weight) makes the array fall back to separate fits."""
+    from deepsweep.data.loaders import PreparedData
+    from deepsweep.stages import finetune
+    from deepsweep.stages.pipeline import execute
+    from deepsweep.training.fused import Unfusable, build_members, train_members
+
+    base = ["pretrain=none", "data=digits", "trainer.max_epochs=1", "optimizer=lbfgs"]
+    execute("prepare", compose(*base), tmp_path)
+    data = PreparedData.load(tmp_path / "prepare")
+    cfgs = [compose(*base, f"seed={seed}") for seed in (0, 1)]
+    members = build_members(cfgs, lambda cfg: finetune.build(cfg, data, {"pretrain": tmp_path / "pretrain"}))
+    with pytest.raises(Unfusable, match=r"torch\.optim\.lbfgs\.LBFGS: not known to update each weight on its own"):
+        train_members(cfgs, members)
