@@ -308,20 +308,26 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.split.x, self.split.y
-        rank, world = self._rank_and_world()
-        if not self.shuffle and world == 1:
+        if not self.shuffle and self._rank_and_world()[1] == 1:
             for start in range(0, len(y), self.batch_size):
                 yield self._augmented(x[start : start + self.batch_size]), y[start : start + self.batch_size]
             return
-        # Every rank draws the same permutation (same seed) and takes its own equal share, wrapping
-        # around as DistributedSampler does: DDP ranks must see the same number of batches.
-        order = torch.randperm(len(y), generator=self.generator) if self.shuffle else torch.arange(len(y))
-        if world > 1:
-            order = order.repeat(2)[: self._shard_size() * world][rank::world]
-        order = order.to(x.device)  # one copy per epoch, not one index copy per batch
+        order = self.epoch_order().to(x.device)  # one copy per epoch, not one index copy per batch
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             yield self._augmented(x[index]), y[index]
+
+    def epoch_order(self) -> torch.Tensor:
+        """The sample indices of the next epoch's batches, in order (this rank's share), drawn from the loader's
+        own generator as iterating the epoch draws them (a fused array gathers its members' batches at once)."""
+        rank, world = self._rank_and_world()
+        n = len(self.split.y)
+        # Every rank draws the same permutation (same seed) and takes its own equal share, wrapping
+        # around as DistributedSampler does: DDP ranks must see the same number of batches.
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if world > 1:
+            order = order.repeat(2)[: self._shard_size() * world][rank::world]
+        return order
 
     def _augmented(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.augment is None else self.augment(x, self.augment_generator)
