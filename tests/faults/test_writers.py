@@ -121,6 +121,28 @@ def test_a_run_whose_process_was_killed_is_marked_by_the_next_process(tmp_path, 
         assert client.get_run(alive.info.run_id).info.status == "RUNNING"
 
 
+def test_a_sweep_that_dies_marks_the_runs_its_dead_workers_left_running(compose):
+    """At the sweep process's exit, with its parent run still RUNNING: the parent ends FAILED, and so does a
+    run whose worker process died with the sweep, at once rather than when the next process opens the store."""
+    import mlflow
+
+    from deepsweep.tracking import runs, sweep
+
+    victim = child(KILLED_IN_RUN)
+    out, _ = victim.communicate(timeout=120)
+    assert "started" in out and victim.returncode == -signal.SIGKILL
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("deepsweep").experiment_id
+    (worker_run,) = client.search_runs([experiment])
+    runs.setup(compose())  # this process has opened the store before the worker died: it marked nothing
+    client.update_run(worker_run.info.run_id, status="RUNNING")
+    parent = client.create_run(experiment, tags=runs.process_tags()).info.run_id
+    sweep._fail_if_running(parent)
+    assert client.get_run(parent).info.status == "FAILED"
+    assert client.get_run(worker_run.info.run_id).info.status == "KILLED"
+    assert f"process {victim.pid} on " in client.get_run(worker_run.info.run_id).data.tags["deepsweep.error"]
+
+
 def test_inputs_of_different_pipeline_runs_stop_the_stage(tmp_path, compose):
     from deepsweep.stages.pipeline import execute
 

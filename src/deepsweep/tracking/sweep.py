@@ -100,16 +100,22 @@ def interrupted() -> None:
 
 
 def _fail_if_running(run_id: str) -> None:
+    """At the sweep process's exit: a parent run still RUNNING (the sweep did not reach its end) ends KILLED on
+    Ctrl-C, else FAILED; so do the runs its launcher's workers left RUNNING as they died with it (this host's
+    runs whose process is gone: ``runs.mark_dead_runs``), which the next process to open the store would
+    otherwise mark. A worker still shutting down is left to that next process."""
     import mlflow
 
-    from deepsweep.tracking.runs import INTERRUPTED
+    from deepsweep.tracking.runs import INTERRUPTED, mark_dead_runs
 
     with contextlib.suppress(Exception):  # at exit: a store that is gone leaves the run for the next process to mark
         client = mlflow.MlflowClient()
-        if client.get_run(run_id).info.status == "RUNNING":
+        parent = client.get_run(run_id)
+        if parent.info.status == "RUNNING":
             client.set_tag(run_id, "deepsweep.error",
                            INTERRUPTED if _interrupted else "the sweep process ended before the sweep finished")
             client.set_terminated(run_id, "KILLED" if _interrupted else "FAILED")
+            mark_dead_runs(client, [parent.info.experiment_id])
 
 
 def held_here(sweep_dir: str | os.PathLike) -> bool:
