@@ -21,7 +21,8 @@ timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
     "tests/test_bench.py" "tests/test_training.py::test_data_moves_to_the_trainers_gpu_once_and_stays_put_on_cpu" 2>&1 \
     | tee "$out/pytest.log" | tail -5
 # A fused array's training alone, 32 digits MLPs: what one stacked step costs on the GPU.
-timeout 60 python3 tools/fused_step_time.py 32 trainer=gpu 2>&1 | tail -1 | tee "$out/fused_step.txt"
+timeout 90 python3 tools/fused_step_time.py 32 --profile trainer=gpu > "$out/fused_step.txt" 2>&1
+tail -1 "$out/fused_step.txt"
 # Issue 21: the fused launcher (one array in one process; 8 arrays in 8 processes) against one process and
 # 8 jobs sharing the GPU, on the MNIST MLP with 8 and 32 members (one process: 8 only). On an H200 these
 # rows took 7.3 min together in the runs docs/benchmarks_gpu.md records (all but the 8-member 8-process row).
