@@ -126,7 +126,7 @@ def test_arrays_group_jobs_by_shape_and_name_why_a_job_runs_alone(compose):
 
 def _unfused(cfg, member, out):
     """What the member's job alone gives: ``training.fit`` on a fresh build, as the finetune stage fits, into
-    an MLflow run; the fit's result and the learning rates the run recorded per epoch."""
+    an MLflow run; the fit's result and the learning rates and epoch values the run recorded per epoch."""
     import mlflow
 
     from deepsweep.training.fit import fit
@@ -137,9 +137,9 @@ def _unfused(cfg, member, out):
         result = fit(cfg, task, train_loader, val_loader, out, stage="finetune", epochs=int(cfg.trainer.max_epochs),
                      run_id=run.info.run_id, early_stopping_patience=task.regularization.early_stopping_patience)
     client = mlflow.MlflowClient()
-    rates = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-             for key in client.get_run(run.info.run_id).data.metrics if key.startswith("lr-")}
-    return result, rates
+    curves = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+              for key in client.get_run(run.info.run_id).data.metrics}
+    return result, {key: curve for key, curve in curves.items() if key.startswith("lr-")}, curves
 
 
 @pytest.mark.parametrize("base,axes", [
@@ -153,12 +153,15 @@ def _unfused(cfg, member, out):
       ["seed=0", "scheduler=plateau", "scheduler.patience=0", "optimizer.lr=0.03"],
       ["seed=1", "scheduler=plateau", "scheduler.patience=0", "optimizer.lr=0.03"], ["seed=1", "scheduler=cosine"]]),
     # What each member adds to its own loss and gradient: an L1 and an L2 penalty, a gradient clip, linear probing
-    # (the encoder frozen for its first epoch: its weights' optimizer state starts later), early stopping; AdamW
-    # and SGD with momentum members, whose stacked weights are joined with the Adam members' in member order.
-    (["pretrain=none", "data=digits", "trainer.max_epochs=3"],
+    # (the encoder frozen for its first epoch: its weights' optimizer state starts later; an L2 penalty
+    # (penalized only where it trains: not its frozen encoder), early stopping (its validation loss rises at
+    # its third epoch); AdamW and SGD with momentum members, whose stacked weights are joined with the Adam
+    # members' in member order.
+    (["pretrain=none", "data=digits", "trainer.max_epochs=4"],
      [["seed=0", "regularizer=l1"], ["seed=1", "optimizer=adamw"], ["seed=1", "regularizer=l2"],
-      ["seed=0", "trainer.gradient_clip_val=0.05"], ["seed=1", "finetune.freeze_encoder_epochs=1"],
-      ["seed=2", "optimizer=momentum", "regularizer=early_stopping", "regularizer.early_stopping_patience=1"]]),
+      ["seed=0", "trainer.gradient_clip_val=0.05"], ["seed=1", "finetune.freeze_encoder_epochs=1", "regularizer=l2"],
+      ["seed=2", "optimizer=momentum", "optimizer.lr=0.2", "regularizer=early_stopping",
+       "regularizer.early_stopping_patience=1"]]),
     # Batch norm: each member's running statistics, stacked, updated in training and read in validation. SGD:
     # a linear bias before batch norm has a zero gradient in exact arithmetic, and Adam divides that rounding
     # noise by its own size, so under Adam those biases (and the running means holding them) wander by up to
@@ -216,7 +219,7 @@ def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose,
     rel = 1e-4 if "trainer=gpu" in base else 1e-5  # a GPU's batched and single matmuls are other kernels
     for cfg, fused in zip(cfgs, results):
         member = build(cfg)
-        alone, rates = _unfused(cfg, member, tmp_path / "fit")
+        alone, rates, curves = _unfused(cfg, member, tmp_path / "fit")
         # Each epoch's learning rate, as the member's own run records it (none without a schedule).
         assert {key: {e: h[key] for e, h in fused.history.items() if key in h}
                 for key in {k for h in fused.history.values() for k in h if k.startswith("lr-")}} == rates
@@ -228,6 +231,11 @@ def test_each_member_trains_as_its_job_alone_with_its_own_dropout_masks(compose,
         assert fused.best_score == pytest.approx(alone.best_score, rel=rel)
         for key in ("val/loss", "train/loss", "val/acc"):
             assert last[key] == pytest.approx(float(alone.last_metrics[key]), rel=rel), (cfg.seed, key)
+            # Every epoch's, as the member's own run records it (a value that differs for one epoch only, as the
+            # penalty of a frozen encoder's weights in the first, shows here).
+            assert {e: h[key] for e, h in fused.history.items()} == pytest.approx(curves[key], rel=rel), (cfg.seed, key)
+    if any("regularizer=early_stopping" in a for a in axes):  # the early stop is exercised, not only allowed
+        assert any(r.epochs < int(cfgs[0].trainer.max_epochs) for r in results)
     # The members part: another seed, learning rate, dropout probability or schedule is another curve.
     assert len({tuple(round(h["val/loss"], 4) for h in r.history.values()) for r in results}) == len(results)
 

@@ -134,8 +134,10 @@ def test_a_sweep_that_dies_marks_the_runs_its_dead_workers_left_running(compose)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("deepsweep").experiment_id
     (worker_run,) = client.search_runs([experiment])
-    runs.setup(compose())  # this process has opened the store before the worker died: it marked nothing
+    # As if this process had opened the store before the worker died (opening it marks dead processes' runs).
+    runs.setup(compose())
     client.update_run(worker_run.info.run_id, status="RUNNING")
+    client.delete_tag(worker_run.info.run_id, "deepsweep.error")
     parent = client.create_run(experiment, tags=runs.process_tags()).info.run_id
     sweep._fail_if_running(parent)
     assert client.get_run(parent).info.status == "FAILED"

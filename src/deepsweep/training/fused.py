@@ -435,6 +435,11 @@ class _Optimizer:
     weights: dict[str, Any]
     freeze_encoder_epochs: int
     plateau: bool = False
+    # Each member's L1 and L2 coefficients and gradient clip (inf: none), on the weights' device, made once: a
+    # tensor built from a list every step would be a host-to-device copy the host waits for. None: no member has one.
+    l1: Any = None
+    l2: Any = None
+    clip: Any = None
 
 
 def _optimizers(tasks: Sequence[Any], models: Sequence[Any], names: Sequence[str]) -> list[_Optimizer]:
@@ -468,14 +473,24 @@ def _optimizers(tasks: Sequence[Any], models: Sequence[Any], names: Sequence[str
     own = [dict(model.named_parameters()) for model in models]
     for name, members in groups.items():
         task = tasks[members[0]]
-        weights = {n: torch.stack([own[i][n].detach() for i in members]).requires_grad_() for n in names}
+        weights = {n: torch.stack([own[i][n].detach() for i in members]).requires_grad_(own[members[0]][n].requires_grad)
+                   for n in names}
         optimizer = task.optimizer_factory(list(weights.values()))
         kind = type(optimizer)
         if not kind.__module__.startswith("torch.optim") or kind.__name__ not in ELEMENTWISE_OPTIMIZERS:
             raise Unfusable(f"{kind.__module__}.{kind.__name__}: not known to update each weight on its own, so "
                             "members' stacked weights cannot share it")
         scheduler = task.scheduler_factory(optimizer) if task.scheduler_factory is not None else None
-        merged.append(_Optimizer(optimizer, scheduler, members, weights, int(task.freeze_encoder_epochs), plateau[name]))
+        device = next(iter(weights.values())).device
+
+        def per_member(values: list[float]):
+            return torch.tensor(values, device=device) if any(v != 0 for v in values) else None
+
+        clip = per_member([float(tasks[i].gradient_clip_val or 0) or math.inf for i in members])
+        merged.append(_Optimizer(optimizer, scheduler, members, weights, int(task.freeze_encoder_epochs), plateau[name],
+                                 l1=per_member([float(tasks[i].regularization.l1) for i in members]),
+                                 l2=per_member([float(tasks[i].regularization.l2) for i in members]),
+                                 clip=None if clip is None or bool(clip.isinf().all()) else clip))
     return merged
 
 
@@ -511,33 +526,29 @@ class _StackedWeights:
                 param.copy_(group.weights[name][k])
 
 
-def _penalties(group: _Optimizer, tasks: Sequence[Any], trained: Callable[[_Optimizer, str], bool]):
+def _penalties(group: _Optimizer, trained: Callable[[_Optimizer, str], bool]):
     """Each of the group's members' L1/L2 penalty (``nn.regularizers.Regularization.penalty``: weight matrices and
-    kernels its fit trains now, biases and norm scales excluded), from the group's stacked weights."""
-    l1 = [float(tasks[i].regularization.l1) for i in group.members]
-    l2 = [float(tasks[i].regularization.l2) for i in group.members]
+    kernels its fit trains now, biases and norm scales excluded), from the group's stacked weights; exactly 0
+    for a member without one (never 0 x an overflowed sum)."""
     first = next(iter(group.weights.values()))
     total = first.new_zeros(len(group.members))
     for name, weight in group.weights.items():
         if weight.ndim < 3 or not trained(group, name):  # a member's own tensor has ndim - 1 dimensions
             continue
-        if any(l1):
-            total = total + first.new_tensor(l1) * weight.abs().flatten(1).sum(1)
-        if any(l2):
-            total = total + first.new_tensor(l2) * weight.pow(2).flatten(1).sum(1)
+        for coefficients, size in ((group.l1, lambda w: w.abs()), (group.l2, lambda w: w.pow(2))):
+            if coefficients is not None:
+                total = total + torch.where(coefficients != 0, coefficients * size(weight).flatten(1).sum(1), 0.0)
     return total
 
 
-def _clip_gradients(group: _Optimizer, clip: Sequence[float]) -> None:
+def _clip_gradients(group: _Optimizer) -> None:
     """``torch.nn.utils.clip_grad_norm_`` for each member of the group with a ``gradient_clip_val`` over its
     own slice of the stacked gradients: scaled by max_norm / (its total 2-norm + 1e-6), at most 1."""
-    limits = [clip[i] for i in group.members]
     grads = [w.grad for w in group.weights.values() if w.grad is not None]
-    if not any(limits) or not grads:
+    if group.clip is None or not grads:
         return
     norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)
-    limit = torch.tensor([c if c else math.inf for c in limits], device=norms.device)
-    scale = torch.where(limit.isinf(), 1.0, (limit / (norms + 1e-6)).clamp(max=1.0))  # no limit: left as it is
+    scale = torch.where(group.clip.isinf(), 1.0, (group.clip / (norms + 1e-6)).clamp(max=1.0))  # inf: no clip
     for g in grads:
         g.mul_(scale.view(-1, *[1] * (g.ndim - 1)))
 
@@ -726,7 +737,6 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
     weights = _StackedWeights(optimizers, names, n, device)
     encoder = {f"encoder.{name}" for name, _ in models[0].encoder.named_parameters()}
     penalized = any(t.regularization.l1 or t.regularization.l2 for t in tasks)
-    clip = [float(t.gradient_clip_val or 0) for t in tasks]
     classes = int(template.num_classes)
 
     def trained(group: _Optimizer, name: str) -> bool:
@@ -781,16 +791,17 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
                 masks = streams.masks(active, (x[0],))
             losses, _ = train_step(weights.stacked(), buffers, masks, inputs, index, y)
             if penalized:
-                losses = losses + weights.per_member(lambda group: _penalties(group, tasks, trained))
+                losses = losses + weights.per_member(lambda group: _penalties(group, trained))
             train_losses.append(losses.detach())
             train_counts.append(y.shape[0] if graph is not None else y.shape[1])
             for group in optimizers:
                 group.optimizer.zero_grad(set_to_none=True)
-            # A member that left gets no gradient; its slice may still move (momentum), but its results and
-            # weights were kept when it left.
+            # A member that left is out of the summed loss (a non-finite one's slice may still get NaN gradients
+            # through the shared ops). Its slice may go on moving (momentum, NaN), each slice on its own: its
+            # results and weights were kept when it left.
             (losses.sum() if len(active) == n else losses[torch.tensor(active, device=device)].sum()).backward()
             for group in optimizers:
-                _clip_gradients(group, clip)
+                _clip_gradients(group)
                 group.optimizer.step()
             steps += 1
         train_mean = _weighted_means(train_losses, train_counts)
