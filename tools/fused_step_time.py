@@ -25,7 +25,7 @@ from deepsweep.training.fused import build_members, train_members
 
 
 def main(n: int, extra: list[str], profile: bool = False) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(__import__("os").environ.get("THREADS", "1")))
     base = ["pretrain=none", "data=digits", "trainer.max_epochs=3", "trainer.progress=none", *extra]
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)

@@ -12,6 +12,7 @@ class Family(nn.Module):
 
     kind = "tensor"  # the kind of prepared data it reads; graph families say "graph"
     attends = False  # whether generate's attention weights over the source mean anything (evaluate's heatmap)
+    convolutional = False  # whether it is built of convolutions (a fused array of them on a CPU is not worth it)
     encoder: nn.Module
     head: nn.Module
     feature_dim: int

@@ -31,6 +31,8 @@ class LeNet(Family):
     """conv blocks, each followed by 2x2 max pooling, then dense layers (LeCun et al. 1998, modernised:
     'same' padding so small inputs survive, any activation, batch norm and dropout by config)."""
 
+    convolutional = True
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -77,6 +79,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(Family):
+    """A stem convolution, then stages of residual basic blocks (He et al. 2016), each stage after the first
+    halving the size with a stride-2 block, then global average pooling."""
+
+    convolutional = True
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -111,6 +118,8 @@ class DCGANDiscriminator(Family):
     architecture), then the flattened feature map. Pair with activation=leaky_relu as the paper does. As a
     family it is what a GAN's discriminator pretrains (pretrain=dcgan) and what fine-tuning then loads."""
 
+    convolutional = True
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -139,6 +148,8 @@ class VGG(Family):
     """VGG-style CNN (Simonyan & Zisserman 2015): stages of ``convs_per_stage`` stacked 3x3 convs (two 3x3
     convs see what one 5x5 sees, with fewer weights and one more nonlinearity), each stage closed by 2x2 max
     pooling and wider than the last, then dense layers. Sized here for 8x8 and 28x28 inputs."""
+
+    convolutional = True
 
     def __init__(
         self,
@@ -198,6 +209,8 @@ class Inception(Family):
     """Inception-style CNN (GoogLeNet, Szegedy et al. 2015, small): a 3x3 conv stem, then one inception block
     per ``channels`` entry, each followed by 2x2 max pooling, then global average pooling (no large dense
     layer, as in GoogLeNet)."""
+
+    convolutional = True
 
     def __init__(
         self,

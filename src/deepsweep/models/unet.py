@@ -59,6 +59,7 @@ class UNet(Family):
     """``channels``: the width of each level, from full size to the bottleneck (each level halves the size)."""
 
     target = "mask"
+    convolutional = True
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16, 32, 64),
                  layers: Layers | None = None) -> None:

@@ -79,6 +79,8 @@ def build_members(cfgs: Sequence[DictConfig], build: BuildMember) -> list[Member
 
 def unfusable(cfg: DictConfig) -> str | None:
     """Why this job cannot be a member of a fused array (it then runs as a job of its own), or None."""
+    from hydra.utils import get_class
+
     from deepsweep.config import fine_tunes_pretrained_encoder
     from deepsweep.kinds import declared_kind, declared_target
 
@@ -95,6 +97,10 @@ def unfusable(cfg: DictConfig) -> str | None:
         return f"model.tbptt_steps={cfg.model.tbptt_steps}: truncated BPTT carries state between chunks; not fused"
     if declared_target(str(cfg.data._target_)) != "class":
         return f"data={cfg.data.name}: only classification is fused so far"
+    if _device(cfg).type == "cpu" and getattr(get_class(str(cfg.model._target_)), "convolutional", False):
+        return (f"model={cfg.model.name} on a CPU: stacked convolutions run as one grouped convolution, slower on "
+                "a CPU than each job's own (8 LeNets on 10,000 MNIST images: 21.7 s of training against 14.9 s, "
+                "docs/benchmarks.md at commit ad2bd5b); on a GPU they are fused")
     if kind == "graph" and int(cfg.data.get("batch_size") or 0) and cfg.data.get("num_neighbors"):
         return (f"data.batch_size={cfg.data.batch_size}: each member would sample its own neighbourhoods; arrays "
                 "train full-batch graphs (data.batch_size=0)")
