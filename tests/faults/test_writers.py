@@ -98,10 +98,9 @@ KILLED_IN_RUN = """
 """
 
 
-def test_a_run_whose_process_was_killed_is_marked_by_the_next_process(tmp_path, compose):
+def _run_left_by_a_killed_process():
+    """A run whose process was killed with SIGKILL inside it: (the process, a client, the experiment, the run)."""
     import mlflow
-
-    from deepsweep.tracking import runs
 
     victim = child(KILLED_IN_RUN)
     out, _ = victim.communicate(timeout=120)
@@ -109,6 +108,13 @@ def test_a_run_whose_process_was_killed_is_marked_by_the_next_process(tmp_path, 
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("deepsweep").experiment_id
     (run,) = client.search_runs([experiment])
+    return victim, client, experiment, run
+
+
+def test_a_run_whose_process_was_killed_is_marked_by_the_next_process(tmp_path, compose):
+    from deepsweep.tracking import runs
+
+    victim, client, experiment, run = _run_left_by_a_killed_process()
     assert run.info.status == "RUNNING"  # what the kill left
     runs._READY.clear()  # a new process: the first to open the store
     runs.setup(compose())
@@ -124,16 +130,9 @@ def test_a_run_whose_process_was_killed_is_marked_by_the_next_process(tmp_path, 
 def test_a_sweep_that_dies_marks_the_runs_its_dead_workers_left_running(compose):
     """At the sweep process's exit, with its parent run still RUNNING: the parent ends FAILED, and so does a
     run whose worker process died with the sweep, at once rather than when the next process opens the store."""
-    import mlflow
-
     from deepsweep.tracking import runs, sweep
 
-    victim = child(KILLED_IN_RUN)
-    out, _ = victim.communicate(timeout=120)
-    assert "started" in out and victim.returncode == -signal.SIGKILL
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name("deepsweep").experiment_id
-    (worker_run,) = client.search_runs([experiment])
+    victim, client, experiment, worker_run = _run_left_by_a_killed_process()
     # As if this process had opened the store before the worker died (opening it marks dead processes' runs).
     runs.setup(compose())
     client.update_run(worker_run.info.run_id, status="RUNNING")
