@@ -532,14 +532,14 @@ class _StackedWeights:
                 param.copy_(group.weights[name][k])
 
 
-def _penalties(group: _Optimizer, trained: Callable[[_Optimizer, str], bool]):
+def _penalties(group: _Optimizer):
     """Each of the group's members' L1/L2 penalty (``nn.regularizers.Regularization.penalty``: weight matrices and
     kernels its fit trains now, biases and norm scales excluded), from the group's stacked weights; exactly 0
     for a member without one (never 0 x an overflowed sum)."""
     first = next(iter(group.weights.values()))
     total = first.new_zeros(len(group.members))
-    for name, weight in group.weights.items():
-        if weight.ndim < 3 or not trained(group, name):  # a member's own tensor has ndim - 1 dimensions
+    for weight in group.weights.values():
+        if weight.ndim < 3 or not weight.requires_grad:  # a member's own tensor has ndim - 1; frozen: not trained
             continue
         for coefficients, size in ((group.l1, lambda w: w.abs()), (group.l2, lambda w: w.pow(2))):
             if coefficients is not None:
@@ -745,9 +745,6 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
     penalized = any(t.regularization.l1 or t.regularization.l2 for t in tasks)
     classes = int(template.num_classes)
 
-    def trained(group: _Optimizer, name: str) -> bool:
-        return group.weights[name].requires_grad
-
     def keep_weights(i: int) -> None:
         """Member ``i``'s weights and running statistics, as they are now, into its own model."""
         weights.copy_to(i, models[i])
@@ -797,7 +794,7 @@ def train_members(cfgs: Sequence[DictConfig], members: Sequence[Member]) -> list
                 masks = streams.masks(active, (x[0],))
             losses, _ = train_step(weights.stacked(), buffers, masks, inputs, index, y)
             if penalized:
-                losses = losses + weights.per_member(lambda group: _penalties(group, trained))
+                losses = losses + weights.per_member(_penalties)
             train_losses.append(losses.detach())
             train_counts.append(y.shape[0] if graph is not None else y.shape[1])
             for group in optimizers:
