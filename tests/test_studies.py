@@ -42,6 +42,22 @@ def test_small_budget_writes_the_page(tmp_path, isolated_tracking, name, figure)
     assert [line for line in (tmp_path / f"{name}.md").read_text().splitlines() if line.startswith("| `")] == rows
 
 
+def _skip_without_its_data(sweeps: list[list[str]]) -> None:
+    """Skip, naming the folder, where a study's data set comes from ../shared/data and that is not beside the
+    project (as requires_shared does for the other tests): its jobs would fail on the download, not on the study."""
+    from conftest import SHARED_DATA
+    from deepsweep.cli.main import _sweep_points
+    from deepsweep.config import compose
+    from deepsweep.data.downloads import CATALOG
+
+    for overrides in sweeps:
+        name = str(compose(_sweep_points(overrides)[0]).data.name)
+        if name in CATALOG:
+            folder = CATALOG[name].folder.split("/")[0]
+            if not (SHARED_DATA / folder).is_dir():
+                pytest.skip(f"needs ../shared/data/{folder}")
+
+
 # Every study but regularization (its own test above also checks --reuse): a new study module is tested with no edit here.
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "regularization"])
 def test_each_study_runs_its_small_budget_into_a_page_with_a_verdict(tmp_path, isolated_tracking, name, monkeypatch):
@@ -50,6 +66,7 @@ def test_each_study_runs_its_small_budget_into_a_page_with_a_verdict(tmp_path, i
     check each verdict rule)."""
     from deepsweep import studies
 
+    _skip_without_its_data(studies.load(name).parts("small"))
     # The sweeps in this test's folder, not the project's outputs/sweeps (where a user's own small run goes).
     monkeypatch.setattr(studies, "sweep_dir", lambda study, budget, part=0: tmp_path / "sweeps" / f"{study}_{part}")
     # In this process (`deepsweep study` itself is run by the regularization test above): the sweeps are

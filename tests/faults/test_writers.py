@@ -127,6 +127,31 @@ def test_a_run_whose_process_was_killed_is_marked_by_the_next_process(tmp_path, 
         assert client.get_run(alive.info.run_id).info.status == "RUNNING"
 
 
+def test_a_run_whose_process_is_a_zombie_is_marked(tmp_path, compose):
+    """A process that died but is not yet reaped (a sweep worker its pool has not joined) still answers
+    kill(pid, 0) with its start time: it counts as dead all the same."""
+    import time
+
+    import mlflow
+
+    from deepsweep.tracking import runs
+
+    victim = child(KILLED_IN_RUN)
+    assert victim.stdout.readline().strip() == "started"
+    stat = f"/proc/{victim.pid}/stat"
+    deadline = time.monotonic() + 60
+    while open(stat).read().rsplit(")", 1)[1].split()[0] != "Z":  # killed, and not waited for
+        assert time.monotonic() < deadline, "the child did not become a zombie"
+        time.sleep(0.05)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("deepsweep").experiment_id
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "RUNNING"
+    assert runs.mark_dead_runs(client, [experiment]) == [run.info.run_id]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    victim.communicate(timeout=60)
+
+
 def test_a_sweep_that_dies_marks_the_runs_its_dead_workers_left_running(compose):
     """At the sweep process's exit, with its parent run still RUNNING: the parent ends FAILED, and so does a
     run whose worker process died with the sweep, at once rather than when the next process opens the store."""

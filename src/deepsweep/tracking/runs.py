@@ -83,12 +83,19 @@ def redact(text: str | None) -> str | None:
     return _CREDENTIALS.sub(r"\1***@", text) if text else text
 
 
-def _process_start(pid: int) -> str:
-    """When process ``pid`` started (clock ticks since boot), so a reused pid is not taken for the original."""
+def _process_stat(pid: int) -> tuple[str, str]:
+    """Process ``pid``'s state letter and when it started (clock ticks since boot), from /proc; ("", "") where
+    /proc has no such process (or no /proc)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
     except (OSError, IndexError):
-        return ""
+        return "", ""
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started, so a reused pid is not taken for the original."""
+    return _process_stat(pid)[1]
 
 
 def process_tags() -> dict[str, str]:
@@ -106,7 +113,12 @@ def _alive(pid: int, start: str) -> bool:
         return False
     except PermissionError:
         return True
-    return not start or _process_start(pid) == start
+    state, started = _process_stat(pid)
+    # A zombie (exited, not yet reaped by its parent: a sweep worker whose pool has not joined it) still answers
+    # kill(pid, 0) and keeps its start time, but will never end its run.
+    if state in ("Z", "X"):
+        return False
+    return not start or started == start
 
 
 def mark_dead_runs(client: Any, experiment_ids: list[str]) -> list[str]:
