@@ -417,3 +417,48 @@ def test_an_optimizer_not_known_to_step_each_weight_on_its_own_is_not_stacked(co
     members = build_members(cfgs, lambda cfg: finetune.build(cfg, data, {"pretrain": tmp_path / "pretrain"}))
     with pytest.raises(Unfusable, match=r"torch\.optim\.lbfgs\.LBFGS: not known to update each weight on its own"):
         train_members(cfgs, members)
+
+
+class CountingLoader:
+    """Hydra's config loader as the fused launcher sees it, counting the sweep configs it composes."""
+
+    def __init__(self):
+        self.composed: list[list[str]] = []
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        from omegaconf import OmegaConf
+
+        self.composed.append(list(sweep_overrides))
+        return OmegaConf.create({"hydra": {"job": {"id": None, "num": None}}, "seed": sweep_overrides[0]})
+
+    def get_search_path(self):
+        return "search path"
+
+
+def test_the_launcher_takes_each_jobs_config_from_the_sweepers_check_of_the_batch():
+    """Hydra's sweeper composes every job of a batch to check it (Sweeper.validate_batch_is_legal), then the
+    launcher asks for each again: one composition serves both, the sweeper's copy is its own, and a pool worker
+    receives the loader without the configs it held."""
+    import pickle
+
+    from hydra.types import HydraContext
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.deepsweep_fused_launcher.fused_launcher import ComposedOnce, FusedLauncher
+
+    loader = CountingLoader()
+    context, master = HydraContext(config_loader=loader, callbacks=None), OmegaConf.create({})
+    launcher = FusedLauncher()
+    launcher.setup(hydra_context=context, task_function=None, config=master)
+    batch = [["seed=0"], ["seed=1"]]
+    checked = [context.config_loader.load_sweep_config(master, overrides) for overrides in batch]  # the sweeper
+    checked[0].seed = "changed by the sweeper"
+    launched = [launcher._sweep_config(overrides, num) for num, overrides in enumerate(batch)]
+    assert loader.composed == batch  # once each, not twice
+    assert [c.seed for c in launched] == ["seed=0", "seed=1"] and [c.hydra.job.num for c in launched] == [0, 1]
+    assert context.config_loader.get_search_path() == "search path"  # everything else is Hydra's loader
+    context.config_loader.load_sweep_config(master, ["seed=2"])
+    assert pickle.loads(pickle.dumps(context.config_loader)).composed == {}
+    launcher.setup(hydra_context=context, task_function=None, config=master)  # a second sweep: not wrapped twice
+    assert context.config_loader.loader is loader
+    assert isinstance(context.config_loader, ComposedOnce)
