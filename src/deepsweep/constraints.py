@@ -114,6 +114,42 @@ STANDARD_DROPOUT_FAMILIES = ("transformer", "seq2seq_transformer")
 # its files' entry in data/downloads.py's CATALOG, which places them under that folder.
 PLANETOID_SETS = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
 
+# The words a field takes, as the module that reads it spells them (tests/test_config.py holds each equal to that
+# module's own tuple, which is not imported here: a config is checked before torch or Lightning are).
+INIT_SCHEMES = ("default", "zeros", "normal", "uniform", "lecun_normal", "lecun_uniform", "xavier_normal",
+                "xavier_uniform", "he_normal", "he_uniform", "orthogonal")  # nn.init.SCHEMES
+DROPOUT_KINDS = ("standard", "dropconnect", "gaussian")  # nn.regularizers.DROPOUT_KINDS
+GENERATORS = ("dense", "conv")  # nn.generators.GENERATORS
+GENERATOR_OUTPUTS = ("sigmoid", "linear")  # nn.generators.OUTPUTS
+RECURRENT_CELLS = ("rnn", "lstm", "gru")  # models.sequence.CELLS, models.seq2seq.DECODER_CELLS
+RECURRENT_POOLING = ("last", "mean", "max")  # models.sequence.POOLING
+TRANSFORMER_POOLING = ("cls", "mean")  # models.sequence.Transformer
+GRAPH_AGGREGATORS = ("mean", "max", "lstm")  # models.gnn.AGGREGATORS
+NOISES = ("none", "masking", "gaussian")  # tasks.reconstruct.NOISES
+LIKELIHOODS = ("bernoulli", "gaussian")  # tasks.variational.LIKELIHOODS
+VISIBLE_UNITS = ("bernoulli", "gaussian")  # tasks.rbm.VISIBLE
+ADVERSARIAL_LOSSES = ("vanilla", "wasserstein")  # tasks.adversarial.LOSSES
+# pretrain.task.method by the task class: tasks.graph_ssl.METHODS, tasks.sequence_ssl.METHODS and WORD2VEC_METHODS
+TASK_METHODS = {"GraphSelfSupervisedTask": ("gae", "vgae", "dgi", "random_walk"),
+                "SequencePretrainTask": ("next_step", "masked_token"), "Word2VecTask": ("skipgram", "cbow")}
+# Lightning's accelerators that need nothing beyond torch (tpu and hpu need libraries of their own).
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+# What Lightning 2.6's Trainer(precision=...) takes as a string (its docs' precision table, and the legacy aliases).
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "32-true", "64-true", "64", "32", "16", "bf16")
+
+
+def _words(cfg: Mapping[str, Any], group: str, by_class: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The words allowed where they depend on the class ``group``'s ``_target_`` names."""
+    target = str(cfg.get(group, {}).get("_target_") or "")
+    return by_class.get(target.rpartition(".")[2], ())
+
+
+def _devices(cfg: Mapping[str, Any]) -> int:
+    devices = cfg.get("trainer", {}).get("devices", 1)
+    return len(devices) if isinstance(devices, (list, tuple)) else int(devices) if _integer(devices) else 1
+
+
 PROBABILITY = real(0, 1, high_open=True)
 FRACTION = real(0, 1, low_open=True, high_open=True)
 POSITIVE = real(0, low_open=True)
@@ -131,7 +167,10 @@ RULES: tuple[tuple[str, Rule], ...] = (
                                 lambda v, _cfg: isinstance(v, list) and len(v) > 0
                                 and all(_integer(n) and (n >= 1 or n == -1) for n in v))),
     ("data.val_fraction", FRACTION),
-    ("data.test_fraction", FRACTION),
+    ("data.test_fraction", Rule("a number in (0, 1), below 1 - data.val_fraction (the rest is the training split)",
+                                lambda v, cfg: FRACTION.accepts(v, cfg) and (
+                                    not _number(cfg["data"].get("val_fraction"))  # its own rule speaks for it
+                                    or v + cfg["data"]["val_fraction"] < 1))),
     ("data.split_seed", integer(0)),
     ("data.modes", integer(2)),
     ("data.radius", POSITIVE),
@@ -149,6 +188,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
                        lambda v, cfg: v in (("reverse", "sort", "dates") if cfg.get("data", {}).get("name") == "translation"
                                             else ("first_bit", "parity")), names=True)),
     ("data.background", one_of("noise", "stripes")),
+    ("data.split", one_of("public", "full", "random")),  # torch_geometric.datasets.Planetoid's one-mask splits
     # The option's name tags the runs and meta.json: a Planetoid set other than the one it names would be
     # recorded as that one.
     ("data.name_in_source", Rule("the set the option names ("
@@ -169,6 +209,12 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("model.teacher_forcing", real(0, 1)),
     ("model.attention", one_of("bahdanau", "luong", "none")),
     ("model.activation", one_of("relu", "gelu")),  # a Transformer's feed-forward layers
+    ("model.cell", one_of(*RECURRENT_CELLS)),
+    ("model.pooling", Rule(f"for model=transformer: {', '.join(TRANSFORMER_POOLING)}; for the recurrent families: "
+                           f"{', '.join(RECURRENT_POOLING)}",
+                           lambda v, cfg: v in _words(cfg, "model", {"Transformer": TRANSFORMER_POOLING,
+                                                                     "Recurrent": RECURRENT_POOLING}), names=True)),
+    ("model.aggr", one_of(*GRAPH_AGGREGATORS)),
     ("model.*", COUNT),  # heads, hidden_size, num_layers, kernel_size, d_model, tbptt_steps, ...
     # activation, init
     ("activation.negative_slope", NON_NEGATIVE),
@@ -176,13 +222,15 @@ RULES: tuple[tuple[str, Rule], ...] = (
                                lambda v, cfg: _integer(v) and v >= 2
                                and cfg.get("model", {}).get("name") in MAXOUT_FAMILIES)),
     ("activation.*", ANY_NUMBER),
+    ("init.scheme", one_of(*INIT_SCHEMES)),
     ("init.*", POSITIVE),  # std, bound, gain
     # regularizer
     ("regularizer.dropout", PROBABILITY),
-    ("regularizer.dropout_kind", Rule(f"standard with model={' or '.join(STANDARD_DROPOUT_FAMILIES)} "
-                                      "(regularizer=dropout); any kind with another model",
-                                      lambda v, cfg: v == "standard" or not cfg.get("regularizer", {}).get("dropout")
-                                      or cfg.get("model", {}).get("name") not in STANDARD_DROPOUT_FAMILIES,
+    ("regularizer.dropout_kind", Rule(f"one of {', '.join(DROPOUT_KINDS)}; standard only with "
+                                      f"model={' or '.join(STANDARD_DROPOUT_FAMILIES)} (regularizer=dropout)",
+                                      lambda v, cfg: v in DROPOUT_KINDS and (
+                                          v == "standard" or not cfg.get("regularizer", {}).get("dropout")
+                                          or cfg.get("model", {}).get("name") not in STANDARD_DROPOUT_FAMILIES),
                                       names=True)),
     ("regularizer.early_stopping_patience", COUNT),
     ("regularizer.*", NON_NEGATIVE),  # l1, l2
@@ -203,10 +251,13 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("*.history_size", COUNT),
     ("*.max_iter", COUNT),
     ("*.eps", POSITIVE),
+    ("*.line_search_fn", Rule("strong_wolfe, or null for none", lambda v, _cfg: v == "strong_wolfe", nullable=True,
+                              names=True)),
     # scheduler
     ("scheduler.gamma", real(0, 1, low_open=True)),
     ("scheduler.factor", FRACTION),
     ("scheduler.eta_min", NON_NEGATIVE),
+    ("scheduler.mode", one_of("min", "max")),
     ("scheduler.*", COUNT),  # step_size, patience, T_max
     # pretrain
     ("pretrain.epochs", Rule("an integer >= 1 (0 only with pretrain=none)",
@@ -226,6 +277,17 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("pretrain.task.translator_channels", widths()),
     ("pretrain.task.residual_blocks", integer(0)),
     ("pretrain.task.domain", one_of("invert", "rotate")),
+    ("pretrain.task.noise", one_of(*NOISES)),
+    ("pretrain.task.likelihood", one_of(*LIKELIHOODS)),
+    ("pretrain.task.visible", one_of(*VISIBLE_UNITS)),
+    ("pretrain.task.loss", one_of(*ADVERSARIAL_LOSSES)),
+    ("pretrain.task.decoder", one_of(*GENERATORS)),
+    ("pretrain.task.generator", one_of(*GENERATORS)),
+    ("pretrain.task.output", one_of(*GENERATOR_OUTPUTS)),
+    ("pretrain.task.method", Rule("for pretrain.task._target_ "
+                                  + "; ".join(f"{name}: {', '.join(words)}" for name, words in TASK_METHODS.items()),
+                                  lambda v, cfg: v in _words(cfg.get("pretrain", {}), "task", TASK_METHODS),
+                                  names=True)),
     ("pretrain.task.continuous_weight", NON_NEGATIVE),
     ("pretrain.task.categorical_code", Rule("0 (off) or an integer >= 2", lambda v, _cfg: _integer(v) and v != 1 and v >= 0)),
     ("pretrain.task.continuous_codes", integer(0)),
@@ -247,6 +309,14 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("trainer.devices", Rule("an integer >= 1, or a list of device indices >= 0",
                              lambda v, _cfg: (_integer(v) and v >= 1) or (isinstance(v, list) and len(v) > 0
                                                                            and all(_integer(d) and d >= 0 for d in v)))),
+    ("trainer.accelerator", one_of(*ACCELERATORS)),
+    # Lightning's auto strategy on several devices is DDP through a subprocess launcher, which re-runs the command
+    # once per device (and could not even find `deepsweep run` as a script: the run was SIGKILLed, left RUNNING).
+    ("trainer.strategy", Rule("auto (one device) or ddp_spawn (several: trainer.devices > 1); ddp, fsdp and "
+                              "deepspeed re-run the whole command once per device",
+                              lambda v, cfg: (v == "auto" and _devices(cfg) <= 1) or v.startswith("ddp_spawn"),
+                              names=True)),
+    ("trainer.precision", one_of(*PRECISIONS)),
     ("trainer.gradient_clip_val", POSITIVE),
     ("trainer.checkpoint_every_n_epochs", integer(0, "an integer >= 0 (0 = off)")),
     ("trainer.progress", one_of("auto", "bar", "epochs", "none")),

@@ -1,5 +1,5 @@
 """Bad input generated from the config schema: every numeric field of every option file, given a value of the
-wrong type, a value out of its range and null; unknown keys; values that would make Hydra build something the
+wrong type, a value out of its range and null; every word field, a word it does not take; unknown keys; values that would make Hydra build something the
 option files never offered. Shared by the fuzz test and by the generator of docs/errors.md."""
 
 from __future__ import annotations
@@ -50,9 +50,31 @@ def _fields() -> dict[str, tuple[str, object]]:
     return found
 
 
+# The text fields that take any text: every other field whose default is a string takes a few words, and has a
+# rule in deepsweep.constraints that names them (a test fails on a new word field without one).
+FREE_TEXT = ("data.root", "logger.experiment_name", "logger.tracking_uri")
+
+
+def word_fields() -> dict[str, tuple[str, str]]:
+    """Every field whose default is a word (not a name, a class to build or free text): full key -> (the
+    group=option override that brings it, its default)."""
+    found: dict[str, tuple[str, str]] = {}
+    defaults = flatten(compose([]))
+    conf_dir = str(paths.conf_dir())
+    for group in GROUPS:
+        for option in options(group):
+            choice = f"{group}={option}"
+            for key, value in flatten(_reference(conf_dir, (choice,))).items():
+                leaf = key.rsplit(".", 1)[-1]
+                if (key.startswith(f"{group}.") and isinstance(value, str) and leaf != "name"
+                        and not leaf.startswith("_") and key not in FREE_TEXT and key not in found):
+                    found[key] = ("" if defaults.get(f"{group}.name") == option else choice, value)
+    return found
+
+
 # Kinds whose overrides are plain key=value on top of the defaults of one option (checked without Hydra's
 # full composition per case, which costs ~0.2 s: the fuzz covers every field in seconds).
-FIELD_KINDS = ("out of range", "wrong type", "null where null means nothing")
+FIELD_KINDS = ("out of range", "wrong type", "null where null means nothing", "a word not among those allowed")
 
 
 def apply(overrides: tuple[str, ...]):
@@ -95,6 +117,8 @@ def cases() -> tuple[Case, ...]:
         if (default is not None and not rule.nullable and not key.startswith("pretrain.optimizer.")
                 and (key != "pretrain.epochs" or choice)):
             result.append(Case("null where null means nothing", (*base, f"{key}=null"), key))
+    for key, (choice, _default) in sorted(word_fields().items()):
+        result.append(Case("a word not among those allowed", (*((choice,) if choice else ()), f"{key}=nonsense"), key))
     result += [
         Case("unknown key", ("+model.hiden_dims=[3]",), "model.hiden_dims"),
         Case("unknown key", ("model.hiden_dims=[3]",), "hiden_dims"),

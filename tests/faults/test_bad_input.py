@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_input import FIELD_KINDS, apply, cases
+from bad_input import FIELD_KINDS, apply, cases, word_fields
 from conftest import ROOT, deepsweep_cli
 from deepsweep.config import ConfigError, compose, validate
 
@@ -37,6 +37,36 @@ def test_every_generated_bad_value_is_refused_in_one_line_naming_its_key():
     assert not problems, "\n".join(problems)
 
 
+def test_every_word_field_has_a_rule_naming_its_words():
+    """A field whose default is a word (a dropout kind, an init scheme, a precision) is checked up front like a
+    number: without a rule, a bad word reached the class that reads it, after prepare had run and recorded."""
+    from deepsweep.constraints import rule_for
+
+    fields = word_fields()
+    assert {"regularizer.dropout_kind", "init.scheme", "trainer.precision", "pretrain.task.noise"} <= set(fields)
+    missing = [key for key in fields if not (rule_for(key) and rule_for(key).names)]
+    assert not missing, f"word fields without a rule in deepsweep.constraints (or add them to FREE_TEXT): {missing}"
+
+
+def test_the_words_of_each_rule_are_those_the_module_that_reads_them_takes():
+    import inspect
+
+    from deepsweep import constraints as c
+    from deepsweep.models import gnn, seq2seq, sequence
+    from deepsweep.nn import generators, init, regularizers
+    from deepsweep.tasks import adversarial, graph_ssl, rbm, reconstruct, sequence_ssl, variational
+
+    assert c.INIT_SCHEMES == init.SCHEMES and c.DROPOUT_KINDS == regularizers.DROPOUT_KINDS
+    assert c.GENERATORS == generators.GENERATORS and c.GENERATOR_OUTPUTS == generators.OUTPUTS
+    assert c.RECURRENT_CELLS == tuple(sequence.CELLS) == tuple(seq2seq.DECODER_CELLS)
+    assert c.RECURRENT_POOLING == sequence.POOLING and c.GRAPH_AGGREGATORS == gnn.AGGREGATORS
+    assert c.NOISES == reconstruct.NOISES and c.LIKELIHOODS == variational.LIKELIHOODS and c.VISIBLE_UNITS == rbm.VISIBLE
+    assert c.ADVERSARIAL_LOSSES == adversarial.LOSSES
+    assert c.TASK_METHODS == {"GraphSelfSupervisedTask": graph_ssl.METHODS, "SequencePretrainTask": sequence_ssl.METHODS,
+                              "Word2VecTask": sequence_ssl.WORD2VEC_METHODS}
+    assert f"allowed: {', '.join(c.TRANSFORMER_POOLING)}" in inspect.getsource(sequence.Transformer)
+
+
 CLI_CASES = [
     (["run", "optimizer.lr=fast"], "optimizer.lr"),
     (["run", "trainer.max_epochs=0"], "trainer.max_epochs"),
@@ -51,6 +81,10 @@ CLI_CASES = [
     (["run", "data=cora"], "data=cora"),  # across groups: an MLP does not read a graph
     (["run", "-m", "data=digits,cora"], "data=cora"),
     (["run", "trainer.gradient_clip_val=fast"], "trainer.gradient_clip_val"),  # a field whose default is null
+    # Lightning's auto strategy on two devices re-ran the command per device: SIGKILLed, its runs left RUNNING.
+    (["run", "trainer.devices=2"], "trainer.strategy"),
+    (["run", "-m", "regularizer=dropout", "regularizer.dropout_kind=standard,weird"], "regularizer.dropout_kind"),
+    (["run", "pretrain.task.decoder=convv"], "pretrain.task.decoder"),
 ]
 
 

@@ -96,13 +96,13 @@ GENERATORS = ("dense", "conv")
 
 def create_generator(kind: str, in_features: int, output_shape: Sequence[int], widths: Sequence[int],
                      activation: Callable[[], nn.Module] = nn.ReLU, batch_norm: bool = True,
-                     output: str = "sigmoid", key: str = "pretrain.task") -> nn.Module:
+                     output: str = "sigmoid", key: str = "pretrain.task", kind_key: str = "generator") -> nn.Module:
     """``kind`` dense: ``widths`` are hidden widths; conv: ``widths`` are the transposed convs' channels."""
     if kind == "dense":
         return DenseGenerator(in_features, output_shape, widths, activation, batch_norm, output, f"{key}.output")
     if kind == "conv":
         return ConvGenerator(in_features, output_shape, widths, output, f"{key}.output")
-    raise ValueError(f"{key}.generator: unknown kind {kind!r}; allowed: {', '.join(GENERATORS)}")
+    raise ValueError(f"{key}.{kind_key}: unknown kind {kind!r}; allowed: {', '.join(GENERATORS)}")
 
 
 class ResidualBlock(nn.Module):

@@ -70,7 +70,8 @@ class ReconstructTask(LossTask):
                                                   self.input_shape)
         else:
             self.decoder = create_generator(decoder, model.feature_dim, self.input_shape, decoder_dims, setup.activation,
-                                            batch_norm=False, output="linear", key="pretrain.task")
+                                            batch_norm=False, output="linear", key="pretrain.task",
+                                            kind_key="decoder")
         overcomplete = model.feature_dim > math.prod(self.input_shape)
         if overcomplete and noise == "none" and sparsity == 0:
             log.warning("the code (%d features) is wider than the input (%d values) and nothing stops the "
