@@ -57,6 +57,21 @@ def test_init_by_regularizer_sweep_and_its_report(tmp_path, isolated_tracking):
     assert "8 jobs, 4 failed" in text
     bad = deepsweep_cli("report", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and "nowhere" in bad.stderr
+    # Without --tracking-uri, the store the sweep recorded to (its multirun.yaml's logger.tracking_uri), not the
+    # default one; a store that lacks the sweep is one line naming it, not MLflow's traceback.
+    import os
+
+    from omegaconf import OmegaConf
+
+    recorded = OmegaConf.load(sweep_dir / "multirun.yaml")
+    recorded.logger.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
+    OmegaConf.save(recorded, sweep_dir / "multirun.yaml")
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    again = deepsweep_cli("report", str(sweep_dir), env={"MLFLOW_TRACKING_URI": elsewhere})
+    assert again.returncode == 0, again.stderr[-3000:]
+    wrong = deepsweep_cli("report", str(sweep_dir), "--tracking-uri", elsewhere)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr[-3000:]
+    assert "is not in the MLflow store" in wrong.stderr and "elsewhere.db" in wrong.stderr
 
 
 def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(tmp_path, isolated_tracking):

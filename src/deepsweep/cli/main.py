@@ -180,8 +180,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from deepsweep.tracking.runs import tracking_uri
     from deepsweep.tracking.sweep import PARENT_FILE, REPORT_FAILED
 
-    mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": args.tracking_uri}})))
+    from mlflow.exceptions import MlflowException
+
     target = Path(args.sweep)
+    uri = args.tracking_uri
+    if uri is None and (target / "multirun.yaml").is_file():  # the store the sweep itself recorded to
+        uri = OmegaConf.select(OmegaConf.load(target / "multirun.yaml"), "logger.tracking_uri", default=None,
+                              throw_on_resolution_failure=False)
+    mlflow.set_tracking_uri(tracking_uri(OmegaConf.create({"logger": {"tracking_uri": uri}})))
+    client = mlflow.MlflowClient()
+
+    def get_run(run_id: str):
+        try:
+            return client.get_run(run_id)
+        except MlflowException:
+            from deepsweep.tracking.runs import redact
+
+            raise FileNotFoundError(f"{args.sweep}: run {run_id} is not in the MLflow store "
+                                    f"{redact(mlflow.get_tracking_uri())}; pass --tracking-uri (or set "
+                                    "$MLFLOW_TRACKING_URI) to the store the sweep recorded to") from None
+
     if target.is_dir():
         record = target / PARENT_FILE
         if not record.is_file():
@@ -189,13 +207,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         run_id, out = record.read_text().strip(), target
     elif len(args.sweep) == 32 and all(c in "0123456789abcdef" for c in args.sweep):
         run_id = args.sweep
-        out = Path(mlflow.MlflowClient().get_run(run_id).data.tags.get("deepsweep.sweep_dir", "."))
+        out = Path(get_run(run_id).data.tags.get("deepsweep.sweep_dir", "."))
     else:
         raise FileNotFoundError(f"{args.sweep}: neither a sweep folder nor an MLflow run id")
-    client = mlflow.MlflowClient()
     # A sweep whose own report failed (tracking.sweep) is finished by the report that now succeeds; any other
     # parent keeps its status (a sweep still running, or one that failed for another reason).
-    parent = client.get_run(run_id)
+    parent = get_run(run_id)
     report_failed = (parent.info.status == "FAILED"
                      and parent.data.tags.get("deepsweep.error", "").startswith(REPORT_FAILED))
     finish_sweep(run_id, out, rank_metric=args.metric, axes=args.axes, finish=report_failed)
