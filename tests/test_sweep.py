@@ -171,13 +171,48 @@ def test_a_metric_no_job_recorded_ranks_nothing_and_ends_the_sweep_with_one_line
     md, _ = report.render(rows, "evaluate.accuracy")
     assert md.splitlines()[2].startswith("| best | seed=1 |")
 
+    import mlflow
+
     monkeypatch.setattr(report, "finish_sweep", lambda *args, **kwargs: rows)
-    monkeypatch.setenv("DEEPSWEEP_PARENT_RUN_ID", "0" * 32)
+    client = mlflow.MlflowClient()
+    parent = client.create_run(client.create_experiment("sweeps")).info.run_id
+    client.set_terminated(parent, "FINISHED")  # as finish_sweep leaves it
+    monkeypatch.setenv("DEEPSWEEP_PARENT_RUN_ID", parent)
     config = OmegaConf.merge(compose("optimized_metric=evaluate.acc"), {"hydra": {"sweep": {"dir": str(tmp_path)}}})
     with pytest.raises(Reported) as ended:
         sweep.MlflowSweepCallback().on_multirun_end(config)
     assert isinstance(ended.value.error, ConfigError)
     assert str(ended.value.error) == (f"optimized_metric: 'evaluate.acc' was recorded by no job of the sweep in {tmp_path}, "
                                       "so its report ranks nothing; allowed: evaluate.accuracy, finetune.best_val_acc")
+    # The command exits 2: the parent run says why, as a failed sweep's does (a FINISHED parent hid it).
+    assert client.get_run(parent).info.status == "FAILED"
+    assert client.get_run(parent).data.tags["deepsweep.error"] == str(ended.value.error)
     monkeypatch.setenv("DEEPSWEEP_PARENT_RUN_ID", "0" * 32)  # the callback takes it: set it for the next sweep
     sweep.MlflowSweepCallback().on_multirun_end(OmegaConf.merge(config, {"optimized_metric": "evaluate.accuracy"}))
+
+
+def test_a_job_that_finished_without_the_optimized_metric_counts_as_finished(tmp_path, caplog):
+    """Such a job returns None (cli.run._objective), a failed one NaN: the progress line counted both as failed
+    while the report, reading the runs, counted 0 failed."""
+    import logging
+    import math
+
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from deepsweep.cli import run
+    from deepsweep.tracking import sweep
+
+    hydra_cfg = OmegaConf.create({"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}})
+    cfg = OmegaConf.create({"optimized_metric": "evaluate.probe_accuracy"})
+    unranked = run._objective(cfg, {"evaluate.accuracy": 0.9}, hydra_cfg)
+    assert unranked is None
+    callback = sweep.MlflowSweepCallback()
+    for num, value in enumerate((unranked, math.nan)):
+        config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}, "job": {"num": num}}})
+        with caplog.at_level(logging.INFO, logger="deepsweep"):
+            callback.on_job_end(config, JobReturn(status=JobStatus.COMPLETED, _return_value=value))
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep progress")]
+    assert progress[0].endswith("(job 0 finished)") and progress[1].endswith("(job 1 FAILED)"), progress
+    assert sorted(p.name for p in (tmp_path / sweep.DONE_DIR).iterdir()) == ["0", "1.failed"]

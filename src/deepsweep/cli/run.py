@@ -71,7 +71,7 @@ def _stop_single_run(exc: Exception) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(paths.conf_dir()), config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -144,11 +144,12 @@ def main(cfg: DictConfig) -> float:
     return _objective(cfg, summary, hydra_cfg)
 
 
-def _objective(cfg: DictConfig, metrics: dict[str, float], hydra_cfg: Any) -> float:
+def _objective(cfg: DictConfig, metrics: dict[str, float], hydra_cfg: Any) -> float | None:
     """The value a sweeper optimizes (conf/hparams_search/): the job's ``optimized_metric``. Missing, it is an
     error line; an Optuna search, which has nothing to optimize then, stops at that job in one line (exit 2;
     a NaN return crashed hydra-optuna-sweeper: study.tell called twice). The job's own runs are complete and
-    stay FINISHED; the search's parent run ends FAILED with the reason."""
+    stay FINISHED; the search's parent run ends FAILED with the reason. Another sweep's job returns None: it finished,
+    and the sweep's end (tracking.sweep._check_ranked) says that nothing ranks its jobs."""
     if cfg.optimized_metric in metrics:
         return metrics[cfg.optimized_metric]
     message = (f"optimized_metric={cfg.optimized_metric} is not among this job's metrics, so nothing ranks it; "
@@ -156,8 +157,9 @@ def _objective(cfg: DictConfig, metrics: dict[str, float], hydra_cfg: Any) -> fl
     from deepsweep.launch import optuna_search
 
     if not optuna_search(hydra_cfg):
+        # No sweeper reads the value; None, not the NaN of a failed job: the job finished (its progress line says so).
         log.error("%s", message)
-        return float("nan")
+        return None
     from deepsweep.errors import UnrankedMetric
     from deepsweep.tracking.sweep import held_here, stop_search
 

@@ -163,16 +163,19 @@ def stop_on_unranked(returns: Any, sweep_dir: str | os.PathLike) -> None:
             raise stop_search(sweep_dir, job_outcome(job)) from None
 
 
-def _check_ranked(rows: list[dict], metric: str, sweep_dir: Path) -> None:
-    """A metric no finished job recorded ranked nothing: the report marks no best job, and the command ends with one
-    line naming the metrics the jobs did record (the up-front check knows the stages, not what each records)."""
+def _check_ranked(rows: list[dict], metric: str, sweep_dir: Path, run_id: str) -> None:
+    """A metric no finished job recorded ranked nothing: the report marks no best job, the command ends with one
+    line naming the metrics the jobs did record (the up-front check knows the stages, not what each records), and
+    the parent run ends FAILED with that line, as the exit code says (the jobs' own runs stay FINISHED)."""
     from deepsweep.errors import ConfigError, Reported
 
     finished = [r for r in rows if r["status"] == "FINISHED"]
     if finished and not any(metric in r["metrics"] for r in finished):
         recorded = sorted({k for r in finished for k in r["metrics"] if "." in k})
-        raise Reported(ConfigError(f"optimized_metric: {metric!r} was recorded by no job of the sweep in {sweep_dir}, so "
-                                   f"its report ranks nothing; allowed: {', '.join(recorded)}"))
+        error = ConfigError(f"optimized_metric: {metric!r} was recorded by no job of the sweep in {sweep_dir}, so "
+                            f"its report ranks nothing; allowed: {', '.join(recorded)}")
+        fail_parent(run_id, str(error))
+        raise Reported(error)
 
 
 # sweep folder -> its lock, held by this process from the sweep's start to its end. Not on the callback: the
@@ -288,7 +291,7 @@ class MlflowSweepCallback(Callback):
                     fail_parent(run_id, error)
                     raise Reported(TrackingError(f"{sweep_dir}: its jobs ran, but {error} (`deepsweep report "
                                                  f"{sweep_dir}` builds it again from their runs)")) from None
-                _check_ranked(rows, str(config.optimized_metric), sweep_dir)
+                _check_ranked(rows, str(config.optimized_metric), sweep_dir, run_id)
         finally:
             held = _HELD_SWEEPS.pop(sweep_dir, None)
             if held is not None:
