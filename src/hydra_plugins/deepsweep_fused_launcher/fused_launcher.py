@@ -63,8 +63,8 @@ class FusedLauncher(Launcher):
                                   + (" (or -1, one process per core)" if key == "n_jobs" else ""))
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
-        # The sweeper composes every job's config to check its batch (Sweeper.validate_batch_is_legal), then this
-        # launcher composes each again: the loader keeps the sweeper's so the launcher's is that one.
+        # The sweeper composes every job's config to check its batch (Sweeper.validate_batch_is_legal), and this
+        # launcher would compose each again: the wrapped loader keeps the sweeper's composition for the launcher.
         if not isinstance(hydra_context.config_loader, ComposedOnce):
             hydra_context.config_loader = ComposedOnce(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
