@@ -201,3 +201,22 @@ def test_a_key_not_in_the_config_names_the_keys_allowed_and_the_closest(override
     with pytest.raises(ConfigError) as refused:
         compose([override])
     assert str(refused.value).startswith(message)
+
+
+def test_the_words_of_each_rule_are_those_the_module_that_reads_them_takes():
+    import inspect
+
+    from deepsweep import constraints as c
+    from deepsweep.models import gnn, seq2seq, sequence
+    from deepsweep.nn import generators, init, regularizers
+    from deepsweep.tasks import adversarial, graph_ssl, rbm, reconstruct, sequence_ssl, variational
+
+    assert c.INIT_SCHEMES == init.SCHEMES and c.DROPOUT_KINDS == regularizers.DROPOUT_KINDS
+    assert c.GENERATORS == generators.GENERATORS and c.GENERATOR_OUTPUTS == generators.OUTPUTS
+    assert c.RECURRENT_CELLS == tuple(sequence.CELLS) == tuple(seq2seq.DECODER_CELLS)
+    assert c.RECURRENT_POOLING == sequence.POOLING and c.GRAPH_AGGREGATORS == gnn.AGGREGATORS
+    assert c.NOISES == reconstruct.NOISES and c.LIKELIHOODS == variational.LIKELIHOODS and c.VISIBLE_UNITS == rbm.VISIBLE
+    assert c.ADVERSARIAL_LOSSES == adversarial.LOSSES
+    assert c.TASK_METHODS == {"GraphSelfSupervisedTask": graph_ssl.METHODS, "SequencePretrainTask": sequence_ssl.METHODS,
+                              "Word2VecTask": sequence_ssl.WORD2VEC_METHODS}
+    assert f"allowed: {', '.join(c.TRANSFORMER_POOLING)}" in inspect.getsource(sequence.Transformer)
