@@ -211,8 +211,10 @@ def test_a_job_that_finished_without_the_optimized_metric_counts_as_finished(tmp
     callback = sweep.MlflowSweepCallback()
     for num, value in enumerate((unranked, math.nan)):
         config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}, "job": {"num": num}}})
+        job = JobReturn(status=JobStatus.COMPLETED)
+        job.return_value = value  # Hydra's public setter (the field itself is private)
         with caplog.at_level(logging.INFO, logger="deepsweep"):
-            callback.on_job_end(config, JobReturn(status=JobStatus.COMPLETED, _return_value=value))
+            callback.on_job_end(config, job)
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep progress")]
     assert progress[0].endswith("(job 0 finished)") and progress[1].endswith("(job 1 FAILED)"), progress
     assert sorted(p.name for p in (tmp_path / sweep.DONE_DIR).iterdir()) == ["0", "1.failed"]

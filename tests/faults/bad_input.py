@@ -29,8 +29,9 @@ def _hydra_value(value) -> str:
     return str(value).replace(" ", "")
 
 
-def _fields() -> dict[str, tuple[str, object]]:
-    """Every numeric field: full key -> (the group=option override that brings it, its default).
+def _option_fields(selected) -> dict[str, tuple[str, object]]:
+    """The fields ``selected(key, default)`` picks, over every option of every group: full key -> (the group=option
+    override that brings it, its default; the first option that has the key).
 
     Each option's fields as the validator reads them (``config._reference``: the option file itself, which
     tests/test_config.py holds equal to Hydra's composition of every option): composing each of the 105
@@ -42,10 +43,14 @@ def _fields() -> dict[str, tuple[str, object]]:
         for option in options(group):
             choice = f"{group}={option}"
             for key, value in flatten(_reference(conf_dir, (choice,))).items():
-                # Numeric fields, and fields whose default is null but that take a number (a rule says which).
-                takes_number = numeric(value) or (value is None and rule_for(key) is not None)
-                if key.startswith(f"{group}.") and takes_number and key not in found:
+                if key.startswith(f"{group}.") and key not in found and selected(key, value):
                     found[key] = ("" if defaults.get(f"{group}.name") == option else choice, value)
+    return found
+
+
+def _fields() -> dict[str, tuple[str, object]]:
+    """Every numeric field, and every field whose default is null but that takes a number (a rule says which)."""
+    found = _option_fields(lambda key, value: numeric(value) or (value is None and rule_for(key) is not None))
     found["seed"] = ("", 0)
     return found
 
@@ -58,18 +63,11 @@ FREE_TEXT = ("data.root", "logger.experiment_name", "logger.tracking_uri")
 def word_fields() -> dict[str, tuple[str, str]]:
     """Every field whose default is a word (not a name, a class to build or free text): full key -> (the
     group=option override that brings it, its default)."""
-    found: dict[str, tuple[str, str]] = {}
-    defaults = flatten(compose([]))
-    conf_dir = str(paths.conf_dir())
-    for group in GROUPS:
-        for option in options(group):
-            choice = f"{group}={option}"
-            for key, value in flatten(_reference(conf_dir, (choice,))).items():
-                leaf = key.rsplit(".", 1)[-1]
-                if (key.startswith(f"{group}.") and isinstance(value, str) and leaf != "name"
-                        and not leaf.startswith("_") and key not in FREE_TEXT and key not in found):
-                    found[key] = ("" if defaults.get(f"{group}.name") == option else choice, value)
-    return found
+    def is_word(key: str, value: object) -> bool:
+        leaf = key.rsplit(".", 1)[-1]
+        return isinstance(value, str) and leaf != "name" and not leaf.startswith("_") and key not in FREE_TEXT
+
+    return _option_fields(is_word)
 
 
 # Kinds whose overrides are plain key=value on top of the defaults of one option (checked without Hydra's
