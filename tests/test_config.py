@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from conftest import ROOT, deepsweep_cli
@@ -145,6 +146,19 @@ def test_ready_made_pipelines_match_the_root_stages_and_validate():
     assert pipelines.drift() == [], "run `make pipelines` (deepsweep pipelines) and commit the result"
     for name in pipelines.names():
         load_params(ROOT / "pipelines" / name / "params.yaml")
+
+
+def test_the_root_stages_declare_the_params_their_outputs_record():
+    """dvc.yaml's params of each stage are stages.STAGE_PARAMS: what run.json records and the next stage checks."""
+    from deepsweep import pipelines
+    from deepsweep.stages import STAGE_PARAMS
+
+    text = (ROOT / "dvc.yaml").read_text()
+    declared = {name: stage["params"] for name, stage in yaml.safe_load(text)["stages"].items()}
+    assert declared == {name: list(params) for name, params in STAGE_PARAMS.items()}
+    # A param dropped from dvc.yaml by hand comes back with `deepsweep pipelines`.
+    edited = text.replace("      - finetune.label_fraction\n", "", 1)
+    assert edited != text and pipelines.root_dvc_yaml(edited) == text
 
 
 def test_each_experiment_names_itself_as_a_param():

@@ -11,6 +11,7 @@ import torch
 
 from conftest import FAST, requires_shared
 from deepsweep import training
+from deepsweep.errors import ConfigError
 from deepsweep.stages.pipeline import execute, run_all
 from deepsweep.tasks.common import TaskSetup
 
@@ -75,6 +76,14 @@ def test_stages_chain_and_record_everything(compose, tmp_path):
     execute("evaluate", compose(*FAST, "logger.figures=false", "evaluate=no_probe"), artifacts)
     assert json.loads((artifacts / "evaluate" / "metrics.json").read_text()) == {
         k: v for k, v in metrics.items() if not k.startswith("probe_")}
+    # A stage run by hand over an output made from other params: refused, naming one, before any run is recorded.
+    kept, recorded = (artifacts / "evaluate" / "metrics.json").read_text(), len(_runs())
+    with pytest.raises(ConfigError, match=r"finetune: stage 'finetune' made it with finetune.freeze_encoder_epochs=0, "
+                                          r"this config says finetune.freeze_encoder_epochs=1; rerun 'finetune'"):
+        execute("evaluate", compose(*FAST, "finetune.freeze_encoder_epochs=1"), artifacts)
+    with pytest.raises(ConfigError, match=r"stage 'pretrain' made it with seed=0, this config says seed=3; rerun 'pretrain'"):
+        execute("evaluate", compose(*FAST, "seed=3"), artifacts)
+    assert (artifacts / "evaluate" / "metrics.json").read_text() == kept and len(_runs()) == recorded
 
 
 def test_a_process_reads_the_same_data_once_and_links_it_for_every_job(compose, tmp_path, monkeypatch):
@@ -296,9 +305,10 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(compose, tmp_path
     resumed = mlflow.search_runs(filter_string="tags.`deepsweep.stage` = 'finetune' and attributes.status = 'FINISHED'")
     assert resumed["tags.deepsweep.resumed_from"].str.endswith("last.ckpt").all()
 
-    # Another config never resumes from a checkpoint of this one.
+    # Another config never resumes from a checkpoint of this one (one that changes a param of finetune alone:
+    # the upstream outputs were made from the same values of theirs).
     started.clear()
-    other = compose("pretrain=none", "trainer.max_epochs=2", "trainer.checkpoint_every_n_epochs=1", "seed=1")
+    other = compose("pretrain=none", "trainer.max_epochs=2", "trainer.checkpoint_every_n_epochs=1")
     execute("finetune", other, artifacts)
     assert started == [0, 1]
 

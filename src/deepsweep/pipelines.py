@@ -29,19 +29,26 @@ def names() -> list[str]:
 
 
 def root_dvc_yaml(text: str) -> str:
-    """The root dvc.yaml with each stage's package deps replaced by the files it may run."""
+    """The root dvc.yaml with each stage's package deps replaced by the files it may run, and its params by
+    ``stages.STAGE_PARAMS`` (what the stage's run.json records and the next stage checks)."""
     from deepsweep.provenance import stage_dependencies
+    from deepsweep.stages import STAGE_PARAMS
 
     out: list[str] = []
-    stage, replaced = None, False
+    stage, block, replaced = None, None, set()
     for line in text.splitlines():
         match = re.match(r"^  (\w+):$", line)
         if match:
-            stage, replaced = match.group(1), False
-        if re.match(r"^      - src/deepsweep", line):
-            if not replaced:
-                out += [f"      - {dep}" for dep in stage_dependencies(stage)]
-                replaced = True
+            stage, block, replaced = match.group(1), None, set()
+        section = re.match(r"^    (\w+):", line)
+        if section:
+            block = section.group(1)
+        generated = {"deps": (r"^      - src/deepsweep", lambda: stage_dependencies(stage)),
+                     "params": (r"^      - ", lambda: STAGE_PARAMS[stage])}.get(block or "")
+        if stage in STAGE_PARAMS and generated and re.match(generated[0], line):
+            if block not in replaced:
+                out += [f"      - {item}" for item in generated[1]()]
+                replaced.add(block)
             continue
         out.append(line)
     return "\n".join(out) + "\n"

@@ -4,31 +4,67 @@
 * ``run_all(cfg, workdir)`` runs every stage in one process: a ``deepsweep run`` job (and a sweep job),
   recorded as one MLflow run with a nested run per stage.
 
-Every stage output folder holds ``run.json`` (its MLflow run id and pipeline id); a downstream stage
-inherits the pipeline id, so the MLflow runs of one pipeline share the tag ``deepsweep.pipeline_id``.
+Every stage output folder holds ``run.json``: its MLflow run id, its pipeline id, and the values of the params
+the stage declares (``stages.STAGE_PARAMS``). A downstream stage inherits the pipeline id, so the MLflow runs of
+one pipeline share the tag ``deepsweep.pipeline_id``, and refuses an input made from other values of its params
+than this config's: ``dvc repro`` reruns such a stage first, but a stage run by hand would score an old model
+and record the new params beside its numbers.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import uuid
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from deepsweep.errors import NonFiniteError
-from deepsweep.stages import STAGES
+from deepsweep.errors import ConfigError, NonFiniteError
+from deepsweep.stages import STAGE_PARAMS, STAGES
 from deepsweep.utils.io import atomic_dir, folder_lock, read_json, write_json
 
 RUN_FILE = "run.json"
 
 
-def _lineage(inputs: dict[str, Path]) -> tuple[str | None, dict[str, str]]:
+def declared_values(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """The values of the params ``stage`` declares, flat (``model.hidden_dims``), as JSON gives them back: what
+    its output is made from. A param this config lacks (``data.augment`` of a graph) is None."""
+    values: dict[str, Any] = {}
+
+    def add(key: str, node: Any) -> None:
+        if isinstance(node, DictConfig):
+            for child in node:
+                add(f"{key}.{child}", node[child])
+        else:
+            values[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, ListConfig) else node
+
+    for key in STAGE_PARAMS[stage]:
+        add(key, OmegaConf.select(cfg, key, default=None))
+    return json.loads(json.dumps(values, default=str))
+
+
+def _check_made_from(cfg: DictConfig, dep: str, folder: Path, recorded: dict[str, Any] | None) -> None:
+    """An upstream output made from other values of its params than ``cfg``'s stops the stage, naming one."""
+    if recorded is None:  # written before outputs recorded their params: nothing to compare
+        return
+    here = declared_values(cfg, dep)
+    differ = sorted(key for key in recorded.keys() | here.keys() if recorded.get(key) != here.get(key))
+    if differ:
+        key = differ[0]
+        more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+        raise ConfigError(f"{folder}: stage '{dep}' made it with {key}={json.dumps(recorded.get(key))}, this config "
+                          f"says {key}={json.dumps(here.get(key))}{more}; rerun '{dep}' with these params first "
+                          f"(dvc repro), or run this stage with the params it was made with")
+
+
+def _lineage(inputs: dict[str, Path], cfg: DictConfig) -> tuple[str | None, dict[str, str]]:
     """The pipeline id the inputs share, and their run ids as tags. Inputs of different pipelines (two
-    runs writing one folder, or an upstream stage rerun by hand without what follows it) stop the stage."""
+    runs writing one folder, or an upstream stage rerun by hand without what follows it), or made from other
+    values of their params than ``cfg``'s, stop the stage."""
     pipeline_ids, upstream = {}, {}
     for dep, folder in inputs.items():
         record = folder / RUN_FILE
@@ -37,6 +73,7 @@ def _lineage(inputs: dict[str, Path]) -> tuple[str | None, dict[str, str]]:
                 f"{folder}: output of stage '{dep}' is missing; run it first (dvc repro {dep}, or the whole pipeline)"
             )
         info = read_json(record)
+        _check_made_from(cfg, dep, folder, info.get("params"))
         pipeline_ids[dep] = info.get("pipeline_id")
         upstream[f"deepsweep.upstream.{dep}"] = info.get("run_id", "")
     if len(set(pipeline_ids.values())) > 1:
@@ -81,7 +118,7 @@ def _execute_locked(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: st
     from deepsweep.tracking.runs import PARENT_RUN_ENV, start_run
 
     inputs = {dep: artifacts / dep for dep in STAGES[name]}
-    inherited, upstream = _lineage(inputs)
+    inherited, upstream = _lineage(inputs, cfg)
     pipeline_id = pipeline_id or inherited or uuid.uuid4().hex
     tags = {"deepsweep.stage": name, "deepsweep.pipeline_id": pipeline_id, **upstream}
     stage = importlib.import_module(f"deepsweep.stages.{name}")
@@ -96,7 +133,8 @@ def _execute_locked(name: str, cfg: DictConfig, artifacts: Path, pipeline_id: st
             except NonFiniteError as exc:
                 raise NonFiniteError(f"stage {name}: {exc}") from None
             write_json(out / RUN_FILE, {"stage": name, "run_id": run.info.run_id, "pipeline_id": pipeline_id,
-                                        "fingerprint": fingerprint(cfg), "metrics": metrics})
+                                        "fingerprint": fingerprint(cfg), "params": declared_values(cfg, name),
+                                        "metrics": metrics})
         # Only now that the output is in place may the resume checkpoint go: a kill before this line
         # resumes from it.
         discard_checkpoint(artifacts, name)
