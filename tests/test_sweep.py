@@ -134,6 +134,16 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
     assert "## Deep ensembles of the seeds" in report
     assert {k: metrics[f"ensemble.{k}"] for k in ensemble} == pytest.approx(ensemble)
 
+    # Another sweep in this folder is refused in one line, before any job: it would take these jobs' folders by
+    # number and its report would count both sweeps' jobs. The parent run and its jobs stay as they were.
+    other = deepsweep_cli("run", "-m", "seed=0,2", *FAST, f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=basic")
+    assert other.returncode == 2 and other.stderr.strip().splitlines()[-1] == (
+        f"deepsweep: error: {sweep_dir}: holds the sweep of `{' '.join(args[2:-2])}`, not of "
+        f"`seed=0,2 {' '.join(FAST)}`; run that command to resume it, or give this sweep another hydra.sweep.dir")
+    assert "Traceback" not in other.stderr
+    after = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(after) == len(runs) and client.get_run(parent.info.run_id).info.status == "FINISHED"
+
 
 def test_report_columns_leave_out_params_that_follow_another():
     from deepsweep.tracking.report import aggregate_over_seeds, render, sweep_axes

@@ -82,6 +82,17 @@ def _resumable_parent(client: Any, sweep_dir: Path) -> str | None:
         return None
 
 
+def _check_same_sweep(recorded: str | None, overrides: str, sweep_dir: Path) -> None:
+    """A sweep folder resumes the sweep it holds, never another: a different command's jobs would take the
+    folders of its jobs by number, and its report would count both sweeps' jobs as one. The same overrides in
+    another order are the same sweep; the launcher (a ``hydra/`` override) may change."""
+    from deepsweep.errors import ConfigError
+
+    if recorded is not None and sorted(recorded.split()) != sorted(overrides.split()):
+        raise ConfigError(f"{sweep_dir}: holds the sweep of `{recorded}`, not of `{overrides}`; run that command to "
+                          f"resume it, or give this sweep another hydra.sweep.dir")
+
+
 def parent_run_id(sweep_dir: str | os.PathLike | None) -> str | None:
     if os.environ.get(PARENT_RUN_ENV):
         return os.environ[PARENT_RUN_ENV]
@@ -224,7 +235,9 @@ class MlflowSweepCallback(Callback):
         experiment_id = setup(config)
         client = mlflow.MlflowClient()
         run_id = _resumable_parent(client, sweep_dir)
+        overrides = redact(" ".join(config.hydra.overrides.task))
         if run_id:
+            _check_same_sweep(client.get_run(run_id).data.tags.get("deepsweep.overrides"), overrides, sweep_dir)
             # The same sweep folder again: the same parent run, whose finished jobs are skipped.
             for key, value in process_tags().items():  # this process holds it now: tagged before it is RUNNING,
                 client.set_tag(run_id, key, value)     # so no other process takes it for a dead one's
@@ -233,7 +246,6 @@ class MlflowSweepCallback(Callback):
                 client.delete_tag(run_id, "deepsweep.error")
             client.update_run(run_id, status="RUNNING")
         else:
-            overrides = redact(" ".join(config.hydra.overrides.task))
             run_id = client.create_run(
                 experiment_id,
                 run_name=f"sweep {sweep_dir.name}",
