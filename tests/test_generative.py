@@ -207,11 +207,26 @@ def test_anomaly_detection_leaves_the_class_out_of_pretraining_and_scores_it(com
 
 def test_anomaly_class_must_be_a_class_and_needs_a_scoring_task(compose, tmp_path):
     from deepsweep.config import ConfigError
+    from deepsweep.factory import check_compatible
 
-    cfg = compose("pretrain.anomaly_class=10")
-    execute("prepare", cfg, tmp_path / "artifacts")
+    # Refused before prepare runs: the data source knows its classes without reading a file.
     with pytest.raises(ConfigError, match=r"pretrain.anomaly_class: 10 is not a class of data=digits \(0..9\)"):
-        execute("pretrain", cfg, tmp_path / "artifacts")
+        execute("prepare", compose("pretrain.anomaly_class=10"), tmp_path / "artifacts")
+    assert not (tmp_path / "artifacts" / "prepare").exists()
+    with pytest.raises(ConfigError, match=r"pretrain.anomaly_class: 8 is not a class of data=ring \(0..7\)"):
+        check_compatible(compose("data=ring", "pretrain.anomaly_class=8"))
+    with pytest.raises(ConfigError, match=r"pretrain.anomaly_class: pretrain=cyclegan gives no anomaly score"):
+        check_compatible(compose("pretrain=cyclegan", "pretrain.anomaly_class=1"))
+    with pytest.raises(ConfigError, match=r"data=shapes labels each input with a class per pixel, not a class"):
+        check_compatible(compose("data=shapes", "model=unet", "pretrain.anomaly_class=1"))
+    check_compatible(compose("data=ring", "pretrain.anomaly_class=7"))
+    # The pretrain stage checks the class against the prepared data too (a source that cannot tell before).
+    cfg = compose("pretrain.anomaly_class=3")
+    execute("prepare", cfg, tmp_path / "artifacts")
+    with pytest.raises(ConfigError, match=r"pretrain.anomaly_class: 12 is not a class of data=digits \(0..9\)"):
+        from deepsweep.stages import pretrain
+
+        pretrain.run(compose("pretrain.anomaly_class=12"), tmp_path / "out", {"prepare": tmp_path / "artifacts" / "prepare"}, "")
 
 
 @pytest.mark.parametrize("overrides", [

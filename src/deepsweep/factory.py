@@ -98,10 +98,35 @@ def check_compatible(cfg: DictConfig) -> None:
         )
     if data_kind == "graph" and int(cfg.data.batch_size) > 0:
         check_neighbor_sampling(cfg)
+    check_anomaly_class(cfg, data_target)
     if cfg.activation.get("pieces") and cfg.pretrain.name != "none":
         # Pretraining decoders and generators apply the activation to dense layers of their own, not widened.
         raise ConfigError(f"activation=maxout: pretrain={cfg.pretrain.name} builds layers of its own (a decoder or "
                           "generator) that do not widen for maxout's pieces; use pretrain=none")
+
+
+def check_anomaly_class(cfg: DictConfig, data_target: str) -> None:
+    """``pretrain.anomaly_class`` needs a pretraining that scores inputs, data with a class per input, and one of
+    its classes: checked before prepare runs, where the data source knows its classes without reading a file
+    (its ``num_classes``); the pretrain stage checks the rest against the prepared data."""
+    from deepsweep.kinds import declared
+
+    anomaly_class = cfg.pretrain.get("anomaly_class")
+    if anomaly_class is None:
+        return
+    if not declared(str(cfg.pretrain.task.get("_target_")), "scores_anomalies"):
+        raise ConfigError(f"pretrain.anomaly_class: pretrain={cfg.pretrain.name} gives no anomaly score; "
+                          "the autoencoders, vae and dbn do")
+    if data_target != "class":
+        raise ConfigError(f"pretrain.anomaly_class: data={cfg.data.name} labels each input with "
+                          f"{TARGET_WORDS[data_target]}, not a class; anomaly detection needs a class per input")
+    check_class_of(cfg, int(anomaly_class), getattr(build(cfg.data), "num_classes", None))
+
+
+def check_class_of(cfg: DictConfig, anomaly_class: int, num_classes: int | None) -> None:
+    if num_classes is not None and not 0 <= anomaly_class < num_classes:
+        raise ConfigError(f"pretrain.anomaly_class: {anomaly_class} is not a class of data={cfg.data.name} "
+                          f"(0..{num_classes - 1})")
 
 
 def check_neighbor_sampling(cfg: DictConfig) -> None:

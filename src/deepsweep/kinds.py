@@ -1,6 +1,6 @@
 """What a data source, family or task class declares, read from its source: the ``kind`` of data it reads
 ("tensor", "sequence", "graph") and the ``target`` it gives or predicts ("class" per input, "mask": a class per
-pixel, "tokens": an output sequence).
+pixel, "tokens": an output sequence), and whether a task ``scores_anomalies``.
 
 Its own module (a leaf: it imports nothing of deepsweep) because the factory's compatibility checks and
 the fused launcher's grouping both ask it, and neither may pay for importing the classes.
@@ -12,7 +12,7 @@ import functools
 from pathlib import Path
 
 
-DEFAULTS = {"kind": "tensor", "target": "class"}
+DEFAULTS = {"kind": "tensor", "target": "class", "scores_anomalies": False}
 
 
 def declared_kind(target: str) -> str:
@@ -23,8 +23,8 @@ def declared_target(target: str) -> str:
     return declared(target, "target")
 
 
-def declared(target: str, attribute: str) -> str:
-    """The ``attribute`` ("kind" or "target") class attribute of ``target`` ("package.module.Class").
+def declared(target: str, attribute: str) -> str | bool:
+    """The ``attribute`` ("kind", "target", "scores_anomalies") class attribute of ``target`` ("package.module.Class").
 
     Read from the source (the class's own ``kind = "..."``, else its bases', followed through the module's
     imports) instead of importing the class: a task's module imports Lightning, about two seconds of start-up
@@ -38,7 +38,7 @@ def declared(target: str, attribute: str) -> str:
     return value
 
 
-def declared_in_source(target: str, attribute: str) -> str | None:
+def declared_in_source(target: str, attribute: str) -> str | bool | None:
     """What ``declared`` reads from the source alone (None where the source does not say): ``target``'s module is
     parsed, never run (finding it imports its parent packages only), for checks on a config not yet known to be
     valid."""
@@ -60,7 +60,7 @@ def _module_tree(module: str):
     return ast.parse(Path(spec.origin).read_text())
 
 
-def _source_attribute(module: str, name: str, attribute: str, depth: int) -> str | None:
+def _source_attribute(module: str, name: str, attribute: str, depth: int) -> str | bool | None:
     import ast
 
     tree = _module_tree(module)
@@ -75,7 +75,7 @@ def _source_attribute(module: str, name: str, attribute: str, depth: int) -> str
                    else [statement.target] if isinstance(statement, ast.AnnAssign) else [])
         if any(isinstance(t, ast.Name) and t.id == attribute for t in targets):
             value = statement.value
-            return value.value if isinstance(value, ast.Constant) and isinstance(value.value, str) else None
+            return value.value if isinstance(value, ast.Constant) and isinstance(value.value, (str, bool)) else None
     imported = {alias.asname or alias.name: (statement.module, alias.name) for statement in tree.body
                 if isinstance(statement, ast.ImportFrom) and statement.module and statement.level == 0
                 for alias in statement.names}

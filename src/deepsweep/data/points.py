@@ -32,6 +32,10 @@ class GaussianRing:
     split_seed: int = 0
     batch_size: int = 256
 
+    @property
+    def num_classes(self) -> int:  # a class per mode, known before any point is drawn
+        return self.modes
+
     def centers(self) -> np.ndarray:
         angles = 2 * math.pi * np.arange(self.modes) / self.modes
         return (self.radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)).astype(np.float32)

@@ -66,6 +66,7 @@ class Digits:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)."""
 
     kind = "tensor"
+    num_classes = 10  # known before any file is read: config checks ask it (factory.check_anomaly_class)
 
     val_fraction: float = 0.15
     test_fraction: float = 0.2
@@ -128,6 +129,7 @@ class IdxImages:
     validation; ``train_subset`` caps the training images (stratified) for quick runs."""
 
     kind = "tensor"
+    num_classes = 10  # both sets' ten classes, known before any file is read (factory.check_anomaly_class)
 
     root: str = "data/mnist/raw"
     val_fraction: float = 0.1

@@ -13,7 +13,6 @@ from deepsweep.training import fit
 from deepsweep.training.fit import CURVES_FILE, write_curves
 from deepsweep.data.augment import augmentation
 from deepsweep.data.loaders import PreparedData
-from deepsweep.errors import ConfigError
 from deepsweep.tracking.runs import log_artifact
 
 ENCODER_FILE = "encoder.pt"
@@ -34,16 +33,8 @@ def run(cfg: DictConfig, out: Path, inputs: Mapping[str, Path], run_id: str) -> 
     model = factory.build_model(cfg, data.input_shape, data.num_classes, data.meta.get("vocab_size"))
     task = factory.build_task(cfg, cfg.pretrain.task, model, "pretrain")
     anomaly_class = cfg.pretrain.get("anomaly_class")
-    if anomaly_class is not None:
-        if not task.scores_anomalies:
-            raise ConfigError(f"pretrain.anomaly_class: pretrain={cfg.pretrain.name} gives no anomaly score; "
-                              "the autoencoders, vae and dbn do")
-        if data.target != "class":
-            raise ConfigError(f"pretrain.anomaly_class: data={cfg.data.name} labels each input with a {data.target}, "
-                              "not a class; anomaly detection needs a class per input")
-        if not 0 <= int(anomaly_class) < data.num_classes:
-            raise ConfigError(f"pretrain.anomaly_class: {anomaly_class} is not a class of data={cfg.data.name} "
-                              f"(0..{data.num_classes - 1})")
+    if anomaly_class is not None:  # the rest was checked before prepare (factory.check_anomaly_class)
+        factory.check_class_of(cfg, int(anomaly_class), data.num_classes)
     batch = int(cfg.data.batch_size)
     coverage = None
     if task.generates_inputs and data.meta.get("modes") is not None:
