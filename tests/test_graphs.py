@@ -287,7 +287,10 @@ def test_graph_batch_size_gives_sampled_mini_batches(compose, tmp_path, monkeypa
     from deepsweep.data import loaders
     from deepsweep.data.loaders import PreparedData
 
-    execute("prepare", compose("data=karate", "model=sage", "pretrain=none"), tmp_path / "a")
+    # One config for every stage: a stage refuses an input made from other values of its stage's params.
+    cfg = compose("data=karate", "model=sage", "pretrain=dgi", "data.batch_size=8", "data.num_neighbors=[3,2]",
+                  "pretrain.epochs=1", "trainer.max_epochs=1")
+    execute("prepare", cfg, tmp_path / "a")
     data = PreparedData.load(tmp_path / "a" / "prepare")
     batches = list(data.loader("train", 8, shuffle=True, num_neighbors=[5, 5], all_nodes=True))
     assert len(batches) == 5 and sum(int(b[3].sum()) for b in batches) == 34  # every node seeds once
@@ -302,8 +305,6 @@ def test_graph_batch_size_gives_sampled_mini_batches(compose, tmp_path, monkeypa
         original(self, view, batch_size, num_neighbors, shuffle, all_nodes)
 
     monkeypatch.setattr(loaders.SampledGraphLoader, "__init__", spy)
-    cfg = compose("data=karate", "model=sage", "pretrain=dgi", "data.batch_size=8", "data.num_neighbors=[3,2]",
-                  "pretrain.epochs=1", "trainer.max_epochs=1")
     for stage in ("pretrain", "finetune"):
         execute(stage, cfg, tmp_path / "a")
     assert made == [(8, [3, 2], True), (8, [3, 2], False)]
