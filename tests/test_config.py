@@ -234,3 +234,35 @@ def test_the_words_of_each_rule_are_those_the_module_that_reads_them_takes():
     assert c.TASK_METHODS == {"GraphSelfSupervisedTask": graph_ssl.METHODS, "SequencePretrainTask": sequence_ssl.METHODS,
                               "Word2VecTask": sequence_ssl.WORD2VEC_METHODS}
     assert f"allowed: {', '.join(c.TRANSFORMER_POOLING)}" in inspect.getsource(sequence.Transformer)
+
+
+@pytest.mark.parametrize("overrides, compositions", [
+    # 7 points; a group choice (init) and a list (hidden_dims) are composed: 3 of those combinations occur.
+    (["init=xavier_uniform,he_normal", "seed=range(0,4)", "optimizer.lr=0.001,0.01", "model.hidden_dims=[32],[64]"], 3),
+    (["experiment=cora_gcn", "seed=0,1", "optimizer.lr=0.005,0.01", "data.batch_size=0"], 1),
+    (["optimizer=momentum", "optimizer.momentum=0.5,0.9", "logger.experiment_name=a,b", "regularizer=dropout",
+      "regularizer.dropout=0.1,0.5", "pretrain.anomaly_class=null,3", "trainer.deterministic=true,false"], 1),
+])
+def test_a_sweep_points_plain_values_are_set_on_one_composition_as_hydra_sets_them(overrides, compositions,
+                                                                                   monkeypatch):
+    """The up-front check composes each point that differs from another in plain values (seed, lr) once, not
+    once a point: each point's config must still be the one Hydra composes for it."""
+    from deepsweep import config
+    from deepsweep.cli import main
+
+    points = main._sweep_points(overrides)
+    expected = [OmegaConf.to_container(compose(point)) for point in points]
+    calls = []
+    original = config.compose
+    monkeypatch.setattr(config, "compose", lambda point: calls.append(point) or original(point))
+    got = [OmegaConf.to_container(cfg) for cfg in main._point_configs(points)]
+    assert got == expected
+    assert len(calls) == compositions, calls
+
+
+def test_a_plain_value_for_a_key_the_config_lacks_is_hydras_error():
+    from deepsweep.cli import main
+
+    points = main._sweep_points(["seed=0,1", "optimizer.momentum=0.9"])
+    with pytest.raises(ConfigError, match="optimizer.momentum: unknown key"):
+        list(main._point_configs(points))
