@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from deepsweep.errors import ConfigError, NonFiniteError
+from deepsweep.provenance import NOT_FINGERPRINTED
 from deepsweep.stages import STAGE_PARAMS, STAGES
 from deepsweep.utils.io import atomic_dir, folder_lock, read_json, write_json
 
@@ -47,12 +48,27 @@ def declared_values(cfg: DictConfig, stage: str) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=str))
 
 
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+def _compared(key: str, params: tuple[str, ...], recorded: dict[str, Any]) -> bool:
+    """Whether an output's recorded value of ``key`` must equal this config's: not for keys that never change
+    what a stage computes (``provenance.NOT_FINGERPRINTED``: a resumed GPU sweep job runs on another device,
+    ``trainer.devices``), nor for a param its stage declared only after the output was written."""
+    if any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINTED):
+        return False
+    param = next((p for p in params if key == p or key.startswith(p + ".")), None)
+    return param is None or any(k == param or k.startswith(param + ".") for k in recorded)
+
+
 def _check_made_from(cfg: DictConfig, dep: str, folder: Path, recorded: dict[str, Any] | None) -> None:
     """An upstream output made from other values of its params than ``cfg``'s stops the stage, naming one."""
     if recorded is None:  # written before outputs recorded their params: nothing to compare
         return
     here = declared_values(cfg, dep)
-    differ = sorted(key for key in recorded.keys() | here.keys() if recorded.get(key) != here.get(key))
+    differ = sorted(key for key in recorded.keys() | here.keys()
+                    if _compared(key, STAGE_PARAMS[dep], recorded) and not _same(recorded.get(key), here.get(key)))
     if differ:
         key = differ[0]
         more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
