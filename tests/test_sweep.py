@@ -145,6 +145,28 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
     assert len(after) == len(runs) and client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
+def test_a_sweep_is_the_same_sweep_in_any_order_and_syntax_and_another_over_other_values_or_search_space(tmp_path):
+    """What a resumed sweep is compared on: its overrides as Hydra parses them and its sweeper's params (an Optuna
+    search space set by hydra.sweeper.params.*, which is not a task override); threads and devices may change."""
+    from deepsweep.errors import ConfigError
+    from deepsweep.tracking.sweep import SPACE_TAG, _check_same_sweep, sweep_space
+
+    first = sweep_space(["seed=0,1", "model=mlp", "optimizer.lr=0.1"], None)
+    assert sweep_space(["optimizer.lr=0.1", "model=mlp", "seed=choice(0,1)"], None) == first
+    assert sweep_space(["seed=0,1", "model=mlp", "optimizer.lr=0.1", "trainer.num_threads=2"], {}) == first
+    assert sweep_space(["seed=0,2", "model=mlp", "optimizer.lr=0.1"], None) != first
+    searched = sweep_space(["seed=0"], {"optimizer.lr": "interval(0.001,0.1)"})
+    assert sweep_space(["seed=0"], {"optimizer.lr": "interval(0.001,1.0)"}) != searched
+    tags = {"deepsweep.overrides": "seed=0", SPACE_TAG: searched}
+    _check_same_sweep(tags, "seed=0", searched, tmp_path)
+    with pytest.raises(ConfigError, match=r"holds the sweep of `seed=0` with other hydra.sweeper.params; run that"):
+        _check_same_sweep(tags, "seed=0", sweep_space(["seed=0"], {"optimizer.lr": "interval(0.001,1.0)"}), tmp_path)
+    # A parent run from before the digest: its overrides, token by token.
+    _check_same_sweep({"deepsweep.overrides": "model=mlp seed=0,1"}, "seed=0,1 model=mlp", first, tmp_path)
+    with pytest.raises(ConfigError, match=r"holds the sweep of `model=mlp seed=0,1`, not of `seed=0,2 model=mlp`"):
+        _check_same_sweep({"deepsweep.overrides": "model=mlp seed=0,1"}, "seed=0,2 model=mlp", first, tmp_path)
+
+
 def test_report_columns_leave_out_params_that_follow_another():
     from deepsweep.tracking.report import aggregate_over_seeds, render, sweep_axes
 

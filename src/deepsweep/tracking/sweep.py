@@ -24,6 +24,7 @@ from deepsweep.tracking.runs import PARENT_RUN_ENV
 PARENT_FILE = "mlflow_parent_run_id"
 DONE_DIR = ".jobs_done"
 REPORT_FAILED = "the sweep's report failed"  # how a parent run's deepsweep.error starts when only its report failed
+SPACE_TAG = "deepsweep.sweep_space"  # the parent run's digest of what its sweep runs (sweep_space)
 TOTAL_FILE = ".jobs_total"  # "<total jobs or empty> <start time>": what the progress lines count against
 
 
@@ -82,14 +83,60 @@ def _resumable_parent(client: Any, sweep_dir: Path) -> str | None:
         return None
 
 
-def _check_same_sweep(recorded: str | None, overrides: str, sweep_dir: Path) -> None:
+def _canonical(value: Any) -> Any:
+    """A parsed override value as plain data: ``seed=0,1`` and ``seed=choice(0,1)`` give the same."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value):
+        return {type(value).__name__: {field.name: _canonical(getattr(value, field.name))
+                                       for field in dataclasses.fields(value) if field.name != "simple_form"}}
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(str, value))
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _canonical(item) for key, item in value.items()}
+    return value
+
+
+def sweep_space(task_overrides: list[str], sweeper_params: Any) -> str:
+    """A digest of what a sweep runs: its task overrides as Hydra parses them (in any order, either syntax of a
+    sweep) and its sweeper's ``params`` (an Optuna search space, or a basic sweeper's from a config file).
+    Keys that never change what a job computes (``provenance.NOT_FINGERPRINTED``: threads, devices, logging)
+    and the launcher (a ``hydra/`` override, not a task override) may change between attempts."""
+    import hashlib
+    import json
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from deepsweep.provenance import NOT_FINGERPRINTED
+
+    points = []
+    for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+        key = override.get_key_element().lstrip("+~")
+        if not any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINTED):
+            points.append([override.get_key_element(), override.type.name, _canonical(override.value())])
+    params = OmegaConf.to_container(sweeper_params, resolve=False) if isinstance(sweeper_params, DictConfig) else sweeper_params
+    space = {"overrides": sorted(points, key=json.dumps), "sweeper_params": _canonical(params or {})}
+    return hashlib.sha256(json.dumps(space, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_same_sweep(recorded: dict[str, str], overrides: str, space: str, sweep_dir: Path) -> None:
     """A sweep folder resumes the sweep it holds, never another: a different command's jobs would take the
-    folders of its jobs by number, and its report would count both sweeps' jobs as one. The same overrides in
-    another order are the same sweep; the launcher (a ``hydra/`` override) may change."""
+    folders of its jobs by number, and its report would count both sweeps' jobs as one. ``recorded``: the
+    parent run's tags; one written before ``deepsweep.sweep_space`` existed is compared token by token."""
     from deepsweep.errors import ConfigError
 
-    if recorded is not None and sorted(recorded.split()) != sorted(overrides.split()):
-        raise ConfigError(f"{sweep_dir}: holds the sweep of `{recorded}`, not of `{overrides}`; run that command to "
+    before = recorded.get("deepsweep.overrides")
+    if SPACE_TAG in recorded:
+        same = recorded[SPACE_TAG] == space
+    else:
+        same = before is None or sorted(before.split()) == sorted(overrides.split())
+    if not same:
+        what = (f"`{before}`, not of `{overrides}`" if before != overrides else
+                f"`{before}` with other hydra.sweeper.params")
+        masked = " (passwords shown as ***)" if "***@" in f"{before} {overrides}" else ""
+        raise ConfigError(f"{sweep_dir}: holds the sweep of {what}{masked}; run that command to "
                           f"resume it, or give this sweep another hydra.sweep.dir")
 
 
@@ -236,8 +283,10 @@ class MlflowSweepCallback(Callback):
         client = mlflow.MlflowClient()
         run_id = _resumable_parent(client, sweep_dir)
         overrides = redact(" ".join(config.hydra.overrides.task))
+        space = sweep_space(config.hydra.overrides.task, OmegaConf.select(config, "hydra.sweeper.params"))
         if run_id:
-            _check_same_sweep(client.get_run(run_id).data.tags.get("deepsweep.overrides"), overrides, sweep_dir)
+            _check_same_sweep(client.get_run(run_id).data.tags, overrides, space, sweep_dir)
+            client.set_tag(run_id, SPACE_TAG, space)  # a parent from before the digest existed holds it from now on
             # The same sweep folder again: the same parent run, whose finished jobs are skipped.
             for key, value in process_tags().items():  # this process holds it now: tagged before it is RUNNING,
                 client.set_tag(run_id, key, value)     # so no other process takes it for a dead one's
@@ -250,7 +299,7 @@ class MlflowSweepCallback(Callback):
                 experiment_id,
                 run_name=f"sweep {sweep_dir.name}",
                 tags={**git_tags(), **process_tags(), "deepsweep.stage": "sweep", "deepsweep.sweep_dir": str(sweep_dir.resolve()),
-                      "deepsweep.overrides": overrides, METRIC_TAG: str(config.optimized_metric)},
+                      "deepsweep.overrides": overrides, SPACE_TAG: space, METRIC_TAG: str(config.optimized_metric)},
             ).info.run_id
         # If the sweep process dies (Ctrl-C, a launcher error, a failure below), the parent run must not stay RUNNING.
         atexit.register(_fail_if_running, run_id)
