@@ -159,6 +159,11 @@ def test_the_root_stages_declare_the_params_their_outputs_record():
     # A param dropped from dvc.yaml by hand comes back with `deepsweep pipelines`.
     edited = text.replace("      - finetune.label_fraction\n", "", 1)
     assert edited != text and pipelines.root_dvc_yaml(edited) == text
+    # A stage the generator does not know, a params file's keys and a top-level block after the stages: as written.
+    extra = ("  my-report.v2:\n    cmd: python report.py\n    params:\n      - report\n"
+             "      - other.yaml:\n          - threshold\n")
+    with_extra = text.replace("  pretrain:\n", extra + "  pretrain:\n", 1) + "plots:\n  - a.csv\n"
+    assert pipelines.root_dvc_yaml(with_extra) == with_extra
 
 
 def test_each_experiment_names_itself_as_a_param():

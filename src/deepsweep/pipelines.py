@@ -37,14 +37,15 @@ def root_dvc_yaml(text: str) -> str:
     out: list[str] = []
     stage, block, replaced = None, None, set()
     for line in text.splitlines():
-        match = re.match(r"^  (\w+):$", line)
-        if match:
-            stage, block, replaced = match.group(1), None, set()
+        if line.strip() and len(line) - len(line.lstrip(" ")) <= 2:  # a stage's name, or a top-level key
+            match = re.match(r"^  ([\w.-]+):$", line)
+            stage, block, replaced = (match.group(1) if match else None), None, set()
         section = re.match(r"^    (\w+):", line)
         if section:
             block = section.group(1)
+        # Only plain items are generated: a `- other.yaml:` params file, and its keys, are kept as written.
         generated = {"deps": (r"^      - src/deepsweep", lambda: stage_dependencies(stage)),
-                     "params": (r"^      - ", lambda: STAGE_PARAMS[stage])}.get(block or "")
+                     "params": (r"^      - [\w.]+$", lambda: STAGE_PARAMS[stage])}.get(block or "")
         if stage in STAGE_PARAMS and generated and re.match(generated[0], line):
             if block not in replaced:
                 out += [f"      - {item}" for item in generated[1]()]
