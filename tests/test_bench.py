@@ -105,3 +105,15 @@ def test_a_partial_fused_run_replaces_its_own_rows_and_keeps_the_others():
     new = [{"sweep": "gcn", "members": 8, "launcher": "fused", "wall_s": 3.0},
            {"sweep": "gcn", "members": 8, "launcher": "one process", "wall_s": 4.0}]
     assert [r["wall_s"] for r in merge_rows(old, new)] == [1.0, 3.0, 4.0]
+
+
+def test_a_fused_row_is_compared_with_one_process_of_its_own_commit():
+    """Rows kept from another session ran on a machine that may have been faster or slower: no ratio across."""
+    from deepsweep.bench import one_process_rate
+
+    rows = [{"sweep": "mlp", "members": 8, "launcher": "one process", "member_epochs_per_s": 1.0, "commit": "a"},
+            {"sweep": "mlp", "members": 32, "launcher": "one process", "member_epochs_per_s": 2.0, "commit": "a"},
+            {"sweep": "mlp", "members": 8, "launcher": "fused", "member_epochs_per_s": 3.0, "commit": "a"},
+            {"sweep": "mlp", "members": 64, "launcher": "fused", "member_epochs_per_s": 3.0, "commit": "a"},
+            {"sweep": "mlp", "members": 8, "launcher": "fused", "member_epochs_per_s": 3.0, "commit": "b"}]
+    assert [one_process_rate(rows, r) for r in rows[2:]] == [1.0, 2.0, None]

@@ -502,6 +502,17 @@ def _cell(value: float | None, fmt: str) -> str:
 # The section of docs/benchmarks.md that ``--only`` measures again (the rest of the file stays as it is).
 ONLY_SECTIONS = {"pipeline": "## What a stage, a pipeline and a job cost", "job": "## A job in a warm worker",
                  "fused": "## Fused sweeps"}
+def one_process_rate(rows: list[dict], row: dict) -> float | None:
+    """The member-epochs/s ``row`` is compared with: the one-process row of its sweep, size and commit, else that
+    sweep's largest one-process row of its commit; None where its commit measured none (a ratio across
+    sessions would mix two machines' speeds)."""
+    same = [r for r in rows if r["launcher"] == "one process" and r["sweep"] == row["sweep"]
+            and r.get("commit") == row.get("commit")]
+    exact = [r for r in same if r["members"] == row["members"]]
+    pick = exact or sorted(same, key=lambda r: r["members"])[-1:]
+    return pick[0]["member_epochs_per_s"] if pick else None
+
+
 PROSE_SECTION = "## What stands between these numbers and the targets"
 
 
@@ -612,21 +623,21 @@ def markdown(results: dict) -> str:
             *sorted({f"- `{r.get('command', 'python -m deepsweep.bench')}` at commit {r.get('commit', '?')}"
                      for r in results["fused"]}),
             "", "| sweep | members x epochs | launcher | wall s | member-epochs/s | vs one process | finetune s "
-                "| failed | peak RSS MB/member | GPU util % | peak GPU MB/member |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+                "| failed | peak RSS MB/member | GPU util % | peak GPU MB/member | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        one = {(r["sweep"], r["members"]): r["member_epochs_per_s"] for r in results["fused"] if r["launcher"] == "one process"}
-        largest = {sweep: one[(sweep, members)] for sweep, members in sorted(one, key=lambda k: k[1])}
-        if any((r["sweep"], r["members"]) not in one for r in results["fused"]):
-            at = next(i for i, line in enumerate(lines) if line.startswith("This section alone"))
-            lines.insert(at, "Where a size has no one-process row, *vs one process* compares with that sweep's largest "
-                             "one-process row (one job after another: its rate does not grow with the sweep).")
+        at = next(i for i, line in enumerate(lines) if line.startswith("This section alone"))
+        lines.insert(at, "*vs one process* compares with the one-process row of the same sweep, size and commit (rows "
+                         "of other sessions ran on a machine that may have been faster or slower), or with that "
+                         "sweep's largest one-process row of the same commit (one job after another: its rate does "
+                         "not grow with the sweep); `-` where that commit measured no one-process row.")
         for r in results["fused"]:
-            base = one.get((r["sweep"], r["members"]), largest.get(r["sweep"]))
+            base = one_process_rate(results["fused"], r)
             lines.append(f"| {r['sweep']} | {r['members']} x {r['epochs']} | {r['launcher']} | {r['wall_s']:.1f} | "
-                         f"{r['member_epochs_per_s']:.2f} | {_cell(r['member_epochs_per_s'] / base if base else None, '.2f')}x | "
+                         f"{r['member_epochs_per_s']:.2f} | {format(r['member_epochs_per_s'] / base, '.2f') + 'x' if base else '-'} | "
                          f"{_cell(r['finetune_s'], '.1f')} | {r['failed']} | {r['peak_rss_mb_per_member']:.0f} | "
-                         f"{_cell(r['gpu_utilisation'], '.0f')} | {_cell(r['peak_gpu_mb_per_member'], '.0f')} |")
+                         f"{_cell(r['gpu_utilisation'], '.0f')} | {_cell(r['peak_gpu_mb_per_member'], '.0f')} | "
+                         f"{r.get('commit', '?')} |")
     lines += [
         "",
         "## What stands between these numbers and the targets",
