@@ -84,15 +84,17 @@ def test_stages_chain_and_record_everything(compose, tmp_path):
     with pytest.raises(ConfigError, match=r"stage 'pretrain' made it with seed=0, this config says seed=3; rerun 'pretrain'"):
         execute("evaluate", compose(*FAST, "seed=3"), artifacts)
     assert (artifacts / "evaluate" / "metrics.json").read_text() == kept and len(_runs()) == recorded
-    # Keys that never change what a stage computes are not compared: a resumed GPU sweep job runs on another
-    # device (trainer.devices), a rerun may draw layer statistics (logger.*).
-    assert execute("evaluate", compose(*FAST, "logger.figures=false", "trainer.devices=auto",
+    # Keys that never change what a stage computes are not compared: a rerun may draw layer statistics
+    # (logger.*); of trainer.devices, only how many: a resumed GPU sweep job runs on its own GPU ([3]).
+    assert execute("evaluate", compose(*FAST, "logger.figures=false", "trainer.devices=[3]",
                                        "logger.layer_stats=true"), artifacts) == metrics
+    with pytest.raises(ConfigError, match=r"made it with trainer.devices=1, this config says trainer.devices=\[0, 1\]"):
+        execute("evaluate", compose(*FAST, "trainer.devices=[0,1]"), artifacts)
 
 
 def test_an_output_is_held_to_the_params_its_stage_recorded(compose, tmp_path):
-    """An output written before its stage declared a param (here: optimizer) is not refused over that param's
-    values; one that recorded it is."""
+    """An output written before its stage declared a param (here: optimizer), or holding one it no longer
+    declares, is not refused over that param's values; one that recorded it is."""
     from deepsweep.stages.pipeline import _check_made_from, declared_values
 
     recorded = declared_values(compose(*FAST), "pretrain")
@@ -100,6 +102,7 @@ def test_an_output_is_held_to_the_params_its_stage_recorded(compose, tmp_path):
     assert "optimizer.lr" in recorded and "optimizer.lr" not in older
     other_lr = compose(*FAST, "optimizer.lr=0.5")
     _check_made_from(other_lr, "pretrain", tmp_path, older)
+    _check_made_from(compose(*FAST), "pretrain", tmp_path, {**recorded, "dropped.param": 1})  # no longer declared
     with pytest.raises(ConfigError, match=r"made it with optimizer.lr=0.001, this config says optimizer.lr=0.5"):
         _check_made_from(other_lr, "pretrain", tmp_path, recorded)
 

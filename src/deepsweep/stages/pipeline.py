@@ -48,18 +48,20 @@ def declared_values(cfg: DictConfig, stage: str) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=str))
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(key: str, a: Any, b: Any) -> bool:
+    if key == "trainer.devices":  # how many devices, not which: a resumed GPU sweep job runs on its own GPU ([3])
+        a, b = (len(v) if isinstance(v, list) else v for v in (a, b))
     return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def _compared(key: str, params: tuple[str, ...], recorded: dict[str, Any]) -> bool:
     """Whether an output's recorded value of ``key`` must equal this config's: not for keys that never change
-    what a stage computes (``provenance.NOT_FINGERPRINTED``: a resumed GPU sweep job runs on another device,
-    ``trainer.devices``), nor for a param its stage declared only after the output was written."""
-    if any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINTED):
+    what a stage computes (``provenance.NOT_FINGERPRINTED``, but for ``trainer.devices``, whose number of
+    devices does), nor for a param its stage declared only after the output was written, or no longer does."""
+    if key != "trainer.devices" and any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINTED):
         return False
     param = next((p for p in params if key == p or key.startswith(p + ".")), None)
-    return param is None or any(k == param or k.startswith(param + ".") for k in recorded)
+    return param is not None and any(k == param or k.startswith(param + ".") for k in recorded)
 
 
 def _check_made_from(cfg: DictConfig, dep: str, folder: Path, recorded: dict[str, Any] | None) -> None:
@@ -68,7 +70,7 @@ def _check_made_from(cfg: DictConfig, dep: str, folder: Path, recorded: dict[str
         return
     here = declared_values(cfg, dep)
     differ = sorted(key for key in recorded.keys() | here.keys()
-                    if _compared(key, STAGE_PARAMS[dep], recorded) and not _same(recorded.get(key), here.get(key)))
+                    if _compared(key, STAGE_PARAMS[dep], recorded) and not _same(key, recorded.get(key), here.get(key)))
     if differ:
         key = differ[0]
         more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
