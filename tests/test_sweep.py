@@ -146,25 +146,68 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(
 
 
 def test_a_sweep_is_the_same_sweep_in_any_order_and_syntax_and_another_over_other_values_or_search_space(tmp_path):
-    """What a resumed sweep is compared on: its overrides as Hydra parses them and its sweeper's params (an Optuna
-    search space set by hydra.sweeper.params.*, which is not a task override); threads and devices may change."""
+    """What a resumed sweep is compared on: its overrides as Hydra parses them (threads and devices may change,
+    unless they are swept) and its sweeper's settings (an Optuna search space set by hydra.sweeper.params.*,
+    which is not a task override; its n_trials may grow)."""
     from deepsweep.errors import ConfigError
-    from deepsweep.tracking.sweep import SPACE_TAG, _check_same_sweep, sweep_space
+    from deepsweep.tracking.sweep import SEARCH_TAG, SPACE_TAG, _check_same_sweep, search_space, sweep_space
 
-    first = sweep_space(["seed=0,1", "model=mlp", "optimizer.lr=0.1"], None)
-    assert sweep_space(["optimizer.lr=0.1", "model=mlp", "seed=choice(0,1)"], None) == first
-    assert sweep_space(["seed=0,1", "model=mlp", "optimizer.lr=0.1", "trainer.num_threads=2"], {}) == first
-    assert sweep_space(["seed=0,2", "model=mlp", "optimizer.lr=0.1"], None) != first
-    searched = sweep_space(["seed=0"], {"optimizer.lr": "interval(0.001,0.1)"})
-    assert sweep_space(["seed=0"], {"optimizer.lr": "interval(0.001,1.0)"}) != searched
-    tags = {"deepsweep.overrides": "seed=0", SPACE_TAG: searched}
-    _check_same_sweep(tags, "seed=0", searched, tmp_path)
-    with pytest.raises(ConfigError, match=r"holds the sweep of `seed=0` with other hydra.sweeper.params; run that"):
-        _check_same_sweep(tags, "seed=0", sweep_space(["seed=0"], {"optimizer.lr": "interval(0.001,1.0)"}), tmp_path)
-    # A parent run from before the digest: its overrides, token by token.
-    _check_same_sweep({"deepsweep.overrides": "model=mlp seed=0,1"}, "seed=0,1 model=mlp", first, tmp_path)
+    first = sweep_space(["seed=0,1", "model=mlp", "optimizer.lr=0.1"])
+    assert sweep_space(["optimizer.lr=0.1", "model=mlp", "seed=choice(0,1)"]) == first
+    assert sweep_space(["seed=0,1", "model=mlp", "optimizer.lr=0.1", "trainer.num_threads=2"]) == first
+    assert sweep_space(["seed=0,1", "model=mlp", "optimizer.lr=0.1", "trainer.num_threads=1,2"]) != first
+    assert sweep_space(["seed=0,2", "model=mlp", "optimizer.lr=0.1"]) != first
+    optuna = {"direction": "maximize", "n_trials": 20, "sampler": {"seed": 1234},
+              "params": {"optimizer.lr": "tag(log, interval(0.0003, 0.03))", "init": "he_normal,orthogonal"}}
+    searched = search_space(optuna)
+    assert search_space({**optuna, "n_trials": 50, "params": {"optimizer.lr": "tag(log,interval(0.0003,0.03))",
+                                                               "init": "choice(he_normal, orthogonal)"}}) == searched
+    wider = search_space({**optuna, "params": {**optuna["params"], "optimizer.lr": "interval(0.0003, 0.3)"}})
+    assert wider != searched and search_space({**optuna, "sampler": {"seed": 1}}) != searched
+    tags = {"deepsweep.overrides": "seed=0", SPACE_TAG: sweep_space(["seed=0"]), SEARCH_TAG: searched}
+    _check_same_sweep(tags, "seed=0", sweep_space(["seed=0"]), searched, tmp_path)
+    with pytest.raises(ConfigError, match=r"holds the sweep of `seed=0` with hydra.sweeper \{.*0.03.*\}, not \{.*0.3.*\}; "
+                                          r"run it with those sweeper settings to resume it"):
+        _check_same_sweep(tags, "seed=0", sweep_space(["seed=0"]), wider, tmp_path)
+    # A parent run from before the digests: its overrides, token by token.
+    _check_same_sweep({"deepsweep.overrides": "model=mlp seed=0,1"}, "seed=0,1 model=mlp", first, searched, tmp_path)
     with pytest.raises(ConfigError, match=r"holds the sweep of `model=mlp seed=0,1`, not of `seed=0,2 model=mlp`"):
-        _check_same_sweep({"deepsweep.overrides": "model=mlp seed=0,1"}, "seed=0,2 model=mlp", first, tmp_path)
+        _check_same_sweep({"deepsweep.overrides": "model=mlp seed=0,1"}, "seed=0,2 model=mlp", first, searched, tmp_path)
+
+
+def test_a_sweep_folder_refuses_another_search_space_when_the_sweep_starts(tmp_path):
+    """The sweep callback reads the search space where Hydra puts it: an Optuna sweep started again in its
+    folder with more trials resumes, one over other hydra.sweeper.params is refused before any job."""
+    import mlflow
+    from hydra import compose as hydra_compose
+
+    from deepsweep.config import _hydra_context
+    from deepsweep.errors import Reported
+    from deepsweep.tracking.sweep import _HELD_SWEEPS, PARENT_FILE, MlflowSweepCallback
+
+    sweep_dir = tmp_path / "sweep"
+
+    def start(*overrides: str, **params: str) -> None:
+        with _hydra_context():
+            config = hydra_compose(config_name="config", overrides=["hparams_search=digits_optuna", *overrides],
+                                   return_hydra_config=True)
+        config.hydra.sweeper.params.update(params)  # as `-m hydra.sweeper.params.optimizer=choice(...)` sets them
+        config.hydra.sweep.dir = str(sweep_dir)
+        config.hydra.overrides.task = ["hparams_search=digits_optuna"]
+        try:
+            MlflowSweepCallback().on_multirun_start(config)
+        finally:
+            if sweep_dir in _HELD_SWEEPS:
+                _HELD_SWEEPS.pop(sweep_dir).close()
+
+    start()
+    parent = (sweep_dir / PARENT_FILE).read_text()
+    start("hydra.sweeper.n_trials=50")
+    with pytest.raises(Reported) as refused:
+        start(optimizer="choice(adam, sgd)")
+    assert f"{sweep_dir}: holds the sweep of `hparams_search=digits_optuna` with hydra.sweeper {{" in str(refused.value)
+    assert (sweep_dir / PARENT_FILE).read_text() == parent
+    mlflow.MlflowClient().set_terminated(parent)
 
 
 def test_report_columns_leave_out_params_that_follow_another():

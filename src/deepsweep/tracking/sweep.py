@@ -24,7 +24,8 @@ from deepsweep.tracking.runs import PARENT_RUN_ENV
 PARENT_FILE = "mlflow_parent_run_id"
 DONE_DIR = ".jobs_done"
 REPORT_FAILED = "the sweep's report failed"  # how a parent run's deepsweep.error starts when only its report failed
-SPACE_TAG = "deepsweep.sweep_space"  # the parent run's digest of what its sweep runs (sweep_space)
+SPACE_TAG = "deepsweep.sweep_space"  # the parent run's digest of the sweep its overrides run (sweep_space)
+SEARCH_TAG = "deepsweep.sweep_search"  # and its sweeper's settings (search_space)
 TOTAL_FILE = ".jobs_total"  # "<total jobs or empty> <start time>": what the progress lines count against
 
 
@@ -99,11 +100,11 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def sweep_space(task_overrides: list[str], sweeper_params: Any) -> str:
-    """A digest of what a sweep runs: its task overrides as Hydra parses them (in any order, either syntax of a
-    sweep) and its sweeper's ``params`` (an Optuna search space, or a basic sweeper's from a config file).
-    Keys that never change what a job computes (``provenance.NOT_FINGERPRINTED``: threads, devices, logging)
-    and the launcher (a ``hydra/`` override, not a task override) may change between attempts."""
+def sweep_space(task_overrides: list[str]) -> str:
+    """A digest of the sweep its task overrides run, as Hydra parses them: in any order, in either syntax of a
+    sweep (``0,1``, ``choice(0,1)``). A plain value of a key that never changes what a job computes
+    (``provenance.NOT_FINGERPRINTED``: threads, devices, logging) may change between attempts, and so may the
+    launcher (a ``hydra/`` override, not a task override); a sweep over such a key is another sweep."""
     import hashlib
     import json
 
@@ -114,30 +115,63 @@ def sweep_space(task_overrides: list[str], sweeper_params: Any) -> str:
     points = []
     for override in OverridesParser.create().parse_overrides(list(task_overrides)):
         key = override.get_key_element().lstrip("+~")
-        if not any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINTED):
+        if override.is_sweep_override() or not any(key == k or key.startswith(k + ".") for k in NOT_FINGERPRINTED):
             points.append([override.get_key_element(), override.type.name, _canonical(override.value())])
-    params = OmegaConf.to_container(sweeper_params, resolve=False) if isinstance(sweeper_params, DictConfig) else sweeper_params
-    space = {"overrides": sorted(points, key=json.dumps), "sweeper_params": _canonical(params or {})}
-    return hashlib.sha256(json.dumps(space, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(sorted(points, key=json.dumps), default=str).encode()).hexdigest()[:16]
 
 
-def _check_same_sweep(recorded: dict[str, str], overrides: str, space: str, sweep_dir: Path) -> None:
+# Sweeper settings that say how far or how fast a search runs, not what it searches: a resume may change them
+# (more Optuna trials, more parallel trials, another store for the study).
+_RUN_CONTROL = ("n_trials", "n_jobs", "storage", "max_failure_rate", "max_batch_size")
+
+
+def search_space(sweeper: Any) -> str:
+    """The sweeper's settings (``hydra.sweeper``) that decide which jobs a sweep runs, as one line of JSON with
+    passwords masked: its class, an Optuna sampler and its seed, the direction, and ``params`` (a search space,
+    or a basic sweeper's sweeps from a config file) with each value as Hydra parses it (``interval(0.001, 0.1)``
+    and ``interval(0.001,0.1)`` are one)."""
+    import hashlib
+    import json
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from deepsweep.tracking.runs import redact
+
+    settings = OmegaConf.to_container(sweeper, resolve=False) if isinstance(sweeper, DictConfig) else dict(sweeper or {})
+    for key in _RUN_CONTROL:
+        settings.pop(key, None)
+    parser = OverridesParser.create()
+    params = {}
+    for key, value in (settings.get("params") or {}).items():
+        try:
+            params[key] = _canonical(parser.parse_override(f"{key}={value}").value())
+        except Exception:  # a value Hydra's grammar does not read: compared as written
+            params[key] = value
+    settings["params"] = params
+    text = redact(json.dumps(_canonical(settings), sort_keys=True, default=str))
+    # A tag holds at most 8,000 characters (mlflow.utils.validation.MAX_TAG_VAL_LENGTH): a larger one, digested.
+    return text if len(text) <= 8000 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_same_sweep(recorded: dict[str, str], overrides: str, space: str, search: str, sweep_dir: Path) -> None:
     """A sweep folder resumes the sweep it holds, never another: a different command's jobs would take the
     folders of its jobs by number, and its report would count both sweeps' jobs as one. ``recorded``: the
     parent run's tags; one written before ``deepsweep.sweep_space`` existed is compared token by token."""
     from deepsweep.errors import ConfigError
 
+    def shown(text: str) -> str:
+        return text if len(text) <= 300 else text[:297] + "..."
+
     before = recorded.get("deepsweep.overrides")
-    if SPACE_TAG in recorded:
-        same = recorded[SPACE_TAG] == space
-    else:
-        same = before is None or sorted(before.split()) == sorted(overrides.split())
-    if not same:
-        what = (f"`{before}`, not of `{overrides}`" if before != overrides else
-                f"`{before}` with other hydra.sweeper.params")
-        masked = " (passwords shown as ***)" if "***@" in f"{before} {overrides}" else ""
-        raise ConfigError(f"{sweep_dir}: holds the sweep of {what}{masked}; run that command to "
-                          f"resume it, or give this sweep another hydra.sweep.dir")
+    masked = " (passwords shown as ***)" if "***@" in f"{before} {overrides} {search}" else ""
+    if not (recorded[SPACE_TAG] == space if SPACE_TAG in recorded
+            else before is None or sorted(before.split()) == sorted(overrides.split())):
+        raise ConfigError(f"{sweep_dir}: holds the sweep of `{before}`, not of `{overrides}`{masked}; run that "
+                          f"command to resume it, or give this sweep another hydra.sweep.dir")
+    if SEARCH_TAG in recorded and recorded[SEARCH_TAG] != search:
+        raise ConfigError(f"{sweep_dir}: holds the sweep of `{before}` with hydra.sweeper {shown(recorded[SEARCH_TAG])}"
+                          f", not {shown(search)}{masked}; run it with those sweeper settings to resume it, or give "
+                          f"this sweep another hydra.sweep.dir")
 
 
 def parent_run_id(sweep_dir: str | os.PathLike | None) -> str | None:
@@ -283,10 +317,11 @@ class MlflowSweepCallback(Callback):
         client = mlflow.MlflowClient()
         run_id = _resumable_parent(client, sweep_dir)
         overrides = redact(" ".join(config.hydra.overrides.task))
-        space = sweep_space(config.hydra.overrides.task, OmegaConf.select(config, "hydra.sweeper.params"))
+        space, search = sweep_space(config.hydra.overrides.task), search_space(OmegaConf.select(config, "hydra.sweeper"))
         if run_id:
-            _check_same_sweep(client.get_run(run_id).data.tags, overrides, space, sweep_dir)
-            client.set_tag(run_id, SPACE_TAG, space)  # a parent from before the digest existed holds it from now on
+            _check_same_sweep(client.get_run(run_id).data.tags, overrides, space, search, sweep_dir)
+            client.set_tag(run_id, SPACE_TAG, space)  # a parent from before the digests holds them from now on
+            client.set_tag(run_id, SEARCH_TAG, search)
             # The same sweep folder again: the same parent run, whose finished jobs are skipped.
             for key, value in process_tags().items():  # this process holds it now: tagged before it is RUNNING,
                 client.set_tag(run_id, key, value)     # so no other process takes it for a dead one's
@@ -299,7 +334,7 @@ class MlflowSweepCallback(Callback):
                 experiment_id,
                 run_name=f"sweep {sweep_dir.name}",
                 tags={**git_tags(), **process_tags(), "deepsweep.stage": "sweep", "deepsweep.sweep_dir": str(sweep_dir.resolve()),
-                      "deepsweep.overrides": overrides, SPACE_TAG: space, METRIC_TAG: str(config.optimized_metric)},
+                      "deepsweep.overrides": overrides, SPACE_TAG: space, SEARCH_TAG: search, METRIC_TAG: str(config.optimized_metric)},
             ).info.run_id
         # If the sweep process dies (Ctrl-C, a launcher error, a failure below), the parent run must not stay RUNNING.
         atexit.register(_fail_if_running, run_id)
