@@ -159,11 +159,17 @@ def test_the_root_stages_declare_the_params_their_outputs_record():
     # A param dropped from dvc.yaml by hand comes back with `deepsweep pipelines`.
     edited = text.replace("      - finetune.label_fraction\n", "", 1)
     assert edited != text and pipelines.root_dvc_yaml(edited) == text
-    # A stage the generator does not know, a params file's keys and a top-level block after the stages: as written.
-    extra = ("  my-report.v2:\n    cmd: python report.py\n    params:\n      - report\n"
-             "      - other.yaml:\n          - threshold\n")
-    with_extra = text.replace("  pretrain:\n", extra + "  pretrain:\n", 1) + "plots:\n  - a.csv\n"
+    # A stage the generator does not know, a params file's keys in one it knows, a comment at the stages' level
+    # and a top-level block after the stages with a params-like item: as written.
+    extra = "  my-report.v2:\n    cmd: python report.py\n    params:\n      - report\n"
+    with_extra = (text.replace("  pretrain:\n", extra + "  pretrain:\n", 1)
+                  .replace("      - logger.embedding_plot\n", "      - logger.embedding_plot\n"
+                           "      - other.yaml:\n          - threshold\n  # kept\n", 1)
+                  + "artifacts:\n  model:\n    params:\n      - kept\n")
     assert pipelines.root_dvc_yaml(with_extra) == with_extra
+    # A comment at the stages' level inside a stage does not end it: its params are still generated.
+    commented = text.replace("    cmd: deepsweep stage evaluate\n", "  # the last stage\n    cmd: deepsweep stage evaluate\n")
+    assert pipelines.root_dvc_yaml(commented.replace("      - logger.embedding_plot\n", "", 1)) == commented
 
 
 def test_each_experiment_names_itself_as_a_param():

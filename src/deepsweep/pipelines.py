@@ -37,7 +37,8 @@ def root_dvc_yaml(text: str) -> str:
     out: list[str] = []
     stage, block, replaced = None, None, set()
     for line in text.splitlines():
-        if line.strip() and len(line) - len(line.lstrip(" ")) <= 2:  # a stage's name, or a top-level key
+        if line.strip() and not line.lstrip().startswith("#") and len(line) - len(line.lstrip(" ")) <= 2:
+            # a stage's name, or a top-level key
             match = re.match(r"^  ([\w.-]+):$", line)
             stage, block, replaced = (match.group(1) if match else None), None, set()
         section = re.match(r"^    (\w+):", line)
