@@ -108,12 +108,15 @@ def test_a_partial_fused_run_replaces_its_own_rows_and_keeps_the_others():
 
 
 def test_a_fused_row_is_compared_with_one_process_of_its_own_commit():
-    """Rows kept from another session ran on a machine that may have been faster or slower: no ratio across."""
+    """Rows kept from another run of the benchmark ran on a machine that may have been faster or slower: no ratio
+    across runs, even at one commit."""
     from deepsweep.bench import one_process_rate
 
     rows = [{"sweep": "mlp", "members": 8, "launcher": "one process", "member_epochs_per_s": 1.0, "commit": "a"},
             {"sweep": "mlp", "members": 32, "launcher": "one process", "member_epochs_per_s": 2.0, "commit": "a"},
             {"sweep": "mlp", "members": 8, "launcher": "fused", "member_epochs_per_s": 3.0, "commit": "a"},
             {"sweep": "mlp", "members": 64, "launcher": "fused", "member_epochs_per_s": 3.0, "commit": "a"},
-            {"sweep": "mlp", "members": 8, "launcher": "fused", "member_epochs_per_s": 3.0, "commit": "b"}]
-    assert [one_process_rate(rows, r) for r in rows[2:]] == [1.0, 2.0, None]
+            {"sweep": "mlp", "members": 8, "launcher": "fused", "member_epochs_per_s": 3.0, "commit": "b"},
+            {"sweep": "mlp", "members": 8, "launcher": "fused", "member_epochs_per_s": 3.0, "commit": "a",
+             "session": "2026-12-07T20:00:00"}]  # a later run at the same commit
+    assert [one_process_rate(rows, r) for r in rows[2:]] == [1.0, 2.0, None, None]

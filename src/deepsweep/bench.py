@@ -399,8 +399,9 @@ def _measured_by(rows: list[dict], flags: str) -> None:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = (git("rev-parse", "--short", "HEAD") or "unknown") + ("+" if git("status", "--porcelain", "src") else "")
+    session = time.strftime("%Y-%m-%dT%H:%M:%S")  # one invocation: its rows ran on one machine, one after another
     for row in rows:
-        row.update(command=f"python -m deepsweep.bench {flags}".strip(), commit=commit)
+        row.update(command=f"python -m deepsweep.bench {flags}".strip(), commit=commit, session=session)
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
@@ -503,11 +504,12 @@ def _cell(value: float | None, fmt: str) -> str:
 ONLY_SECTIONS = {"pipeline": "## What a stage, a pipeline and a job cost", "job": "## A job in a warm worker",
                  "fused": "## Fused sweeps"}
 def one_process_rate(rows: list[dict], row: dict) -> float | None:
-    """The member-epochs/s ``row`` is compared with: the one-process row of its sweep, size and commit, else that
-    sweep's largest one-process row of its commit; None where its commit measured none (a ratio across
-    sessions would mix two machines' speeds)."""
-    same = [r for r in rows if r["launcher"] == "one process" and r["sweep"] == row["sweep"]
-            and r.get("commit") == row.get("commit")]
+    """The member-epochs/s ``row`` is compared with: the one-process row of its sweep, size and run of the
+    benchmark (its session; rows from before sessions were recorded: its commit), else that sweep's largest
+    one-process row of that run; None where that run measured none (a ratio across runs would mix two
+    machines' speeds)."""
+    run = lambda r: r.get("session") or r.get("commit")  # noqa: E731
+    same = [r for r in rows if r["launcher"] == "one process" and r["sweep"] == row["sweep"] and run(r) == run(row)]
     exact = [r for r in same if r["members"] == row["members"]]
     pick = exact or sorted(same, key=lambda r: r["members"])[-1:]
     return pick[0]["member_epochs_per_s"] if pick else None
@@ -627,10 +629,10 @@ def markdown(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         at = next(i for i, line in enumerate(lines) if line.startswith("This section alone"))
-        lines.insert(at, "*vs one process* compares with the one-process row of the same sweep, size and commit (rows "
-                         "of other sessions ran on a machine that may have been faster or slower), or with that "
-                         "sweep's largest one-process row of the same commit (one job after another: its rate does "
-                         "not grow with the sweep); `-` where that commit measured no one-process row.")
+        lines.insert(at, "*vs one process* compares with the one-process row of the same sweep, size and run of the "
+                         "benchmark (rows of other runs ran on a machine that may have been faster or slower), or with "
+                         "that sweep's largest one-process row of the same run (one job after another: its rate does "
+                         "not grow with the sweep); `-` where that run measured no one-process row.")
         for r in results["fused"]:
             base = one_process_rate(results["fused"], r)
             lines.append(f"| {r['sweep']} | {r['members']} x {r['epochs']} | {r['launcher']} | {r['wall_s']:.1f} | "
