@@ -166,9 +166,13 @@ def test_a_sweep_is_the_same_sweep_in_any_order_and_syntax_and_another_over_othe
     assert wider != searched and search_space({**optuna, "sampler": {"seed": 1}}) != searched
     tags = {"deepsweep.overrides": "seed=0", SPACE_TAG: sweep_space(["seed=0"]), SEARCH_TAG: searched}
     _check_same_sweep(tags, "seed=0", sweep_space(["seed=0"]), searched, tmp_path)
-    with pytest.raises(ConfigError, match=r"holds the sweep of `seed=0` with hydra.sweeper \{.*0.03.*\}, not \{.*0.3.*\}; "
-                                          r"run it with those sweeper settings to resume it"):
+    with pytest.raises(ConfigError, match=r"holds the sweep of `seed=0` with other hydra.sweeper settings: "
+                                          r"params.optimizer.lr=tag\(log,interval\(0.0003,0.03\)\) there, "
+                                          r"interval\(0.0003,0.3\) here; run it with those settings"):
         _check_same_sweep(tags, "seed=0", sweep_space(["seed=0"]), wider, tmp_path)
+    with pytest.raises(ConfigError, match=r"settings: sampler.seed=1234 there, 1 here; run it"):
+        _check_same_sweep(tags, "seed=0", sweep_space(["seed=0"]), search_space({**optuna, "sampler": {"seed": 1}}),
+                          tmp_path)
     # A parent run from before the digests: its overrides, token by token.
     _check_same_sweep({"deepsweep.overrides": "model=mlp seed=0,1"}, "seed=0,1 model=mlp", first, searched, tmp_path)
     with pytest.raises(ConfigError, match=r"holds the sweep of `model=mlp seed=0,1`, not of `seed=0,2 model=mlp`"):
@@ -205,7 +209,10 @@ def test_a_sweep_folder_refuses_another_search_space_when_the_sweep_starts(tmp_p
     start("hydra.sweeper.n_trials=50")
     with pytest.raises(Reported) as refused:
         start(optimizer="choice(adam, sgd)")
-    assert f"{sweep_dir}: holds the sweep of `hparams_search=digits_optuna` with hydra.sweeper {{" in str(refused.value)
+    assert str(refused.value) == (f"{sweep_dir}: holds the sweep of `hparams_search=digits_optuna` with other "
+                                  "hydra.sweeper settings: params.optimizer=choice(adam,adamw,rmsprop) there, "
+                                  "choice(adam,sgd) here; run it with those settings to resume it, or give this sweep "
+                                  "another hydra.sweep.dir")
     assert (sweep_dir / PARENT_FILE).read_text() == parent
     mlflow.MlflowClient().set_terminated(parent)
 

@@ -100,6 +100,30 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def _as_written(value: Any) -> str:
+    """A parsed override value in one spelling of Hydra's grammar: ``a,b`` and ``choice(a, b)`` both give
+    ``choice(a,b)``, ``tag(log, interval(0.0003, 0.03))`` gives ``tag(log,interval(0.0003,0.03))``."""
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, RangeSweep
+
+    if isinstance(value, Glob):
+        return f"glob(include=[{','.join(value.include)}],exclude=[{','.join(value.exclude)}])"
+    if isinstance(value, ChoiceSweep):
+        text = f"choice({','.join(_as_written(item) for item in value.list)})"
+    elif isinstance(value, RangeSweep):
+        text = f"range({value.start},{value.stop},{value.step})"
+    elif isinstance(value, IntervalSweep):
+        text = f"interval({float(value.start)},{float(value.end)})"
+    elif isinstance(value, list):
+        return f"[{','.join(_as_written(item) for item in value)}]"
+    elif isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{_as_written(item)}" for key, item in value.items()) + "}"
+    else:
+        return str(value)
+    if getattr(value, "shuffle", False):
+        text = f"shuffle({text})"
+    return f"tag({','.join(sorted(value.tags))},{text})" if value.tags else text
+
+
 def sweep_space(task_overrides: list[str]) -> str:
     """A digest of the sweep its task overrides run, as Hydra parses them: in any order, in either syntax of a
     sweep (``0,1``, ``choice(0,1)``). A plain value of a key that never changes what a job computes
@@ -129,7 +153,8 @@ def search_space(sweeper: Any) -> str:
     """The sweeper's settings (``hydra.sweeper``) that decide which jobs a sweep runs, as one line of JSON with
     passwords masked: its class, an Optuna sampler and its seed, the direction, and ``params`` (a search space,
     or a basic sweeper's sweeps from a config file) with each value as Hydra parses it (``interval(0.001, 0.1)``
-    and ``interval(0.001,0.1)`` are one)."""
+    and ``interval(0.001,0.1)`` are one). Every field of the composed node counts, a sweeper plugin's defaults
+    too: a plugin upgrade that adds one makes a folder's sweep another sweep (resume it with the old plugin)."""
     import hashlib
     import json
 
@@ -144,7 +169,7 @@ def search_space(sweeper: Any) -> str:
     params = {}
     for key, value in (settings.get("params") or {}).items():
         try:
-            params[key] = _canonical(parser.parse_override(f"{key}={value}").value())
+            params[key] = _as_written(parser.parse_override(f"{key}={value}").value())
         except Exception:  # a value Hydra's grammar does not read: compared as written
             params[key] = value
     settings["params"] = params
@@ -153,25 +178,57 @@ def search_space(sweeper: Any) -> str:
     return text if len(text) <= 8000 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def _settings_differ(recorded: str, search: str) -> str:
+    """The first sweeper setting two ``search_space`` texts disagree on, ``sampler.seed=1234 there, 1 here``, and
+    how many more do."""
+    import json
+
+    def flat(text: str) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+
+        def add(prefix: str, node: Any) -> None:
+            if isinstance(node, dict) and node and not prefix.startswith("params."):
+                for key, child in node.items():
+                    add(f"{prefix}.{key}" if prefix else key, child)
+            else:
+                values[prefix] = node
+
+        add("", json.loads(text))
+        return values
+
+    try:
+        there, here = flat(recorded), flat(search)
+    except ValueError:  # a digest (settings longer than a tag holds): nothing to show
+        return "other settings"
+    differ = sorted(key for key in there.keys() | here.keys() if there.get(key) != here.get(key))
+    more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+    key = differ[0] if differ else "?"
+    def shown(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+    return f"{key}={shown(there.get(key))} there, {shown(here.get(key))} here{more}"
+
+
 def _check_same_sweep(recorded: dict[str, str], overrides: str, space: str, search: str, sweep_dir: Path) -> None:
     """A sweep folder resumes the sweep it holds, never another: a different command's jobs would take the
     folders of its jobs by number, and its report would count both sweeps' jobs as one. ``recorded``: the
-    parent run's tags; one written before ``deepsweep.sweep_space`` existed is compared token by token."""
+    parent run's tags; one without ``deepsweep.sweep_search`` (written before both digests) is compared by its
+    overrides, token by token."""
     from deepsweep.errors import ConfigError
-
-    def shown(text: str) -> str:
-        return text if len(text) <= 300 else text[:297] + "..."
 
     before = recorded.get("deepsweep.overrides")
     masked = " (passwords shown as ***)" if "***@" in f"{before} {overrides} {search}" else ""
-    if not (recorded[SPACE_TAG] == space if SPACE_TAG in recorded
-            else before is None or sorted(before.split()) == sorted(overrides.split())):
+    if SEARCH_TAG in recorded:
+        same_overrides = recorded.get(SPACE_TAG) == space
+    else:
+        same_overrides = before is None or sorted(before.split()) == sorted(overrides.split())
+    if not same_overrides:
         raise ConfigError(f"{sweep_dir}: holds the sweep of `{before}`, not of `{overrides}`{masked}; run that "
                           f"command to resume it, or give this sweep another hydra.sweep.dir")
     if SEARCH_TAG in recorded and recorded[SEARCH_TAG] != search:
-        raise ConfigError(f"{sweep_dir}: holds the sweep of `{before}` with hydra.sweeper {shown(recorded[SEARCH_TAG])}"
-                          f", not {shown(search)}{masked}; run it with those sweeper settings to resume it, or give "
-                          f"this sweep another hydra.sweep.dir")
+        raise ConfigError(f"{sweep_dir}: holds the sweep of `{before}` with other hydra.sweeper settings: "
+                          f"{_settings_differ(recorded[SEARCH_TAG], search)}{masked}; run it with those settings to "
+                          f"resume it, or give this sweep another hydra.sweep.dir")
 
 
 def parent_run_id(sweep_dir: str | os.PathLike | None) -> str | None:
