@@ -170,6 +170,9 @@ def test_the_root_stages_declare_the_params_their_outputs_record():
     # A comment at the stages' level inside a stage does not end it: its params are still generated.
     commented = text.replace("    cmd: deepsweep stage evaluate\n", "  # the last stage\n    cmd: deepsweep stage evaluate\n")
     assert pipelines.root_dvc_yaml(commented.replace("      - logger.embedding_plot\n", "", 1)) == commented
+    # A params item with a comment after it is generated once, not kept beside its generated copy.
+    assert pipelines.root_dvc_yaml(text.replace("      - finetune.label_fraction\n",
+                                                "      - finetune.label_fraction  # the probe's labels\n", 1)) == text
 
 
 def test_each_experiment_names_itself_as_a_param():

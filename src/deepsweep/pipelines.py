@@ -44,9 +44,10 @@ def root_dvc_yaml(text: str) -> str:
         section = re.match(r"^    (\w+):", line)
         if section:
             block = section.group(1)
-        # Only plain items are generated: a `- other.yaml:` params file, and its keys, are kept as written.
+        # Only plain items are generated (a comment after one is not kept): a `- other.yaml:` params file, and its
+        # keys, are kept as written.
         generated = {"deps": (r"^      - src/deepsweep", lambda: stage_dependencies(stage)),
-                     "params": (r"^      - [\w.]+$", lambda: STAGE_PARAMS[stage])}.get(block or "")
+                     "params": (r"^      - [\w.]+(\s+#.*)?$", lambda: STAGE_PARAMS[stage])}.get(block or "")
         if stage in STAGE_PARAMS and generated and re.match(generated[0], line):
             if block not in replaced:
                 out += [f"      - {item}" for item in generated[1]()]
