@@ -503,6 +503,8 @@ def _cell(value: float | None, fmt: str) -> str:
 # The section of docs/benchmarks.md that ``--only`` measures again (the rest of the file stays as it is).
 ONLY_SECTIONS = {"pipeline": "## What a stage, a pipeline and a job cost", "job": "## A job in a warm worker",
                  "fused": "## Fused sweeps"}
+
+
 def one_process_rate(rows: list[dict], row: dict) -> float | None:
     """The member-epochs/s ``row`` is compared with: the one-process row of its sweep, size and run of the
     benchmark (its session; rows from before sessions were recorded: its commit), else that sweep's largest
@@ -620,6 +622,10 @@ def markdown(results: dict) -> str:
             "*Finetune s*: the jobs' finetune stage runs, start to end, summed (for the fused array, the first",
             "member's holds the array's training). Peak memory per member: the largest process's peak RSS (and",
             "nvidia-smi's most GPU memory in use) over the members it held at once.",
+            "*vs one process* compares with the one-process row of the same sweep, size and run of the benchmark "
+            "(rows of other runs ran on a machine that may have been faster or slower), or with that sweep's largest "
+            "one-process row of the same run (one job after another: its rate does not grow with the sweep); `-` "
+            "where that run measured no one-process row.",
             "This section alone: `python -m deepsweep.bench --only fused` with the flags below (rows of the same sweep,",
             "size and launcher are measured again, the others kept). The rows were measured by:",
             *sorted({f"- `{r.get('command', 'python -m deepsweep.bench')}` at commit {r.get('commit', '?')}"
@@ -628,11 +634,6 @@ def markdown(results: dict) -> str:
                 "| failed | peak RSS MB/member | GPU util % | peak GPU MB/member | commit |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        at = next(i for i, line in enumerate(lines) if line.startswith("This section alone"))
-        lines.insert(at, "*vs one process* compares with the one-process row of the same sweep, size and run of the "
-                         "benchmark (rows of other runs ran on a machine that may have been faster or slower), or with "
-                         "that sweep's largest one-process row of the same run (one job after another: its rate does "
-                         "not grow with the sweep); `-` where that run measured no one-process row.")
         for r in results["fused"]:
             base = one_process_rate(results["fused"], r)
             lines.append(f"| {r['sweep']} | {r['members']} x {r['epochs']} | {r['launcher']} | {r['wall_s']:.1f} | "
