@@ -112,15 +112,18 @@ def test_arrays_group_jobs_by_shape_and_name_why_a_job_runs_alone(compose):
     cfgs.append(compose("experiment=cora_gcn", "data.batch_size=64"))  # sampled neighbourhoods
     cfgs.append(compose("experiment=cora_gat"))  # attention dropout inside torch-geometric
     cfgs.append(compose("experiment=sms_spam_transformer", "pretrain=none"))  # dropout drawn inside torch
-    cfgs += [compose("experiment=vanishing_gradients", "model=gru", f"seed={s}") for s in (0, 1)]  # recurrent: one array
+    # Recurrent layers: fused on a GPU; on a CPU each job runs its own (a Python loop of vmapped steps is no faster).
+    cfgs += [compose("experiment=vanishing_gradients", "model=gru", "trainer=gpu", f"seed={s}") for s in (0, 1)]
     cfgs.append(compose("experiment=vanishing_gradients", "model.tbptt_steps=5"))  # a state carried between chunks
     # Convolutions: fused on a GPU; on a CPU each job runs its own (a grouped convolution is slower there).
     cfgs += [compose("pretrain=none", "model=lenet", "data=digits", f"seed={s}") for s in (0, 1)]
     cfgs += [compose("pretrain=none", "model=lenet", "data=digits", "trainer=gpu", f"seed={s}") for s in (0, 1)]
+    cfgs += [compose("experiment=vanishing_gradients", "model=gru", f"seed={s}") for s in (0, 1)]
     arrays, alone = plan(cfgs, max_members=3)
     assert arrays == [[0, 1, 2], [3, 10], [4, 5], [11, 12], [16, 17], [21, 22]]  # 3 and 10: the first shape, past 3
-    assert sorted(alone) == [6, 7, 8, 9, 13, 14, 15, 18, 19, 20]
+    assert sorted(alone) == [6, 7, 8, 9, 13, 14, 15, 18, 19, 20, 23, 24]
     assert alone[19].startswith("model=lenet on a CPU: stacked convolutions run as one grouped convolution")
+    assert alone[23].startswith("model=gru on a CPU: a stacked recurrent layer steps through time in a Python loop")
     assert "regularizer.dropout_kind=gaussian" in alone[6] and "pretrain=autoencoder" in alone[7]
     assert alone[8] == "no other job of the sweep has its shapes" and alone[9] == "its config is invalid"
     assert "data.batch_size=64" in alone[13] and "model.attention_dropout=0.6" in alone[14]

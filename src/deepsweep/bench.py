@@ -351,7 +351,8 @@ FUSED_SWEEPS = (
     ("gcn", "2-layer GCN on Cora (dropout 0.5), seed x lr", ["experiment=cora_gcn"],
      lambda n: [f"seed=range(0,{n // 4})", "optimizer.lr=0.005,0.01,0.02,0.04"], 200),
     # Not one of issue 21's: a GRU classifier on 50-step sequences, where an array steps the recurrence in
-    # vmapped ops (fused.StackableRecurrent) and each job in ATen's own kernel.
+    # vmapped ops (fused.StackableRecurrent) and each job in ATen's own kernel. On a CPU the fused launcher
+    # runs these jobs one by one (fused.unfusable): rows from 44b9f92 on are that, earlier ones an array.
     ("gru", "GRU on first-bit sequences (50 steps), seed x lr", ["experiment=vanishing_gradients", "model=gru"],
      lambda n: [f"seed=range(0,{n // 4})", "optimizer.lr=0.003,0.01,0.03,0.1"], None),
 )

@@ -25,7 +25,21 @@ from omegaconf import DictConfig, OmegaConf
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "lightning", "torch_geometric", "torchmetrics", "numpy", "scikit-learn")
 # Keys that change where results go or how they are shown, never what a job computes.
-NOT_FINGERPRINTED = ("logger", "trainer.progress", "trainer.num_threads", "trainer.devices")
+NOT_FINGERPRINTED = ("logger", "trainer.progress", "trainer.num_threads")
+# Which devices a job runs on never changes what it computes, how many can (a data-parallel job splits each
+# batch among them): the fingerprint holds their number, so a resumed GPU sweep job may run on its own GPU ([3]).
+DEVICES = "trainer.devices"
+
+
+def not_fingerprinted(key: str) -> bool:
+    """Whether a dotted config key is, or is under, one of ``NOT_FINGERPRINTED``."""
+    return any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINTED)
+
+
+def device_count(devices: Any) -> Any:
+    """``trainer.devices`` as the fingerprint sees it: a list of indices as how many (``[3]`` is 1, like ``1``),
+    any other value (a count, ``auto``) as it is."""
+    return len(devices) if isinstance(devices, (list, tuple)) else devices
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,15 +100,20 @@ def data_digest(cfg: DictConfig) -> str:
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """The resolved config (seed included) minus where it logs and how it is shown."""
+    """The resolved config (seed included) minus where it logs and how it is shown, with how many devices it
+    runs on in place of which."""
     data: Any = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_FINGERPRINTED:
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+    trainer = data.get("trainer")
+    if isinstance(trainer, dict) and "devices" in trainer:
+        trainer["devices"] = device_count(trainer["devices"])
+
+    def kept(node: Any, prefix: str) -> Any:
+        if not isinstance(node, dict):
+            return node
+        return {key: kept(child, f"{prefix}{key}.") for key, child in node.items()
+                if not not_fingerprinted(f"{prefix}{key}")}
+
+    data = kept(data, "")
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -50,6 +50,11 @@ def test_fingerprint_covers_config_code_data_and_versions(compose, monkeypatch, 
     base = provenance.fingerprint(compose())
     assert provenance.fingerprint(compose("logger.tracking_uri=sqlite:////elsewhere.db")) == base
     assert provenance.fingerprint(compose("seed=1")) != base
+    assert provenance.fingerprint(compose("trainer.num_threads=1")) == base
+    # Which device a job runs on is not what it computes, how many is (a data-parallel job splits each batch).
+    assert provenance.fingerprint(compose("trainer.devices=[3]")) == base
+    assert provenance.fingerprint(compose("trainer.devices=2", "trainer.strategy=ddp_spawn")) != provenance.fingerprint(
+        compose("trainer.strategy=ddp_spawn"))
     # monkeypatch.context(), not monkeypatch.undo(): undo would also end this test's tracking isolation (conftest)
     with monkeypatch.context() as patch:
         patch.setattr(provenance, "source_digest", lambda: "edited-code")

@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from deepsweep.errors import ConfigError, NonFiniteError
-from deepsweep.provenance import NOT_FINGERPRINTED
+from deepsweep.provenance import DEVICES, device_count, not_fingerprinted
 from deepsweep.stages import STAGE_PARAMS, STAGES
 from deepsweep.utils.io import atomic_dir, folder_lock, read_json, write_json
 
@@ -49,19 +49,24 @@ def declared_values(cfg: DictConfig, stage: str) -> dict[str, Any]:
 
 
 def _same(key: str, a: Any, b: Any) -> bool:
-    if key == "trainer.devices":  # how many devices, not which: a resumed GPU sweep job runs on its own GPU ([3])
-        a, b = (len(v) if isinstance(v, list) else v for v in (a, b))
+    if key == DEVICES:  # how many devices, not which (provenance.device_count)
+        a, b = device_count(a), device_count(b)
     return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def _compared(key: str, params: tuple[str, ...], recorded: dict[str, Any]) -> bool:
     """Whether an output's recorded value of ``key`` must equal this config's: not for keys that never change
-    what a stage computes (``provenance.NOT_FINGERPRINTED``, but for ``trainer.devices``, whose number of
-    devices does), nor for a param its stage declared only after the output was written, or no longer does."""
-    if key != "trainer.devices" and any(key == skip or key.startswith(skip + ".") for skip in NOT_FINGERPRINTED):
+    what a stage computes (``provenance.not_fingerprinted``), nor for a param its stage declared only after the
+    output was written, or no longer does."""
+    if not_fingerprinted(key):
         return False
-    param = next((p for p in params if key == p or key.startswith(p + ".")), None)
-    return param is not None and any(k == param or k.startswith(param + ".") for k in recorded)
+    param = next((p for p in params if _under(key, p)), None)
+    return param is not None and any(_under(k, param) for k in recorded)
+
+
+def _under(key: str, param: str) -> bool:
+    """Whether a dotted key is the declared param or one of its fields (``model.hidden`` under ``model``)."""
+    return key == param or key.startswith(param + ".")
 
 
 def _check_made_from(cfg: DictConfig, dep: str, folder: Path, recorded: dict[str, Any] | None) -> None:

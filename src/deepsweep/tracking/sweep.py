@@ -85,7 +85,8 @@ def _resumable_parent(client: Any, sweep_dir: Path) -> str | None:
 
 
 def _canonical(value: Any) -> Any:
-    """A parsed override value as plain data: ``seed=0,1`` and ``seed=choice(0,1)`` give the same."""
+    """A parsed override value as plain data: ``seed=0,1`` and ``seed=choice(0,1)`` give the same. Unlike
+    ``_as_written``'s text it keeps each value's type (``'1'`` is not ``1``), which a digest must."""
     import dataclasses
 
     if dataclasses.is_dataclass(value):
@@ -127,19 +128,20 @@ def _as_written(value: Any) -> str:
 def sweep_space(task_overrides: list[str]) -> str:
     """A digest of the sweep its task overrides run, as Hydra parses them: in any order, in either syntax of a
     sweep (``0,1``, ``choice(0,1)``). A plain value of a key that never changes what a job computes
-    (``provenance.NOT_FINGERPRINTED``: threads, devices, logging) may change between attempts, and so may the
+    (``provenance.not_fingerprinted``: threads, logging) or says which devices a job runs on may change between
+    attempts (a job's fingerprint holds how many, and reruns a job that ran on another number), and so may the
     launcher (a ``hydra/`` override, not a task override); a sweep over such a key is another sweep."""
     import hashlib
     import json
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from deepsweep.provenance import NOT_FINGERPRINTED
+    from deepsweep.provenance import DEVICES, not_fingerprinted
 
     points = []
     for override in OverridesParser.create().parse_overrides(list(task_overrides)):
         key = override.get_key_element().lstrip("+~")
-        if override.is_sweep_override() or not any(key == k or key.startswith(k + ".") for k in NOT_FINGERPRINTED):
+        if override.is_sweep_override() or not (not_fingerprinted(key) or key == DEVICES):
             points.append([override.get_key_element(), override.type.name, _canonical(override.value())])
     return hashlib.sha256(json.dumps(sorted(points, key=json.dumps), default=str).encode()).hexdigest()[:16]
 

@@ -101,6 +101,11 @@ def unfusable(cfg: DictConfig) -> str | None:
         return (f"model={cfg.model.name} on a CPU: stacked convolutions run as one grouped convolution, slower on "
                 "a CPU than each job's own (8 LeNets on 10,000 MNIST images: 21.7 s of training against 14.9 s, "
                 "docs/benchmarks.md at commit ad2bd5b); on a GPU they are fused")
+    if _device(cfg).type == "cpu" and kind == "sequence":
+        return (f"model={cfg.model.name} on a CPU: a stacked recurrent layer steps through time in a Python loop "
+                "of vmapped ops where each job's own loops in C++, no faster on a CPU (8 GRUs on 50-step "
+                "sequences: 19.7 s against 19.2 s one after another on an AMD EPYC at 44b9f92, 36.8 s against "
+                "31.8 s on an Intel Xeon at 582e523, docs/benchmarks.md); on a GPU they are fused")
     if kind == "graph" and int(cfg.data.get("batch_size") or 0) and cfg.data.get("num_neighbors"):
         return (f"data.batch_size={cfg.data.batch_size}: each member would sample its own neighbourhoods; arrays "
                 "train full-batch graphs (data.batch_size=0)")
@@ -570,11 +575,12 @@ class StackableRecurrent(nn.Module):
     take oneDNN's kernel instead, so a member's outputs are its job's to float rounding (tests/test_fused.py).
 
     Each step is a few vmapped ops of a Python loop, where a job's own layer runs its steps in ATen's C++
-    loop. On a 2-core CPU that loop costs about what stacking saves: 8 GRU jobs on 50-step sequences (3
-    epochs) spent 8.8 s in finetune as one array against 10.4 s one after another, and the sweep took 19.5 s
-    against 21.8 s on an AMD EPYC at 8d45f38 (on an Intel Xeon at 582e523: 17.5 s against 13.9 s, 36.8 s
-    against 31.8 s; ``python -m deepsweep.bench --only fused --fused-sizes gru:8 --fused-sweeps gru``,
-    docs/benchmarks.md). What it buys on a GPU is not measured yet."""
+    loop. On a 2-core CPU that loop costs about what stacking saves, or more: 8 GRU jobs on 50-step sequences
+    (3 epochs) spent 8.8 s in finetune as one array against 10.4 s one after another, and the sweep took
+    19.5 s against 21.8 s on an AMD EPYC at 8d45f38, 19.7 s against 19.2 s at 44b9f92 (on an Intel Xeon at
+    582e523: 17.5 s against 13.9 s, 36.8 s against 31.8 s; ``python -m deepsweep.bench --only fused
+    --fused-sizes gru:8 --fused-sweeps gru``, docs/benchmarks.md). So the fused launcher fuses recurrent
+    members on a GPU only (``unfusable``); what it buys there is not measured yet."""
 
     def __init__(self, rnn: nn.RNNBase) -> None:
         super().__init__()
