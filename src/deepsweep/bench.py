@@ -352,7 +352,7 @@ FUSED_SWEEPS = (
      lambda n: [f"seed=range(0,{n // 4})", "optimizer.lr=0.005,0.01,0.02,0.04"], 200),
     # Not one of issue 21's: a GRU classifier on 50-step sequences, where an array steps the recurrence in
     # vmapped ops (fused.StackableRecurrent) and each job in ATen's own kernel. On a CPU the fused launcher
-    # runs these jobs one by one (fused.unfusable): rows from 44b9f92 on are that, earlier ones an array.
+    # runs these jobs one by one (fused.unfusable) since 071b6f9; rows measured before it are one array.
     ("gru", "GRU on first-bit sequences (50 steps), seed x lr", ["experiment=vanishing_gradients", "model=gru"],
      lambda n: [f"seed=range(0,{n // 4})", "optimizer.lr=0.003,0.01,0.03,0.1"], None),
 )
