@@ -55,6 +55,12 @@ def test_init_by_regularizer_sweep_and_its_report(tmp_path, isolated_tracking):
     text = (sweep_dir / "sweep_report.md").read_text()
     assert "ranked by evaluate.roc_auc" in text and "over regularizer.name x init.name" in text
     assert "8 jobs, 4 failed" in text
+    # A metric or an axis no job recorded is refused in one line; the report stays as it was.
+    for args, named in ((["--metric", "evaluate.nope"], "--metric: 'evaluate.nope' was recorded by no job"),
+                        (["--axes", "foo.name", "init.name"], "--axes: 'foo.name' is no param of the sweep's jobs")):
+        refused = deepsweep_cli("report", str(sweep_dir), *args)
+        assert refused.returncode == 2 and named in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+        assert (sweep_dir / "sweep_report.md").read_text() == text
     bad = deepsweep_cli("report", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and "nowhere" in bad.stderr
     # Without --tracking-uri, the store the sweep recorded to (its multirun.yaml's logger.tracking_uri), not the
@@ -234,6 +240,19 @@ def test_report_columns_leave_out_params_that_follow_another():
     assert "pretrain.task.loss" not in table and "0.8500 +/- 0.0707" in table
     assert "pretrain.task.loss" not in render(rows)[0] and "| seed |" in render(rows)[0]
     assert sweep_axes("pretrain=gan,wgan,none seed=0,1", rows) == ["pretrain.name"]
+    # Two trials of a search differ in every param it searches: each is a column, though any one of them tells
+    # the two apart; a field of a chosen option (regularizer.dropout of regularizer=dropout) follows its name.
+    trial = lambda i, init, reg, p, lr, dims: {  # noqa: E731
+        "run_id": str(i), "run_name": f"trial{i}", "status": "FINISHED", "error": "", "stage_runs": {},
+        "metrics": {"finetune.best_val_acc": 0.5 + i / 10}, "params": {
+            "init.name": init, "regularizer.name": reg, "regularizer.dropout": p, "optimizer.lr": lr,
+            "model.hidden_dims": dims, "seed": "0"}}
+    trials = [trial(0, "he_normal", "none", "0.0", "0.001", "[64]"), trial(1, "xavier_uniform", "dropout", "0.5",
+                                                                     "0.01", "[128, 64]")]
+    header = render(trials)[0].splitlines()[0]
+    for key in ("init.name", "regularizer.name", "optimizer.lr", "model.hidden_dims"):
+        assert f" {key} |" in header, key
+    assert "regularizer.dropout" not in header
 
 
 def test_a_metric_no_job_recorded_ranks_nothing_and_ends_the_sweep_with_one_line(compose, tmp_path, monkeypatch):

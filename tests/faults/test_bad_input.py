@@ -66,6 +66,10 @@ CLI_CASES = [
     (["run", "trainer.devices=2"], "trainer.strategy"),
     (["run", "-m", "regularizer=dropout", "regularizer.dropout_kind=standard,weird"], "regularizer.dropout_kind"),
     (["run", "pretrain.task.decoder=convv"], "pretrain.task.decoder"),
+    # A sweep's values without -m: Hydra's own refusal is three to six lines with exit code 1.
+    (["run", "seed=range(0,3)"], "seed=range(0,3)"),
+    (["run", "optimizer.lr=1e-3,1e-2"], "optimizer.lr=1e-3,1e-2"),
+    (["run", "-m", "seed=range(3,0)"], "seed=range(3,0)"),  # no job: Hydra would record an empty sweep
 ]
 
 

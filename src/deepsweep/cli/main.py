@@ -175,7 +175,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     """(Re)build a sweep's report from MLflow, while it runs or long after: a sweep folder or parent run id."""
     import mlflow
 
-    from deepsweep.tracking.report import finish_sweep
+    from deepsweep.tracking.report import check_report_names, finish_sweep, sweep_rows
     from omegaconf import OmegaConf
 
     from deepsweep.tracking.runs import tracking_uri
@@ -216,7 +216,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     parent = get_run(run_id)
     report_failed = (parent.info.status == "FAILED"
                      and parent.data.tags.get("deepsweep.error", "").startswith(REPORT_FAILED))
-    finish_sweep(run_id, out, rank_metric=args.metric, axes=args.axes, finish=report_failed)
+    rows = sweep_rows(run_id)
+    check_report_names(rows, args.metric, args.axes)
+    finish_sweep(run_id, out, rank_metric=args.metric, axes=args.axes, finish=report_failed, rows=rows)
     if report_failed:
         client.delete_tag(run_id, "deepsweep.error")
     print(f"report written to {out / 'sweep_report.md'} (and .html, .csv) and logged to run {run_id}")
@@ -266,7 +268,11 @@ def _sweep_points(overrides: list[str], searched: dict[str, str] | None = None) 
             key, value = override.input_line.split("=", 1)
             raise ConfigError(f"{key}: {value}; allowed: one value (Hydra's own settings are not swept)")
         if override.is_sweep_override():
-            swept.append([f"{override.get_key_element()}={v}" for v in _values(override)])
+            values = _values(override)
+            if not values:  # Hydra would start the sweep, its parent run and report, for no job
+                raise ConfigError(f"{override.input_line}: sweeps no value; allowed: a sweep of at least one "
+                                  "(range(start, stop) counts up from start to below stop)")
+            swept.append([f"{override.get_key_element()}={v}" for v in values])
         else:
             fixed.append(override.input_line)
     if not swept:
@@ -277,6 +283,21 @@ def _sweep_points(overrides: list[str], searched: dict[str, str] | None = None) 
         for value in values[1:] if i else values:
             points.append(fixed + firsts[:i] + [value] + firsts[i + 1:])
     return points
+
+
+def _refuse_sweeps_of_one_run(overrides: list[str]) -> None:
+    """A sweep's value (``seed=0,1``, ``range(0,3)``) in a run without ``-m``: Hydra stops it in three to six
+    lines with exit code 1; one line here, naming the override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # a syntax error: Hydra's own message, in one line
+        raise ConfigError(" ".join(str(exc).split())) from None
+    for override in parsed:
+        if override.is_sweep_override():
+            raise ConfigError(f"{override.input_line}: a sweep of several values; allowed here: one value "
+                              f"(run the sweep with -m: deepsweep run -m {override.input_line})")
 
 
 def _hydra_config(overrides: list[str]) -> DictConfig:
@@ -395,7 +416,10 @@ def check_run_args(argv: list[str]) -> None:
         else:
             overrides.append(arg)
     hydra = _hydra_config(overrides)
-    if any(arg in ("-m", "--multirun") for arg in argv):
+    multirun = any(arg in ("-m", "--multirun") for arg in argv) or str(hydra.get("mode")).endswith("MULTIRUN")
+    if not multirun:
+        _refuse_sweeps_of_one_run(overrides)
+    if multirun:
         # The launcher's own settings too: a sweep that cannot launch must not open the store or start a
         # parent run first (Hydra instantiates the launcher after the sweep callback's start).
         check_launcher_settings(hydra.launcher)

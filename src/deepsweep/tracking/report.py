@@ -256,7 +256,11 @@ def _independent(keys: list[str], rows: list[dict]) -> list[str]:
 
 
 def _determines(a: str, b: str, rows: list[dict]) -> bool:
-    """Whether the value of param ``a`` fixes the value of param ``b`` across ``rows``."""
+    """Whether ``a`` is an option's name (``pretrain.name``), ``b`` a field of that option
+    (``pretrain.task.loss``) and the one fixes the other across ``rows``. Only then: in a search of few trials
+    (2 Optuna trials) any varying param fixes every other, and each is still an axis of its own."""
+    if not (a.endswith(".name") and b.startswith(a[: -len("name")])):
+        return False
     seen: dict = {}
     for r in rows:
         va, vb = r["params"].get(a), r["params"].get(b)
@@ -332,16 +336,35 @@ def _html(title: str, sections: list[tuple[str, str]], images: list[str]) -> str
            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
 
 
+def check_report_names(rows: list[dict], rank_metric: str | None, axes: list[str] | None) -> None:
+    """A metric to rank by, or an axis, that no job of the sweep recorded stops ``deepsweep report`` in one line
+    before it rewrites the report (which would rank by nothing, or draw an axis of blanks)."""
+    from deepsweep.errors import ConfigError
+
+    if rank_metric is not None:
+        metrics = sorted({k for r in rows for k in r["metrics"]})
+        if rank_metric not in metrics:
+            raise ConfigError(f"--metric: {rank_metric!r} was recorded by no job of the sweep; allowed: "
+                              f"{', '.join(metrics) or 'none yet (no job has finished a stage)'}")
+    params = {k for r in rows for k in r["params"]}
+    for axis in axes or []:
+        if axis not in params:
+            varying = sorted(k for k in params if len({r["params"].get(k) for r in rows}) > 1)
+            raise ConfigError(f"--axes: {axis!r} is no param of the sweep's jobs; those that vary: "
+                              f"{', '.join(varying) or 'none'} (any of the {len(params)} params a job records)")
+
+
 def finish_sweep(parent_run_id: str, sweep_dir: Path, rank_metric: str | None = None,
-                 axes: list[str] | None = None, finish: bool = True) -> list[dict]:
+                 axes: list[str] | None = None, finish: bool = True, rows: list[dict] | None = None) -> list[dict]:
     """Write the sweep report into ``sweep_dir`` (md, csv, html, heatmap and learning-curve PNGs), log it
-    to the parent run and (with ``finish``) end the parent: FAILED only when every job failed."""
+    to the parent run and (with ``finish``) end the parent: FAILED only when every job failed. ``rows``: the
+    sweep's ``sweep_rows``, where the caller has read them already."""
     import mlflow
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
     rank_metric = rank_metric or parent.data.tags.get(METRIC_TAG, RANK_METRIC)
-    rows = sweep_rows(parent_run_id)
+    rows = sweep_rows(parent_run_id) if rows is None else rows
     md, csv_text = render(rows, rank_metric)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     failed = [r for r in rows if r["status"] != "FINISHED"]
