@@ -65,6 +65,10 @@ def test_wrong_type_names_key_and_expected_type():
         validate(compose(["trainer.max_epochs=2.5"]))
     with pytest.raises(ConfigError, match=r"optimizer\.lr: expected float"):
         validate(compose(["optimizer.lr=fast"]))
+    # A word field's words that Hydra reads as numbers: `trainer.precision=16` is the word 16 it lists.
+    assert validate(compose(["trainer.precision=16"])).trainer.precision == 16
+    with pytest.raises(ConfigError, match=r"trainer\.precision: 17 is not allowed; allowed: one of .*, 16, bf16"):
+        validate(compose(["trainer.precision=17"]))
 
 
 def test_missing_key_in_params_file(tmp_path):
@@ -280,3 +284,19 @@ def test_a_plain_value_for_a_key_the_config_lacks_is_hydras_error():
     points = main._sweep_points(["seed=0,1", "optimizer.momentum=0.9"])
     with pytest.raises(ConfigError, match="optimizer.momentum: unknown key"):
         list(main._point_configs(points))
+
+
+def test_output_piped_into_a_reader_that_leaves_is_no_traceback():
+    """`deepsweep options | head -1`: head exits after its line, and the next write finds the pipe closed."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # a reader that has left already: the first write fails as it fails after head's exit
+    try:
+        done = subprocess.run([sys.executable, "-m", "deepsweep", "options"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

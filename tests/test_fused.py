@@ -85,8 +85,8 @@ def test_a_fused_array_trains_each_member_as_its_own_job_and_resumes(tmp_path, i
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert log.count("already finished in this sweep: skipped") == 2
-    assert log.count("runs alone: it finished in an earlier run of this sweep") == 2
-    assert "4 jobs, 2 in 1 arrays (2), 2 alone" in log
+    assert "runs alone" not in log
+    assert "4 jobs, 2 in 1 arrays (2), 0 alone, 2 finished before" in log
     again = _finetune_runs(fused_dir)
     for key, (run, job, curves) in lost.items():
         rerun, rerun_job, rerun_curves = again[key]

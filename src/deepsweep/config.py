@@ -157,6 +157,12 @@ def _foreign_builds(reference: Any, value: Any, key: str, source: str, errors: l
             _foreign_builds(ref, value[k], f"{key}.{k}", source, errors)
 
 
+def _number_for_word(reference: Any, value: Any, rule: Any) -> bool:
+    """An integer where the option file has a word, for a rule that names its words: judged as that word."""
+    return (isinstance(reference, str) and isinstance(value, int) and not isinstance(value, bool)
+            and rule is not None and rule.names)
+
+
 def _check(reference: Any, value: Any, key: str, source: str, errors: list[str], whole: Mapping[str, Any]) -> None:
     """Compare ``value`` with the option file's default ``reference`` at ``key``: its shape and type, then the
     range rule of the key (deepsweep.constraints). ``whole`` is the full config, for rules that read another key."""
@@ -201,6 +207,11 @@ def _check(reference: Any, value: Any, key: str, source: str, errors: list[str],
                                   f"{reference!r}), got {_type_name(item)} {_show(item)}")
             if len(errors) > before:
                 return
+    elif _number_for_word(reference, value, rule):
+        # trainer.precision=16: Hydra reads the int 16, which Lightning takes as it takes '16'.
+        if not rule.accepts(str(value), whole):
+            errors.append(f"{key}: {_show(value)} is not allowed; allowed: {rule.allowed}")
+        return
     elif not _compatible(reference, value):
         errors.append(
             f"{key}: expected {_type_name(reference)} (default in {source}: {reference!r}), "

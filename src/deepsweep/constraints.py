@@ -226,8 +226,8 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("init.*", POSITIVE),  # std, bound, gain
     # regularizer
     ("regularizer.dropout", PROBABILITY),
-    ("regularizer.dropout_kind", Rule(f"one of {', '.join(DROPOUT_KINDS)}; standard only with "
-                                      f"model={' or '.join(STANDARD_DROPOUT_FAMILIES)} (regularizer=dropout)",
+    ("regularizer.dropout_kind", Rule(f"one of {', '.join(DROPOUT_KINDS)}; with "
+                                      f"model={' or '.join(STANDARD_DROPOUT_FAMILIES)} only standard (regularizer=dropout)",
                                       lambda v, cfg: v in DROPOUT_KINDS and (
                                           v == "standard" or not cfg.get("regularizer", {}).get("dropout")
                                           or cfg.get("model", {}).get("name") not in STANDARD_DROPOUT_FAMILIES),

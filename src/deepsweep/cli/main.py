@@ -17,6 +17,7 @@ metrics turn NaN stops with one line too (exit code 1). ``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -455,7 +456,15 @@ def _fail(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a reader that left (`| head`) is handled below
+        return code
+    except BrokenPipeError:
+        # `deepsweep options | head -3`: the reader took what it wanted and left. No traceback: stdout goes to
+        # devnull so the interpreter's own flush at exit cannot raise again (Python's signal docs), and the
+        # exit code is a shell's for a process that SIGPIPE ended.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         # Ctrl-C: its MLflow runs end KILLED (tracking.runs.start_run, and a sweep's parent run at exit); one line,
         # and the shell's exit code for SIGINT.

@@ -101,12 +101,14 @@ class FusedLauncher(Launcher):
         arrays, alone = fused.plan([job_configs[p] for p in todo], self.max_members)
         arrays = [[todo[i] for i in array] for array in arrays]
         alone = {todo[i]: reason for i, reason in alone.items()}
-        alone.update({p: "it finished in an earlier run of this sweep" for p in finished})
-        log.info("fused launcher: %d jobs, %d in %d arrays (%s), %d alone", len(sweep_configs),
-                 sum(map(len, arrays)), len(arrays), ", ".join(str(len(a)) for a in arrays) or "none", len(alone))
+        log.info("fused launcher: %d jobs, %d in %d arrays (%s), %d alone, %d finished before", len(sweep_configs),
+                 sum(map(len, arrays)), len(arrays), ", ".join(str(len(a)) for a in arrays) or "none", len(alone),
+                 len(finished))
         for position, reason in sorted(alone.items()):
             log.info("fused launcher: job %d (%s) runs alone: %s", initial_job_idx + position,
                      " ".join(filter_overrides(job_overrides[position])) or "defaults", reason)
+        # A job that finished in an earlier run of this sweep is skipped by the job itself (its own log line).
+        alone.update({p: "finished before" for p in finished})
         units = [*arrays, *([p] for p in sorted(alone))]
         results: dict[int, JobReturn] = {}
         if self.n_jobs == 1:
