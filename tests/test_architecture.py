@@ -82,7 +82,7 @@ def test_a_new_objective_is_one_class_and_one_yaml_file(tmp_path):
     assert (tmp_path / "run" / "evaluate" / "metrics.json").is_file()
     # Not a terminal: one progress line per epoch (trainer.progress=auto), the new objective's included.
     lines = [line for line in result.stderr.splitlines() if " epoch " in line]
-    assert [line.split(":")[0] for line in lines] == [*(f"pretrain epoch {e}/4" for e in range(1, 5)), "finetune epoch 1/1"]
+    assert [line.split(":")[0] for line in lines] == [*(f"pretrain epoch {e - 1} ({e}/4)" for e in range(1, 5)), "finetune epoch 0 (1/1)"]
     assert "train/loss" in lines[0] and "val/loss" in lines[0]
     # Where to look next: the run's folder and its MLflow run (the pipeline's, which prepare's run.json names).
     pipeline = json.loads((tmp_path / "run" / "prepare" / "run.json").read_text())["pipeline_id"]

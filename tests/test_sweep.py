@@ -39,6 +39,9 @@ def test_init_by_regularizer_sweep_and_its_report(tmp_path, isolated_tracking):
     stage_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == finished[0].info.run_id]
     assert {r.data.tags["deepsweep.stage"] for r in stage_runs} == {"prepare", "pretrain", "finetune", "evaluate"}
 
+    # The jobs run two at a time and their summary lines interleave: each names its job.
+    summary = [line for line in result.stdout.splitlines() if "evaluate.accuracy = " in line]
+    assert len(summary) == 4 and all(line.startswith("job ") for line in summary), summary
     report = (sweep_dir / "sweep_report.md").read_text()
     assert "8 jobs, 4 failed" in report and "| best |" in report
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(parent_id)}

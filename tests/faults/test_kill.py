@@ -145,7 +145,7 @@ def test_ctrl_c_ends_the_runs_killed_with_one_line(tmp_path):
                                  "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'run'}"], env=env, stdout=out,
                                 stderr=errors, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 240
-        while "finetune epoch 2/" not in (tmp_path / "err.txt").read_text():  # into its epochs
+        while "finetune epoch 1 (2/" not in (tmp_path / "err.txt").read_text():  # into its epochs
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "err.txt").read_text()[-3000:]
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)

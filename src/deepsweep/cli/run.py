@@ -130,8 +130,9 @@ def main(cfg: DictConfig) -> float | None:
         if optuna_search(hydra_cfg):  # a FAILED trial, up to the search's max_failure_rate
             raise
         return float("nan")
+    job = f"job {hydra_cfg.job.num} " if multirun else ""  # parallel jobs' lines interleave: each says whose it is
     for key, value in summary.items():
-        print(f"{key} = {value:.4f}")
+        print(f"{job}{key} = {value:.4f}")
     if not multirun:  # where to look next: the stage folders and the run in MLflow
         import mlflow
 

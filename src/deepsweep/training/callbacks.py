@@ -121,13 +121,25 @@ def random_states(*loaders):
     return RandomStates()
 
 
+def _sweep_job() -> str:
+    """``job 3 ``: in a sweep's job, the prefix that tells its lines from those of the jobs running beside it.
+    Read from Hydra only where Hydra runs the process (a DVC stage never imports it)."""
+    module = sys.modules.get("hydra.core.hydra_config")
+    if module is None or not module.HydraConfig.initialized():
+        return ""
+    hydra = module.HydraConfig.get()
+    return f"job {hydra.job.num} " if str(hydra.mode).endswith("MULTIRUN") and hydra.job.get("num") is not None else ""
+
+
 class EpochLines(L.Callback):
     """One line per epoch on stderr, where a progress bar cannot draw (a log file, DVC's output, CI):
-    ``finetune epoch 3/20: train/loss 0.41, val/acc 0.93, val/loss 0.25 (0.42 s)``. Printed when the next
-    epoch starts (and when fitting ends): the task logs its training metrics after the callbacks' epoch end."""
+    ``finetune epoch 2 (3/20): train/loss 0.41, val/acc 0.93, val/loss 0.25 (0.42 s)``: the epoch's index, counted
+    from 0 as MLflow's steps, curves.csv, ``best_epoch`` and a non-finite error count it, then how many of the
+    epochs are done; in a sweep's job, ``job 3 finetune epoch 2 (3/20): ...``. Printed when the next epoch
+    starts (and when fitting ends): the task logs its training metrics after the callbacks' epoch end."""
 
     def __init__(self, stage: str) -> None:
-        self.stage = stage
+        self.stage = f"{_sweep_job()}{stage}"
         self._start: float | None = None
 
     def _print(self, trainer: L.Trainer) -> None:
@@ -135,7 +147,8 @@ class EpochLines(L.Callback):
             return
         shown = ", ".join(f"{key} {float(value):.4g}" for key, value in sorted(trainer.callback_metrics.items())
                           if "/" in key and value.numel() == 1)
-        print(f"{self.stage} epoch {trainer.current_epoch}/{trainer.max_epochs}: {shown} "
+        done = trainer.current_epoch  # the next epoch's index: the epochs done
+        print(f"{self.stage} epoch {done - 1} ({done}/{trainer.max_epochs}): {shown} "
               f"({time.perf_counter() - self._start:.2f} s)", file=sys.stderr, flush=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
