@@ -34,6 +34,10 @@ class TrackingError(RuntimeError):
     """The MLflow tracking store failed: on its first request of a process, or while a sweep started or ended."""
 
 
+class SweepFailed(RuntimeError):
+    """Every job of a sweep failed: it has nothing to rank or compare (a sweep with some failed jobs has)."""
+
+
 class Reported(SystemExit):
     """Carries one of the failures above through Hydra, which reports every Exception with a traceback (and
     turns a callback's into a warning): ``deepsweep run`` catches it and prints ``error`` as one line."""

@@ -32,6 +32,24 @@ def test_a_diverging_run_fails_with_one_line_and_a_failed_run(tmp_path):
     assert runs["prepare"].info.status == "FINISHED"
 
 
+def test_a_sweep_whose_every_job_diverged_fails_with_one_line(tmp_path):
+    """Some failed jobs are a sweep's result (its report lists them, exit 0: tests/test_sweep.py); all of them
+    failed is a sweep that failed."""
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    result = deepsweep_cli("run", "-m", *DIVERGES, "optimizer.lr=1e30", "seed=0,1", "hydra/launcher=basic",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store})
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"deepsweep: error: {tmp_path / 'sweep'}: all 2 of its jobs failed (the first: "), line
+    assert "non-finite value" in line and "Traceback" not in result.stderr
+    assert "2 jobs, 2 failed" in (tmp_path / "sweep" / "sweep_report.md").read_text()
+    parent = [r for r in mlflow.MlflowClient(store).search_runs([mlflow.MlflowClient(store).get_experiment_by_name(
+        "deepsweep").experiment_id]) if r.data.tags.get("deepsweep.stage") == "sweep"]
+    assert len(parent) == 1 and parent[0].info.status == "FAILED"
+
+
 def test_a_non_finite_stage_result_is_never_written(tmp_path, compose, monkeypatch):
     from deepsweep.stages import prepare
     from deepsweep.stages.pipeline import execute

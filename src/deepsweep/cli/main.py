@@ -476,14 +476,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError, TrackingError
+    from deepsweep.errors import DataFileError, DownloadError, FolderInUse, NonFiniteError, SweepFailed, TrackingError
 
     argv = sys.argv[1:] if argv is None else argv
     # --debug (anywhere before Hydra's overrides): show tracebacks instead of one-line errors.
     debug = "--debug" in argv
     argv = [arg for arg in argv if arg != "--debug"]
     reported = (ConfigError, FileNotFoundError, DataFileError, DownloadError, NonFiniteError, FolderInUse,
-                TrackingError)
+                TrackingError, SweepFailed)
     if argv and argv[0] == "run":
         # Everything after `run` belongs to Hydra (overrides, -m, --cfg, --help).
         try:

@@ -329,6 +329,17 @@ def _check_ranked(rows: list[dict], metric: str, sweep_dir: Path, run_id: str) -
         raise Reported(error)
 
 
+def _check_some_finished(rows: list[dict], sweep_dir: Path) -> None:
+    """A sweep whose every job failed ends in one line with exit code 1, as a run that fails does (its parent
+    run ended FAILED in finish_sweep); one with some failed jobs exits 0, its report listing them."""
+    from deepsweep.errors import Reported, SweepFailed
+
+    if rows and not any(r["status"] == "FINISHED" for r in rows):
+        first = next((r["error"].splitlines()[0] for r in rows if r["error"]), "no error recorded")
+        raise Reported(SweepFailed(f"{sweep_dir}: all {len(rows)} of its jobs failed (the first: {first}); "
+                                   "sweep_report.md lists each job's error"))
+
+
 # sweep folder -> its lock, held by this process from the sweep's start to its end. Not on the callback: the
 # joblib launcher pickles the callbacks into each job's task, and a held lock does not pickle.
 _HELD_SWEEPS: dict[Path, contextlib.ExitStack] = {}
@@ -447,6 +458,7 @@ class MlflowSweepCallback(Callback):
                     raise Reported(TrackingError(f"{sweep_dir}: its jobs ran, but {error} (`deepsweep report "
                                                  f"{sweep_dir}` builds it again from their runs)")) from None
                 _check_ranked(rows, str(config.optimized_metric), sweep_dir, run_id)
+                _check_some_finished(rows, sweep_dir)
         finally:
             held = _HELD_SWEEPS.pop(sweep_dir, None)
             if held is not None:
