@@ -90,6 +90,13 @@ def hydra_error(exc: Exception, overrides: list[str]) -> ConfigError:
     leads to that message."""
     message = " ".join(str(exc).split("\nConfig search path")[0].split())  # Hydra's messages span lines
     unknown = re.match(r"Could not override '([^']+)'", message)
+    if unknown and unknown.group(1).startswith("hydra."):
+        return _unknown_hydra_key(unknown.group(1), overrides) or ConfigError(message)
+    cause = exc.__cause__ or exc.__context__
+    if message.startswith("Error merging override") and cause is not None:
+        # A value the schema refuses: Hydra's first line names the override, its cause what is wrong with it.
+        reason = str(cause).splitlines()[0]
+        return ConfigError(f"{message.removeprefix('Error merging override ')}: {reason}")
     if unknown:
         appended = [f"+{o}" if o.split("=", 1)[0] == unknown.group(1) else o for o in overrides]
         try:
@@ -97,6 +104,29 @@ def hydra_error(exc: Exception, overrides: list[str]) -> ConfigError:
         except ConfigError as explained:
             return explained
     return ConfigError(message)
+
+
+def _unknown_hydra_key(key: str, overrides: list[str]) -> ConfigError | None:
+    """``hydra.launcher.max_members`` under a launcher that has no such setting: the settings it has, and the
+    launchers of conf/hydra/ that have the key (Hydra's own advice, to append it with ``+``, leads nowhere)."""
+    from hydra import compose as hydra_compose
+    from omegaconf import OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        with _hydra_context():
+            node = OmegaConf.select(hydra_compose(config_name="config", overrides=rest, return_hydra_config=True),
+                                    parent)
+    except Exception:
+        return None
+    if not isinstance(node, DictConfig):
+        return None
+    group = parent.replace(".", "/")  # hydra.launcher -> hydra/launcher
+    having = sorted(f.stem for f in (paths.conf_dir() / group).glob("*.yaml") if leaf in (OmegaConf.load(f) or {}))
+    settings = ", ".join(sorted(str(k) for k in node if not str(k).startswith("_"))) or "none"
+    elsewhere = f"; it is a setting of {' and '.join(f'{group}={name}' for name in having)}" if having else ""
+    return ConfigError(f"{key}: not a setting of this {group} (its settings: {settings}){elsewhere}")
 
 
 def _did_you_mean(name: str, known: list[str]) -> str:

@@ -70,6 +70,9 @@ CLI_CASES = [
     (["run", "seed=range(0,3)"], "seed=range(0,3)"),
     (["run", "optimizer.lr=1e-3,1e-2"], "optimizer.lr=1e-3,1e-2"),
     (["run", "-m", "seed=range(3,0)"], "seed=range(3,0)"),  # no job: Hydra would record an empty sweep
+    # A launcher's settings: Hydra's own messages named neither what is wrong nor where the key belongs.
+    (["run", "-m", "seed=0,1", "hydra.launcher.n_jobs=abc"], "hydra.launcher.n_jobs=abc: Value 'abc' of type 'str'"),
+    (["run", "-m", "seed=0,1", "hydra.launcher.max_members=4"], "it is a setting of hydra/launcher=fused"),
 ]
 
 
