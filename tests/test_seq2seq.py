@@ -111,8 +111,8 @@ def test_translation_needs_the_seq2seq_family_and_valid_fields(compose):
     with pytest.raises(ConfigError, match="data.task: 'parity' is not allowed; .*reverse, sort or dates"):
         validate(compose("data=translation", "model=seq2seq", "data.task=parity"))
     with pytest.raises(ConfigError, match=r"regularizer.dropout_kind: 'gaussian' is not allowed; allowed: one of "
-                                          r"standard, dropconnect, gaussian; standard only with model=transformer or "
-                                          r"seq2seq_transformer"):
+                                          r"standard, dropconnect, gaussian; with model=transformer or "
+                                          r"seq2seq_transformer only standard"):
         validate(compose("data=translation", "model=seq2seq_transformer", "regularizer=gaussian_dropout"))
     validate(compose("data=translation", "model=seq2seq", "regularizer=gaussian_dropout"))
     with pytest.raises(ConfigError, match=r"model.teacher_forcing: 1.5 is out of range"):
