@@ -120,3 +120,28 @@ def test_a_fused_row_is_compared_with_one_process_of_its_own_commit():
             {"sweep": "mlp", "members": 8, "launcher": "fused", "member_epochs_per_s": 3.0, "commit": "a",
              "session": "2026-12-07T20:00:00"}]  # a later run at the same commit
     assert [one_process_rate(rows, r) for r in rows[2:]] == [1.0, 2.0, None, None]
+
+
+def test_repeated_fused_rows_take_turns_and_keep_the_median_run(monkeypatch, tmp_path):
+    """--fused-repeats: the launchers of a sweep run in turn, in reverse order every other round (so no launcher
+    is always first), and each row is its median run. The sweeps themselves are stood in for."""
+    import subprocess
+    import types
+
+    order = []
+    # The runs' wall times, in the order they run: fused 5, 2, 3 (median 3); one process 1, 9, 7 (median 7).
+    clock = iter(x for w in [5.0, 1.0, 9.0, 2.0, 3.0, 7.0] for x in (0.0, w))
+
+    def fake_run(cmd, **kwargs):
+        order.append(next(o for o in cmd if o.startswith("hydra/launcher=")))
+        return types.SimpleNamespace(returncode=0, stderr="peak_rss_kb 1024", stdout="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(bench, "_finetune_seconds", lambda folder: None)
+    monkeypatch.setattr(bench.paths, "project_root", lambda: tmp_path)
+    rows = bench.fused_sweeps([], torch.device("cpu"), (("gru", 8),), 3, ("gru",),
+                              launcher_names=("fused", "one process"), repeats=3)
+    assert order == ["hydra/launcher=fused", "hydra/launcher=basic", "hydra/launcher=basic", "hydra/launcher=fused",
+                     "hydra/launcher=fused", "hydra/launcher=basic"]
+    assert {r["launcher"]: (r["wall_s"], r["repeats"]) for r in rows} == {"fused": (3.0, 3), "one process": (7.0, 3)}

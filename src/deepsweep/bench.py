@@ -426,13 +426,16 @@ def fused_sizes(text: str) -> tuple[tuple[str | None, int], ...]:
 
 def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[tuple[str | None, int], ...], epochs: int,
                  sweeps: tuple[str, ...] = ("mlp", "lenet"), one_process_up_to: int | None = None,
-                 launcher_names: tuple[str, ...] | None = None) -> list[dict]:
+                 launcher_names: tuple[str, ...] | None = None, repeats: int = 1) -> list[dict]:
     """Issue 21's sweeps under the fused launcher, one process (Hydra's basic launcher: one job after
     another, which is what jobs_per_gpu=1 gives on one GPU) and the parallel launcher (one job per core;
     on a GPU, jobs_per_gpu=4 and 8 jobs sharing it): whole-sweep wall time, member-epochs per second, the
     finetune stages' seconds, peak memory per member in flight. ``one_process_up_to``: the one-process
     sweep only up to this many members (its rate per job does not grow with the sweep; on a GPU machine's
-    short lease, 32 jobs one after another cost more time than the rest together)."""
+    short lease, 32 jobs one after another cost more time than the rest together). ``repeats`` > 1: the
+    launchers of a sweep take turns, in reverse order every other round (the first sweep of a round ran slower
+    than the same command run later: a row of the same code path was 9-27% slower first, cc0e3f9), and each
+    row is the run of median wall time."""
     workers = 8 if device.type == "cuda" else (os.cpu_count() or 1)
     # None: the members in flight are the array's (all of them in one process, or n / workers in each of them).
     launchers = [("fused", ["hydra/launcher=fused"], None),
@@ -455,7 +458,9 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[tuple[str 
             continue
         epochs_of_sweep = sweep_epochs or epochs
         for n in [n for sweep, n in sizes if sweep in (None, key)]:
-            for label, launcher, in_flight in launchers:
+            runs: dict[str, list[dict]] = {}
+            rounds = [launchers if r % 2 == 0 else launchers[::-1] for r in range(max(1, repeats))]
+            for label, launcher, in_flight in (entry for order in rounds for entry in order):
                 if label == "one process" and one_process_up_to is not None and n > one_process_up_to:
                     continue
                 folder = paths.project_root() / "bench" / "fused" / re.sub(r"\W+", "_", f"{name}_{n}_{label}")
@@ -483,7 +488,10 @@ def fused_sweeps(extra: list[str], device: torch.device, sizes: tuple[tuple[str 
                        "gpu_utilisation": utilisation,
                        "peak_gpu_mb_per_member": gpu_mb / (n if in_flight is None else in_flight) if gpu_mb is not None else None}
                 print(json.dumps(row))
-                rows.append(row)
+                runs.setdefault(label, []).append(row)
+            for label, measured in runs.items():
+                median = sorted(measured, key=lambda r: r["wall_s"])[(len(measured) - 1) // 2]
+                rows.append({**median, "repeats": len(measured)} if len(measured) > 1 else median)
     return rows
 
 
@@ -734,6 +742,8 @@ def _fused_flags(args: argparse.Namespace) -> str:
         flags.append(f"--fused-one-process-up-to {args.fused_one_process_up_to}")
     if args.fused_launchers:
         flags.append(f"--fused-launchers '{args.fused_launchers}'")
+    if args.fused_repeats > 1:
+        flags.append(f"--fused-repeats {args.fused_repeats}")
     return "".join(" " + f for f in flags)
 
 
@@ -752,6 +762,8 @@ def main() -> None:
     parser.add_argument("--fused-sweeps", default="mlp,lenet,gcn,gru", help="which sweeps: mlp, lenet, gcn (issue 21's), gru")
     parser.add_argument("--fused-launchers", default=None,
                         help="only these launchers, comma-separated: fused, one process, jobs_per_gpu=8, ...")
+    parser.add_argument("--fused-repeats", type=int, default=1,
+                        help="run each fused-sweep row this many times, the launchers taking turns; the median run")
     parser.add_argument("--fused-one-process-up-to", type=int, default=None,
                         help="time the one-process sweep only up to this many members")
     parser.add_argument("--only", choices=("pipeline", "job", "fused"),
@@ -789,7 +801,8 @@ def main() -> None:
         elif args.only == "fused":
             rows = fused_sweeps(extra, device, fused_sizes(args.fused_sizes), args.fused_epochs,
                                 tuple(args.fused_sweeps.split(",")), args.fused_one_process_up_to,
-                                tuple(args.fused_launchers.split(",")) if args.fused_launchers else None)
+                                tuple(args.fused_launchers.split(",")) if args.fused_launchers else None,
+                                args.fused_repeats)
             _measured_by(rows, "--only fused" + "".join(" " + o for o in extra) + _fused_flags(args))
             results.update(fused=merge_rows(results.get("fused") or [], rows))
         else:
@@ -832,7 +845,7 @@ def main() -> None:
                                                       args.fused_epochs, tuple(args.fused_sweeps.split(",")),
                                                       args.fused_one_process_up_to,
                                                       tuple(args.fused_launchers.split(",")) if args.fused_launchers
-                                                      else None),
+                                                      else None, args.fused_repeats),
     }
     if results["fused"]:
         _measured_by(results["fused"], "".join(" " + o for o in extra) + _fused_flags(args))
