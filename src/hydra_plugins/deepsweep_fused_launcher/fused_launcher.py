@@ -107,9 +107,8 @@ class FusedLauncher(Launcher):
         for position, reason in sorted(alone.items()):
             log.info("fused launcher: job %d (%s) runs alone: %s", initial_job_idx + position,
                      " ".join(filter_overrides(job_overrides[position])) or "defaults", reason)
-        # A job that finished in an earlier run of this sweep is skipped by the job itself (its own log line).
-        alone.update({p: "finished before" for p in finished})
-        units = [*arrays, *([p] for p in sorted(alone))]
+        # A job that finished in an earlier run of this sweep runs on its own, and skips itself (its own log line).
+        units = [*arrays, *([p] for p in sorted({*alone, *finished}))]
         results: dict[int, JobReturn] = {}
         if self.n_jobs == 1:
             for unit in units:
